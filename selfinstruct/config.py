@@ -1,0 +1,250 @@
+"""The run configuration: one typed object, loadable from TOML, overridable by CLI flags.
+
+Every number of the Self-Instruct algorithm is a field here, with the published
+default (Wang et al. 2023, §2 and Appendix A). A TOML file may set any field; its
+tables mirror the nested models below::
+
+    model = "Qwen/Qwen2.5-7B-Instruct"
+    num_instructions = 1000
+
+    [generation]
+    temperature = 0.7
+
+    [filters]
+    rouge_threshold = 0.7
+
+Unknown keys and wrong types are errors (:class:`ConfigError`) naming the file,
+line and field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Self-Instruct §2.3 / the released code's filter: instructions mentioning things a
+# text-only model cannot produce or see are dropped.
+DEFAULT_BLACKLIST = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+    "map", "maps", "draw", "plot", "go to",
+)
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message is one line naming file, line and field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GenerationConfig(_Section):
+    """Instruction generation (Self-Instruct §2.1, Appendix A.1)."""
+
+    prompt_tasks: int = Field(8, ge=1, le=15, description="tasks shown in each prompt")
+    prompt_human_tasks: int = Field(6, ge=0, description="of which human seed tasks")
+    max_list_items: int = Field(
+        15, ge=2, le=99, description="the model is stopped before writing item max_list_items+1"
+    )
+    prompts_per_round: int = Field(
+        64, ge=1, description="prompts sent to the engine at once in each round"
+    )
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.5, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=16, description="output token limit per prompt")
+    max_rounds: int = Field(
+        1000, ge=1, description="give up after this many rounds even if short of the target"
+    )
+
+    @model_validator(mode="after")
+    def _human_le_total(self) -> "GenerationConfig":
+        if self.prompt_human_tasks > self.prompt_tasks:
+            raise ValueError("prompt_human_tasks must not exceed prompt_tasks")
+        if self.prompt_tasks >= self.max_list_items:
+            raise ValueError("prompt_tasks must be smaller than max_list_items")
+        return self
+
+
+class ClassificationConfig(_Section):
+    """Classification task identification (Self-Instruct §2.2)."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(3, ge=1)
+
+
+class InstanceConfig(_Section):
+    """Instance generation (Self-Instruct §2.3): input-first or output-first."""
+
+    max_instances: int = Field(5, ge=1, description="instances kept per task at most")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=16)
+
+
+class FilterConfig(_Section):
+    """Instruction and instance filters (Self-Instruct §2.4)."""
+
+    min_words: int = Field(4, ge=0, description="instructions with fewer words are dropped")
+    max_words: int = Field(150, ge=1, description="instructions with more words are dropped")
+    blacklist: list[str] = Field(default_factory=lambda: list(DEFAULT_BLACKLIST))
+    bad_prefixes: list[str] = Field(default_factory=lambda: ["Write a program"])
+    reject_punctuation_start: bool = True
+    reject_non_ascii_start: bool = True
+    rouge_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, description="drop when ROUGE-L F1 to the pool is above this"
+    )
+    rouge_tokenizer: Literal["rouge", "unicode"] = "rouge"
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "FilterConfig":
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must not exceed max_words")
+        return self
+
+
+class EngineConfig(_Section):
+    """How the model is run. Only the in-process vLLM engine exists so far."""
+
+    backend: Literal["vllm"] = "vllm"
+    dtype: str = "auto"
+    max_model_len: int | None = Field(2048, ge=128)
+    enforce_eager: bool = Field(True, description="skip CUDA-graph / compile warm-up")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    chat_template: bool = Field(
+        False,
+        description="wrap prompts in the model's chat template (the paper's prompts are continuations)",
+    )
+
+
+class ShardConfig(_Section):
+    """Parquet shard layout."""
+
+    shard_size: int = Field(10_000, ge=1, description="rows per Parquet file at most")
+    compression: str = "zstd"
+
+
+class Config(_Section):
+    """Everything a ``selfinstruct generate`` run needs; see the module docstring."""
+
+    model: str | None = Field(None, description="HF id, local directory or .gguf; None = embedded")
+    seeds: Path | None = Field(None, description="seed file or directory; None = the bundled seeds/")
+    output: Path = Path("outputs/run")
+    num_instructions: int = Field(100, ge=1, description="new tasks (with instances) to produce")
+    seed: int = Field(0, description="run seed: prompt sampling and per-request sampling seeds")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+    instances: InstanceConfig = Field(default_factory=InstanceConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    shards: ShardConfig = Field(default_factory=ShardConfig)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The resolved configuration as JSON-ready data (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def _key_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort 1-based line of the TOML key at ``loc`` (a pydantic error location).
+
+    tomllib keeps no positions, so the key is located by scanning for its table
+    header and then the ``key =`` line; None when it cannot be found.
+    """
+    keys = [str(k) for k in loc if isinstance(k, str)]
+    if not keys:
+        return None
+    *tables, leaf = keys
+    lines = text.splitlines()
+    current: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([^\]]+?)\s*\]$", stripped)
+        if header:
+            current = [part.strip().strip('"') for part in header.group(1).split(".")]
+            if current == keys:
+                return number
+            continue
+        if current == tables and re.match(rf'^"?{re.escape(leaf)}"?\s*=', stripped):
+            return number
+    return None
+
+
+def _format_validation_error(err: ValidationError, source: str, text: str | None) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(k) for k in loc) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    line = _key_line(text, loc) if text is not None else None
+    where = f"{source}:{line}" if line else source
+    return f"{where}: field '{field}': {message}"
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build the run configuration from an optional TOML file plus CLI overrides.
+
+    Args:
+        path: a TOML file, or None for the defaults.
+        overrides: dotted keys (``"generation.temperature"``) to values; a value of
+            None means "not given" and is ignored. Overrides win over the file.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8, not valid TOML, has an unknown
+            key, or a value of the wrong type or range. One line: file, line, field.
+    """
+    data: dict[str, Any] = {}
+    text: str | None = None
+    if path is not None:
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: config file is not valid UTF-8") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        first_loc = tuple(err.errors()[0]["loc"])
+        from_file = path is not None and _in_file(text, first_loc)
+        raise ConfigError(
+            _format_validation_error(err, str(path) if from_file else "command line",
+                                     text if from_file else None)
+        ) from None
+
+
+def _in_file(text: str | None, loc: tuple[Any, ...]) -> bool:
+    """Whether the erroneous key at ``loc`` came from the TOML text (not a CLI flag)."""
+    if text is None:
+        return False
+    try:
+        node: Any = tomllib.loads(text)
+        for key in loc:
+            node = node[key]
+        return True
+    except (KeyError, IndexError, TypeError):
+        return False

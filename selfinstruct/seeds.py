@@ -1,0 +1,287 @@
+"""Seed tasks: the human-written tasks the task pool starts from (Self-Instruct §2).
+
+Accepted inputs (a file, or a directory of such files, read in name order):
+
+* Self-Instruct JSONL: ``{id, name, instruction, instances: [{input, output}],
+  is_classification}`` per line, the format of the paper's 175 seed tasks.
+* Alpaca-style records ``{instruction, input, output}`` as a JSON array (``.json``)
+  or JSON Lines (``.jsonl``); rows sharing an instruction become one task with
+  several instances.
+* Parquet (``.parquet``) or CSV (``.csv``) tables with ``instruction``, ``input``
+  and ``output`` columns (optionally ``id``, ``name``, ``is_classification``);
+  the same grouping applies, so selfinstruct's own shards load as seeds.
+
+Every problem raises :class:`SeedError`, whose message is one line naming the file,
+the line (or row) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+class SeedError(ValueError):
+    """A seed file that cannot be used.
+
+    Attributes:
+        path: the file.
+        line: 1-based line (JSON/JSONL/CSV) or row (Parquet), or None.
+        field: the offending field, or None.
+    """
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None,
+                 field: str | None = None, unit: str = "line") -> None:
+        self.path, self.line, self.field = Path(path), line, field
+        where = str(path) + (f":{line}" if line is not None and unit == "line" else "")
+        if line is not None and unit != "line":
+            where += f" ({unit} {line})"
+        prefix = f"field '{field}': " if field else ""
+        super().__init__(f"{where}: {prefix}{message}")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One (input, output) pair of a task; ``input`` is "" when the task takes none."""
+
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task of the pool: an instruction with its instances.
+
+    Attributes:
+        id: unique within the pool.
+        name: a short label (seed tasks) or "" (machine-generated).
+        instruction: the task's instruction text.
+        instances: at least one for seed tasks.
+        is_classification: True/False, or None when the source does not say.
+    """
+
+    id: str
+    name: str
+    instruction: str
+    instances: tuple[Instance, ...]
+    is_classification: bool | None = None
+
+
+def _clean_text(value: Any, path: Path, line: int, field: str, unit: str,
+                required: bool = True) -> str:
+    """A required non-empty string, or "" for an absent optional one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if required:
+            raise SeedError(path, "missing", line, field, unit)
+        return ""
+    if not isinstance(value, str):
+        raise SeedError(path, f"expected a string, got {type(value).__name__}", line, field, unit)
+    if required and not value.strip():
+        raise SeedError(path, "empty", line, field, unit)
+    return value.strip()
+
+
+def _classification_flag(value: Any, path: Path, line: int, unit: str) -> bool | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return value
+    if hasattr(value, "item") and isinstance(value.item(), bool):  # numpy.bool_
+        return bool(value.item())
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise SeedError(path, f"expected true or false, got {value!r}", line, "is_classification", unit)
+
+
+def _parse_record(record: Any, path: Path, line: int, unit: str) -> Task:
+    """One record (Self-Instruct or Alpaca shape) to a single-source :class:`Task`."""
+    if not isinstance(record, dict):
+        raise SeedError(path, f"record is a {type(record).__name__}, expected an object", line,
+                        unit=unit)
+    if "instruction" not in record:
+        raise SeedError(path, "missing", line, "instruction", unit)
+    instruction = _clean_text(record["instruction"], path, line, "instruction", unit)
+    if "instances" in record:
+        raw_instances = record["instances"]
+        if hasattr(raw_instances, "tolist"):  # a list column read by pyarrow/pandas
+            raw_instances = raw_instances.tolist()
+        if not isinstance(raw_instances, list) or not raw_instances:
+            raise SeedError(path, "must be a non-empty list", line, "instances", unit)
+        instances = []
+        for k, inst in enumerate(raw_instances):
+            if not isinstance(inst, dict):
+                raise SeedError(path, "must be an object", line, f"instances[{k}]", unit)
+            instances.append(Instance(
+                input=_clean_text(inst.get("input"), path, line, f"instances[{k}].input", unit,
+                                  required=False),
+                output=_clean_text(inst.get("output"), path, line, f"instances[{k}].output",
+                                   unit),
+            ))
+    else:
+        instances = [Instance(
+            input=_clean_text(record.get("input"), path, line, "input", unit, required=False),
+            output=_clean_text(record.get("output"), path, line, "output", unit),
+        )]
+    raw_id = record.get("id")
+    task_id = (str(raw_id) if raw_id is not None and not (isinstance(raw_id, float)
+               and math.isnan(raw_id)) else "")
+    name = record.get("name")
+    return Task(
+        id=task_id,
+        name=name if isinstance(name, str) else "",
+        instruction=instruction,
+        instances=tuple(instances),
+        is_classification=_classification_flag(record.get("is_classification"), path, line, unit),
+    )
+
+
+def _decode(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SeedError(path, "seed file not found") from None
+    except IsADirectoryError:
+        raise SeedError(path, "is a directory") from None
+    except OSError as exc:
+        raise SeedError(path, f"cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SeedError(path, "not valid UTF-8", raw[: exc.start].count(b"\n") + 1) from None
+    if not text.strip():
+        raise SeedError(path, "file is empty: no seed tasks")
+    return text
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(_decode(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SeedError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", number) from None
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Records of a JSON array, each with the line its value starts on."""
+    text = _decode(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SeedError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    if isinstance(data, dict):
+        yield 1, data
+        return
+    if not isinstance(data, list):
+        raise SeedError(path, "expected a JSON array of records", 1)
+    # The document is valid; walk it once more with raw_decode only to learn the
+    # line each element starts on, so record errors can name their line.
+    decoder, pos, line = json.JSONDecoder(), text.index("[") + 1, 1
+    line += text.count("\n", 0, pos)
+    for record in data:
+        while text[pos] in " \t\r\n,":
+            if text[pos] == "\n":
+                line += 1
+            pos += 1
+        _, end = decoder.raw_decode(text, pos)
+        yield line, record
+        line += text.count("\n", pos, end)
+        pos = end
+
+
+def _table_records(path: Path) -> Iterator[tuple[int, Any]]:
+    import pandas as pd
+
+    try:
+        if path.suffix == ".csv":
+            _decode(path)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:
+            frame = pd.read_parquet(path)
+    except SeedError:
+        raise
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable tables
+        raise SeedError(path, f"cannot read {path.suffix[1:]} table: {exc}".splitlines()[0]) from None
+    if "instruction" not in frame.columns:
+        raise SeedError(path, "missing column", None, "instruction")
+    # CSV: header is line 1, so row k is line k + 2; Parquet rows are 1-based.
+    offset = 2 if path.suffix == ".csv" else 1
+    for k, record in enumerate(frame.to_dict("records")):
+        yield k + offset, record
+
+
+def _read_file(path: Path) -> list[tuple[int, str, Task]]:
+    """Tasks of one file, each with the line (or row) it starts on and that unit's name."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records, unit = _jsonl_records(path), "line"
+    elif suffix == ".json":
+        records, unit = _json_records(path), "line"
+    elif suffix in (".parquet", ".csv"):
+        records, unit = _table_records(path), ("line" if suffix == ".csv" else "row")
+    else:
+        raise SeedError(path, f"unsupported seed format '{suffix}' (use {', '.join(SUFFIXES)})")
+    grouped: dict[str, Task] = {}
+    first_line: dict[str, int] = {}
+    for line, record in records:
+        task = _parse_record(record, path, line, unit)
+        key = task.instruction
+        if key in grouped:
+            # Alpaca-style tables: one row per instance; merge rows of one instruction.
+            prior = grouped[key]
+            grouped[key] = Task(prior.id, prior.name, prior.instruction,
+                                prior.instances + task.instances,
+                                prior.is_classification if prior.is_classification is not None
+                                else task.is_classification)
+            continue
+        if not task.id:
+            task = Task(f"{path.stem}-{line}", task.name, task.instruction, task.instances,
+                        task.is_classification)
+        grouped[key], first_line[key] = task, line
+    if not grouped:
+        raise SeedError(path, "no seed tasks in file")
+    return [(first_line[key], unit, task) for key, task in grouped.items()]
+
+
+def load_seed_tasks(path: Path | str) -> list[Task]:
+    """Load seed tasks from a file or a directory of files.
+
+    Args:
+        path: a ``.jsonl``/``.json``/``.parquet``/``.csv`` file, or a directory whose
+            files with those suffixes are read in name order.
+
+    Returns:
+        Tasks in file order, one per distinct instruction; ids are the records'
+        own or ``<file stem>-<line>``.
+
+    Raises:
+        SeedError: missing/empty/non-UTF-8/malformed file, a record without an
+            instruction, an instance without an output, a duplicate id, or a
+            directory holding no seed files. The message names file, line and field.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+        if not files:
+            raise SeedError(path, f"no seed files ({', '.join(SUFFIXES)}) in directory")
+    elif not path.exists():
+        raise SeedError(path, "seed file not found")
+    else:
+        files = [path]
+    tasks: list[Task] = []
+    ids: dict[str, str] = {}
+    for file in files:
+        for line, unit, task in _read_file(file):
+            if task.id in ids:
+                raise SeedError(file, f"duplicate id '{task.id}' (first at {ids[task.id]})",
+                                line, "id", unit)
+            ids[task.id] = f"{file}:{line}"
+            tasks.append(task)
+    return tasks
