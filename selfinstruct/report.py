@@ -1,0 +1,106 @@
+"""Terminal output of a run: live progress bars and the closing summary table (rich)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn)
+from rich.table import Table
+
+from .pipeline import RunStats
+
+console = Console(stderr=True)
+"""Progress, warnings and errors go to stderr; the summary table to stdout."""
+
+_STAGE_NAMES = {
+    "instructions": "generating instructions",
+    "classification": "identifying classification tasks",
+    "instances": "generating instances",
+}
+
+
+def _top_reasons(stats: RunStats, n: int = 3) -> str:
+    common = stats.rejections.most_common(n)
+    return ", ".join(f"{reason} {count}" for reason, count in common) or "none"
+
+
+class RichReporter:
+    """A :class:`~selfinstruct.pipeline.Reporter` drawing two bars and a status line.
+
+    The first bar counts tasks written against the target (with kept/generated,
+    the commonest rejection reasons and output tokens/s); the second follows the
+    engine requests of the current stage. Use as a context manager.
+    """
+
+    def __init__(self, target: int):
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+            console=console, transient=False,
+        )
+        self._overall = self._progress.add_task("tasks written", total=target, info="")
+        self._stage = self._progress.add_task("starting", total=1, info="", visible=False)
+        self._round = 1
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> "RichReporter":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def stage(self, name: str, total: int) -> None:
+        """Show the new stage's request bar."""
+        label = f"round {self._round}: {_STAGE_NAMES.get(name, name)}"
+        self._progress.reset(self._stage, total=max(total, 1), completed=0, description=label,
+                             visible=True)
+
+    def advance(self, n: int) -> None:
+        """Move the request bar."""
+        self._progress.advance(self._stage, n)
+
+    def round_done(self, stats: RunStats) -> None:
+        """Update the overall bar and its status text."""
+        self._round = stats.rounds + 1
+        rate = stats.engine.output_tokens / stats.engine.seconds if stats.engine.seconds else 0
+        info = (f"kept {stats.kept_instructions}/{stats.candidates} instructions · "
+                f"rejected: {_top_reasons(stats)} · {rate:.0f} output tok/s")
+        self._progress.update(self._overall, completed=stats.tasks_written, info=info)
+
+
+def print_summary(stats: RunStats, output: Path, startup_seconds: float) -> None:
+    """Print the closing table: counts, rejections by reason, tokens, time, where the shards are."""
+    out = Console()
+    table = Table(title="selfinstruct generate", show_header=True, header_style="bold")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    kept_rate = stats.kept_instructions / stats.candidates if stats.candidates else 0.0
+    cls_share = stats.classification_tasks / stats.tasks_written if stats.tasks_written else 0.0
+    rate = stats.engine.output_tokens / stats.engine.seconds if stats.engine.seconds else 0.0
+    rows = [
+        ("rounds", f"{stats.rounds}"),
+        ("candidate instructions", f"{stats.candidates}"),
+        ("kept after instruction filters", f"{stats.kept_instructions} ({kept_rate:.1%})"),
+        ("new tasks written", f"{stats.tasks_written}"),
+        ("instances written (rows)", f"{stats.rows_written}"),
+        ("classification tasks", f"{stats.classification_tasks} ({cls_share:.1%})"),
+        ("engine requests", f"{stats.engine.requests}"),
+        ("prompt / output tokens", f"{stats.engine.prompt_tokens} / {stats.engine.output_tokens}"),
+        ("output tokens/s (in engine)", f"{rate:.1f}"),
+        ("engine start-up", f"{startup_seconds:.1f} s"),
+        ("loop wall time (engine share)",
+         f"{stats.seconds:.1f} s ({stats.engine.seconds / stats.seconds:.0%})"
+         if stats.seconds else "0 s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    for reason, count in stats.rejections.most_common():
+        table.add_row(f"rejected: {reason}", f"{count}")
+    for reason, count in stats.instance_rejections.most_common():
+        table.add_row(f"instances dropped: {reason}", f"{count}")
+    out.print(table)
+    out.print(f"Shards and manifest in {output}/")

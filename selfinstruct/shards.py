@@ -1,0 +1,179 @@
+"""Shards: the run's output as Parquet files plus a ``manifest.json``.
+
+Layout of an output directory::
+
+    manifest.json                 files, row counts, sha256, config, versions, stats
+    data/shard-00000.parquet      at most ``shard_size`` rows each, zstd
+
+One row per instance, with the columns of :data:`SCHEMA`. ``messages`` is the
+chat form SFT trainers take (TRL's ``SFTTrainer`` reads it directly): the user
+turn is the instruction, plus a blank line and the input when there is one; the
+assistant turn is the output. ``datasets.load_dataset("parquet",
+data_files="DIR/data/*.parquet")`` loads the shards.
+
+Every file is written to a temporary name in its directory, fsynced and renamed,
+so a reader sees it whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+
+MANIFEST = "manifest.json"
+DATA_DIR = "data"
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("task_id", pa.string()),
+    ("instruction", pa.string()),
+    ("input", pa.string()),
+    ("output", pa.string()),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("is_classification", pa.bool_()),
+    ("model", pa.string()),
+    ("round", pa.int32()),
+    ("prompt_task_ids", pa.list_(pa.string())),
+    ("nearest_instruction", pa.string()),
+    ("nearest_rouge_l", pa.float64()),
+])
+"""Columns of every shard; ``nearest_*`` is the most similar pool instruction at
+the time the task was kept, and its ROUGE-L F1 (null when nothing overlapped)."""
+
+
+def user_turn(instruction: str, input_text: str) -> str:
+    """The user message: the instruction, then a blank line and the input if any."""
+    return f"{instruction}\n\n{input_text}" if input_text else instruction
+
+
+def messages_for(instruction: str, input_text: str, output: str) -> list[dict[str, str]]:
+    """The ``messages`` column value: ``[{"role": "user", ...}, {"role": "assistant", ...}]``."""
+    return [
+        {"role": "user", "content": user_turn(instruction, input_text)},
+        {"role": "assistant", "content": output},
+    ]
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb"):
+    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files are ordinary
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> str:
+    """Write ``path`` atomically through ``write(handle)``; return the file's sha256."""
+    with atomic_file(path) as handle:
+        write(handle)
+    return file_digest(path)
+
+
+def file_digest(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON (UTF-8, indented, trailing newline) atomically."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A written shard: path relative to the output directory, rows, sha256."""
+
+    path: str
+    rows: int
+    sha256: str
+
+
+class ShardWriter:
+    """Buffers rows and writes them as Parquet shards of at most ``shard_size`` rows.
+
+    Args:
+        output_dir: the run's output directory (shards go to ``data/`` below it).
+        shard_size: rows per file at most (>= 1).
+        compression: a Parquet codec pyarrow knows ("zstd" by default).
+
+    Rows are dicts with the keys of :data:`SCHEMA`; a full shard is written as
+    soon as enough rows are buffered, the rest on :meth:`close`.
+    """
+
+    def __init__(self, output_dir: Path, shard_size: int, compression: str = "zstd"):
+        self.output_dir = Path(output_dir)
+        self.shard_size = shard_size
+        self.compression = compression
+        self.shards: list[ShardInfo] = []
+        self._buffer: list[dict[str, Any]] = []
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Buffer rows, writing every full shard."""
+        self._buffer.extend(rows)
+        while len(self._buffer) >= self.shard_size:
+            chunk, self._buffer = self._buffer[: self.shard_size], self._buffer[self.shard_size:]
+            self._write(chunk)
+
+    def close(self) -> list[ShardInfo]:
+        """Write what is buffered; return every shard written, in order."""
+        if self._buffer:
+            chunk, self._buffer = self._buffer, []
+            self._write(chunk)
+        return list(self.shards)
+
+    @property
+    def rows_written(self) -> int:
+        """Rows in shards already on disk."""
+        return sum(s.rows for s in self.shards)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        relative = f"{DATA_DIR}/shard-{len(self.shards):05d}.parquet"
+        digest = write_atomic(
+            self.output_dir / relative,
+            lambda handle: pq.write_table(table, handle, compression=self.compression),
+        )
+        self.shards.append(ShardInfo(relative, len(rows), digest))
