@@ -1,0 +1,77 @@
+"""The command line: start-up cost, and user mistakes (exit 2, one line, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent / "selfinstruct"
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_help_is_fast_and_imports_no_engine():
+    started = time.perf_counter()
+    result = cli("--help")
+    assert result.returncode == 0 and "generate" in result.stdout
+    assert time.perf_counter() - started < 1.5  # a loose ceiling; the target is well under 1 s
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from selfinstruct.cli import main\n"
+         "try:\n    main(['generate', '--help'])\nexcept SystemExit:\n    pass\n"
+         "bad = [m for m in ('vllm', 'torch', 'transformers', 'pandas') if m in sys.modules]\n"
+         "print('LOADED', bad)"], capture_output=True, text=True)
+    assert "LOADED []" in probe.stdout, probe.stdout + probe.stderr
+
+
+def seeds_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "seeds.jsonl"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = json.dumps({"id": "a", "instruction": "Add the two numbers together.",
+                   "instances": [{"input": "1, 2", "output": "3"}]}) + "\n"
+
+
+@pytest.mark.parametrize("make_args, expected", [
+    (lambda t: ["--seeds", str(seeds_file(t, '{"instruction": "x", "instances": [{"input": "a"}]}\n'))],
+     "seeds.jsonl:1: field 'instances[0].output': missing"),
+    (lambda t: ["--seeds", str(t / "absent.jsonl")], "absent.jsonl: seed file not found"),
+    (lambda t: ["--seeds", str(seeds_file(t, ""))], "file is empty"),
+    (lambda t: ["--seeds", str(seeds_file(t, GOOD)), "--model", str(t / "no-such-model")],
+     "no-such-model: model path does not exist"),
+    (lambda t: ["--seeds", str(seeds_file(t, GOOD)), "--model", str(t / "m.gguf")],
+     "m.gguf: model file does not exist"),
+    (lambda t: ["--seeds", str(seeds_file(t, GOOD)), "--temperature", "9"],
+     "option --temperature: "),
+    (lambda t: ["--seeds", str(seeds_file(t, GOOD)), "--config",
+                str((t / "c.toml").write_text("[filters]\nrouge = 1\n") and t / "c.toml")],
+     "c.toml:2: field 'filters.rouge': unknown key"),
+])
+def test_user_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, make_args, expected):
+    out = tmp_path / "out"
+    result = cli("generate", *make_args(tmp_path), "--output", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert expected in lines[0]
+    assert not out.exists()
+
+
+def test_occupied_output_directory_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    result = cli("generate", "--seeds", str(seeds_file(tmp_path, GOOD)), "--output", str(out),
+                 "--model", str(tmp_path))  # model is checked after the output directory
+    assert result.returncode == 2
+    assert "holds a finished run" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]

@@ -1,0 +1,120 @@
+"""The Self-Instruct loop's orchestration, with a scripted per-request engine.
+
+The real vLLM engine runs in test_generate_e2e.py; here a deterministic stand-in
+answers each prompt kind so counts, stages and provenance can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow.parquet as pq
+
+from selfinstruct.config import Config
+from selfinstruct.engine import Completion
+from selfinstruct.pipeline import SelfInstruct, request_seed
+from selfinstruct.prompts import PromptBuilder
+from selfinstruct.seeds import Instance, Task
+from selfinstruct.shards import ShardWriter
+
+SEEDS = [Task(f"s{i}", "", text, (Instance("", "x"),), False) for i, text in enumerate([
+    "Name three fruits that are red.", "Explain how a bicycle stays upright.",
+    "Translate the sentence into German.", "Is the review positive or negative?",
+    "Suggest a title for the blog post.", "Convert the time to 24-hour format.",
+    "Find the verb in the sentence.", "Give advice for a first job interview.",
+])]
+
+TOPICS = ["volcanoes", "jazz music", "tax returns", "chess openings", "bread baking",
+          "solar panels", "ocean tides", "poetry meters", "city planning", "honey bees",
+          "railway history", "knitting patterns", "cloud types", "credit scores"]
+
+
+class ScriptedEngine:
+    """Answers by prompt kind; the text depends only on the request (its seed)."""
+
+    model_name = "scripted"
+    version = "0"
+
+    def __init__(self):
+        self.batches: list[list] = []
+
+    def generate(self, requests, progress=None):
+        self.batches.append(list(requests))
+        out = []
+        for r in requests:
+            prompt, seed = r.prompt, r.seed
+            if prompt.endswith("Classification task:"):
+                text = " Yes" if "Decide" in prompt.splitlines()[-2] else " No"
+            elif prompt.endswith("\n") and "Task: " in prompt:
+                if "Class label:" in prompt.split("Task: ")[-1] or "Decide" in prompt.split("Task: ")[-1]:
+                    text = "Class label: A\nInput: first\nClass label: B\nInput: second\n"
+                else:
+                    text = "Example 1\nInput: some input\nOutput: some output\n"
+            else:
+                a, b = TOPICS[seed % len(TOPICS)], TOPICS[(seed // 7) % len(TOPICS)]
+                text = (f" Write a short essay about {a} for {seed % 97} readers.\n"
+                        f"10. Decide whether the claim about {b} number {seed % 89} is true.\n"
+                        f"11. Describe the image of {a}.\n12. Short.\n13. Summarize the report about")
+                out.append(Completion(text, 100, 40, "length"))
+                if progress:
+                    progress(1)
+                continue
+            out.append(Completion(text, 50, 10, "stop"))
+            if progress:
+                progress(1)
+        return out
+
+    def close(self):
+        pass
+
+
+def run(tmp_path, **overrides):
+    config = Config.model_validate({"num_instructions": overrides.pop("n", 6), "seed": 3,
+                                    "generation": {"prompts_per_round": 4}, **overrides})
+    engine = ScriptedEngine()
+    writer = ShardWriter(tmp_path, config.shards.shard_size)
+    loop = SelfInstruct(config, engine, PromptBuilder(), SEEDS, writer)
+    return loop, engine, loop.run(), writer.close()
+
+
+def test_rounds_stages_and_reasons(tmp_path):
+    loop, engine, stats, shards = run(tmp_path, n=6)
+    # each round: 4 instruction prompts, then one classification and one instance
+    # request per instruction kept (at most 2 of the 5 items per completion pass)
+    sizes = [len(b) for b in engine.batches]
+    assert sizes[0::3] == [4] * stats.rounds
+    assert sizes[1::3] == sizes[2::3]
+    assert sum(sizes[1::3]) == stats.kept_instructions <= 8 * stats.rounds
+    assert stats.rejections["blacklist:image"] > 0
+    assert stats.rejections["too_short"] > 0
+    assert stats.rejections["truncated"] > 0
+    assert stats.tasks_written == 6
+    rows = pq.read_table(tmp_path / shards[0].path).to_pylist()
+    assert len({r["task_id"] for r in rows}) == 6
+    cls = [r for r in rows if r["is_classification"]]
+    assert cls and all(r["output"] in ("A", "B") for r in cls)
+    plain = [r for r in rows if not r["is_classification"]]
+    assert plain and plain[0]["messages"][0]["content"].endswith("\n\nsome input")
+    assert all(len(r["prompt_task_ids"]) == 8 and r["model"] == "scripted" for r in rows)
+    assert all(r["nearest_instruction"] is not None for r in rows)
+
+
+def test_rouge_filter_drops_repeats_across_rounds(tmp_path):
+    _, _, stats, _ = run(tmp_path, n=40, generation={"prompts_per_round": 4, "max_rounds": 6})
+    # the scripted engine has few distinct topics: later rounds mostly repeat
+    assert stats.rejections["rouge_l"] > 0
+    assert stats.rounds == 6 or stats.tasks_written == 40
+
+
+def test_requests_carry_per_request_seeds_from_coordinates(tmp_path):
+    _, engine, _, _ = run(tmp_path, n=2)
+    first = engine.batches[0]
+    assert [r.seed for r in first] == [request_seed(3, 1, "instructions", k) for k in range(4)]
+    assert len({r.seed for r in first}) == 4
+    assert all(re.search(r"\n9\.$", r.prompt) for r in first)
+
+
+def test_same_seed_same_output(tmp_path):
+    a = run(tmp_path / "a", n=5)[3]
+    b = run(tmp_path / "b", n=5)[3]
+    assert pq.read_table(tmp_path / "a" / a[0].path).equals(pq.read_table(tmp_path / "b" / b[0].path))
