@@ -80,6 +80,11 @@ class InstanceConfig(_Section):
     """Instance generation (Self-Instruct §2.3): input-first or output-first."""
 
     max_instances: int = Field(5, ge=1, description="instances kept per task at most")
+    near_duplicate_threshold: float | None = Field(
+        90.0, ge=0.0, le=100.0,
+        description="drop an instance whose instruction + input scores at least this "
+                    "(rapidfuzz ratio, 0-100) against another task's example; None = off",
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=16)

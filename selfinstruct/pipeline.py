@@ -11,7 +11,8 @@ Each round:
    instruction kept earlier in the same round, exceeds 0.7. Survivors join the pool.
 3. **Classification identification** (§2.2): one few-shot yes/no prompt each.
 4. **Instance generation** (§2.3): output-first for classification tasks,
-   input-first otherwise; then the instance filters (§2.4).
+   input-first otherwise; then the instance filters (§2.4), and near-duplicate
+   detection of each example (instruction + input) against other tasks' examples.
 5. **Shards**: tasks with at least one instance are written, one row per instance.
 
 Rounds repeat until ``num_instructions`` new tasks are written or ``max_rounds``
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config
-from .dedup import RougeIndex
+from .dedup import NearDuplicateIndex, RougeIndex
 from .engine import Completion, Engine, EngineStats, Request, Sampling
 from .filters import filter_instances, instruction_rejection
 from .parsing import (parse_input_first, parse_instruction_list, parse_output_first,
@@ -171,6 +172,10 @@ class SelfInstruct:
         self.pool = RougeIndex(threshold=config.filters.rouge_threshold,
                                tokenizer=config.filters.rouge_tokenizer)
         self.pool.extend(t.instruction for t in self.human)
+        threshold = config.instances.near_duplicate_threshold
+        self.examples = NearDuplicateIndex(threshold) if threshold is not None else None
+        for seed in self.human:
+            self._remember_examples(seed)
 
     # -- the algorithm -------------------------------------------------------
 
@@ -281,13 +286,15 @@ class SelfInstruct:
                 continue
             verdict = filter_instances(instances, inst.max_instances)
             self.stats.instance_rejections.update(reason for _, reason in verdict.rejected)
-            if verdict.task_reason:
-                self._reject(verdict.task_reason)
+            kept = self._drop_near_duplicates(n.task.instruction, verdict.kept)
+            if verdict.task_reason or not kept:
+                self._reject(verdict.task_reason or "near_duplicate")
                 continue
             task = n.task
-            done.append(NewTask(Task(task.id, task.name, task.instruction, verdict.kept,
+            done.append(NewTask(Task(task.id, task.name, task.instruction, kept,
                                      task.is_classification), n.round, n.prompt_task_ids,
                                 n.nearest_instruction, n.nearest_rouge_l))
+            self._remember_examples(done[-1].task)
         return done
 
     def write(self, tasks: Sequence[NewTask]) -> None:
@@ -303,6 +310,32 @@ class SelfInstruct:
         self.writer.add(rows)
 
     # -- helpers -------------------------------------------------------------
+
+    @staticmethod
+    def _example_text(instruction: str, instance: Instance) -> str:
+        return f"{instruction}\n{instance.input}"
+
+    def _drop_near_duplicates(self, instruction: str, instances: Sequence[Instance]
+                              ) -> tuple[Instance, ...]:
+        """Instances whose instruction + input is not a near-duplicate of another
+        task's example (rapidfuzz ratio >= ``near_duplicate_threshold``)."""
+        if self.examples is None:
+            return tuple(instances)
+        kept = []
+        for instance in instances:
+            hit, _ = self.examples.match(self._example_text(instruction, instance))
+            if hit is None:
+                kept.append(instance)
+            else:
+                self.stats.instance_rejections["near_duplicate"] += 1
+        return tuple(kept)
+
+    def _remember_examples(self, task: Task) -> None:
+        """Index a task's examples once the whole task is decided, so its own
+        instances (one instruction, several outputs) never match each other."""
+        if self.examples is not None:
+            for instance in task.instances:
+                self.examples.add(self._example_text(task.instruction, instance))
 
     def _row(self, n: NewTask, k: int, instance: Instance) -> dict[str, Any]:
         task = n.task

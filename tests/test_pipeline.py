@@ -118,3 +118,16 @@ def test_same_seed_same_output(tmp_path):
     a = run(tmp_path / "a", n=5)[3]
     b = run(tmp_path / "b", n=5)[3]
     assert pq.read_table(tmp_path / "a" / a[0].path).equals(pq.read_table(tmp_path / "b" / b[0].path))
+
+
+def test_near_duplicate_examples_of_other_tasks_are_dropped(tmp_path):
+    config = Config.model_validate({"num_instructions": 1})
+    loop = SelfInstruct(config, ScriptedEngine(), PromptBuilder(), SEEDS, ShardWriter(tmp_path, 10))
+    # a seed's example, re-worded only in case and punctuation: a near-duplicate
+    kept = loop._drop_near_duplicates("name three fruits that are RED!", [Instance("", "a"),])
+    assert kept == () and loop.stats.instance_rejections["near_duplicate"] == 1
+    fresh = [Instance("", "Mango"), Instance("", "Papaya")]  # one task, several outputs
+    assert loop._drop_near_duplicates("Name a tropical fruit.", fresh) == tuple(fresh)
+    off = Config.model_validate({"instances": {"near_duplicate_threshold": None}})
+    loop = SelfInstruct(off, ScriptedEngine(), PromptBuilder(), SEEDS, ShardWriter(tmp_path, 10))
+    assert loop._drop_near_duplicates("Name three fruits that are red.", [Instance("", "a")])
