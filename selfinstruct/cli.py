@@ -126,8 +126,180 @@ def generate(config_file: Path | None, **options: Any) -> None:
     except JobError as exc:
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
-        click.echo("Interrupted: nothing from the unfinished round was kept.", err=True)
+        click.echo(f"Interrupted. Committed rounds and finished stages are saved in "
+                   f"{job.config.output}; run the same command again to resume.", err=True)
         sys.exit(130)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--field", default="instruction", show_default=True,
+              help="Text column to deduplicate on.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
+              help="Drop a row when its ROUGE-L F1 to an earlier kept row exceeds this.")
+@click.option("--tokenizer", type=click.Choice(["rouge", "unicode"]), default="rouge",
+              show_default=True,
+              help="rouge = rouge_score's (exact parity, Latin only); unicode = any script, "
+                   "CJK per character.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Parquet file for the kept rows; dropped rows go to <stem>.dropped.parquet.")
+def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output: Path) -> None:
+    """Deduplicate a JSON / JSONL / Parquet dataset by ROUGE-L, exactly.
+
+    Keeps row i iff its ROUGE-L F1 against every earlier kept row is at most
+    the threshold (Self-Instruct §2.2, filtering), in input order. Dropped rows are written
+    with nearest_index, nearest_text and rouge_l columns.
+    """
+    from .dedup import DedupInputError, dedup_file
+
+    try:
+        result = dedup_file(input_path, field, output, threshold=threshold, tokenizer=tokenizer)
+    except DedupInputError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(
+        f"{result['input']} rows: kept {result['kept']}, dropped {result['dropped']} "
+        f"(ROUGE-L > {threshold}, {tokenizer} tokenizer) in {result['seconds']:.2f} s "
+        f"(dedup {result['dedup_seconds']:.2f} s)")
+    click.echo(f"kept    -> {result['output']}")
+    click.echo(f"dropped -> {result['dropped_output']}")
+
+
+# selfinstruct.export.FORMATS (repeated so that --help imports no pandas)
+EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
+
+
+@main.command("inspect")
+@click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--seeds", type=click.Path(path_type=Path), default=None,
+              help="Seed tasks for the ROUGE-L overlap.  [default: the run's seeds, from "
+                   "manifest.json; none for a plain file]")
+@click.option("--tokenizer", default=None,
+              help="Local tokenizer or model directory for lengths in model tokens, or 'none' "
+                   "for words only.  [default: the run's model when it is on disk]")
+@click.option("--sample", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Rows to show (drawn with a fixed seed).")
+@click.option("--where", multiple=True, metavar="EXPR",
+              help="Filter the sample rows: COLUMN OP VALUE, OP one of = != < <= > >= ~ "
+                   "(~: case-insensitive regex). Repeatable; all must hold. "
+                   "E.g. --where 'round>=2' --where 'instruction~poem'.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print every statistic as one JSON object on stdout instead of tables.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Also write PNG figures, a self-contained index.html and stats.json "
+                   "to this directory.")
+def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sample: int,
+                where: tuple[str, ...], as_json: bool, report: Path | None) -> None:
+    """Statistics of a run, or of an Alpaca-style dataset file.
+
+    RUN is a `generate` output directory, or a JSON / JSONL / Parquet / CSV file
+    of instruction/input/output records. Shows counts per stage, rejections by
+    reason, per-round counts, the classification share, lengths in words and
+    model tokens, each instruction's ROUGE-L to its nearest seed and the
+    commonest leading verbs with their objects (Self-Instruct §3.2, Figures
+    3-5), and sample rows.
+    """
+    import json
+
+    from .inspection import (InspectError, collect_statistics, load_run, render_console,
+                             resolve_seeds, resolve_tokenizer, write_report)
+
+    try:
+        run = load_run(run_path)
+        stats = collect_statistics(run, resolve_seeds(run, seeds),
+                                   resolve_tokenizer(run, tokenizer), sample=sample, where=where)
+    except InspectError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+    else:
+        render_console(stats)
+    if report is not None:
+        try:
+            written = write_report(stats, report)
+        except ImportError:
+            raise UserError("--report needs matplotlib (pip install matplotlib)") from None
+        except OSError as exc:
+            raise UserError(f"{report}: cannot write report: {exc.strerror}") from None
+        click.echo(f"report -> {written['index']}", err=as_json)
+
+
+@main.command()
+@click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
+              help="alpaca: JSON of instruction/input/output; sharegpt: JSON of conversations "
+                   "(from/value); messages: JSONL of chat messages (OpenAI, TRL); parquet: "
+                   "Parquet files; datasets: a save_to_disk directory.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Export directory: the data files and a README.md dataset card.")
+@click.option("--system-prompt", default=None, help="System message added to every example.")
+@click.option("--train-split", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Fraction of tasks in train; the rest form a test split (deterministic: "
+                   "by a hash of each instruction).  [default: train only]")
+@click.option("--seeds", type=click.Path(path_type=Path), default=None,
+              help="Seed tasks for the card's ROUGE-L overlap.  [default: the run's seeds]")
+@click.option("--tokenizer", default=None,
+              help="Tokenizer directory for the card's token lengths, or 'none'.  "
+                   "[default: the run's model when it is on disk]")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --output directory.")
+@click.option("--push-to-hub", "repo", default=None, metavar="REPO",
+              help="Upload the export to this Hugging Face dataset repository "
+                   "(needs network and a token).")
+@click.option("--private", is_flag=True, help="With --push-to-hub: make a new repository private.")
+@click.option("--check-template", "template_model", is_flag=False, flag_value="embedded",
+              default=None, metavar="[MODEL]",
+              help="Render every example with MODEL's chat template (a local directory, .gguf "
+                   "or cached Hub id; without a value: the embedded model) and report examples "
+                   "over --max-length tokens and special tokens inside the text. "
+                   "Put RUN before it. Exit status 1 when anything is found.")
+@click.option("--max-length", type=click.IntRange(min=1), default=None,
+              help="Context length for --check-template.  [default: the tokenizer's "
+                   "model_max_length, at most 2048]")
+def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: str | None,
+           train_split: float | None, seeds: Path | None, tokenizer: str | None,
+           overwrite: bool, repo: str | None, private: bool, template_model: str | None,
+           max_length: int | None) -> None:
+    """Export a run (or an Alpaca-style file) for SFT trainers, with a dataset card.
+
+    Writes --format files and a README.md (Hugging Face card metadata, the model,
+    seeds, filter settings and the statistics of `inspect`) to --output. With
+    --check-template, checks the examples against a chat template first;
+    --check-template alone only checks.
+    """
+    from .export import (ExportError, check_template, describe_check, export_run, push_to_hub,
+                         resolve_template_model)
+    from .inspection import (InspectError, collect_statistics, load_run, resolve_seeds,
+                             resolve_tokenizer)
+
+    if fmt is None and template_model is None:
+        raise UserError("give --format and --output (or --check-template [MODEL])")
+    if fmt is not None and output is None:
+        raise UserError("--output is required with --format")
+    if fmt is None and (output is not None or repo is not None):
+        raise UserError("--format is required with --output and --push-to-hub")
+    problems = False
+    try:
+        run = load_run(run_path)
+        if template_model is not None:
+            template_tokenizer, name = resolve_template_model(template_model)
+            result = check_template(run.frame, template_tokenizer, model=name,
+                                    max_length=max_length, system_prompt=system_prompt)
+            for line in describe_check(result):
+                click.echo(line)
+            problems = not result["ok"]
+        if fmt is not None:
+            stats = collect_statistics(run, resolve_seeds(run, seeds),
+                                       resolve_tokenizer(run, tokenizer))
+            written = export_run(run, fmt, output, stats=stats, system_prompt=system_prompt,
+                                 train_split=train_split, overwrite=overwrite)
+            splits = ", ".join(f"{name} {rows} rows ({written.files[name]})"
+                               for name, rows in written.rows.items())
+            click.echo(f"{fmt} export -> {written.output}/: {splits}; card README.md")
+            if repo is not None:
+                click.echo(f"pushed -> {push_to_hub(written.output, repo, private=private)}")
+    except (InspectError, ExportError) as exc:
+        raise UserError(str(exc)) from None
+    if problems:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

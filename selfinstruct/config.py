@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-# Self-Instruct §2.3 / the released code's filter: instructions mentioning things a
+# Self-Instruct §2.2, classification task identification, filtering, and the released code: instructions mentioning things a
 # text-only model cannot produce or see are dropped.
 DEFAULT_BLACKLIST = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
@@ -43,7 +43,7 @@ class _Section(BaseModel):
 
 
 class GenerationConfig(_Section):
-    """Instruction generation (Self-Instruct §2.1, Appendix A.1)."""
+    """Instruction generation (Self-Instruct §2.2, instruction generation)."""
 
     prompt_tasks: int = Field(8, ge=1, le=15, description="tasks shown in each prompt")
     prompt_human_tasks: int = Field(6, ge=0, description="of which human seed tasks")
@@ -70,14 +70,14 @@ class GenerationConfig(_Section):
 
 
 class ClassificationConfig(_Section):
-    """Classification task identification (Self-Instruct §2.2)."""
+    """Classification task identification (Self-Instruct §2.2, classification task identification)."""
 
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(3, ge=1)
 
 
 class InstanceConfig(_Section):
-    """Instance generation (Self-Instruct §2.3): input-first or output-first."""
+    """Instance generation (Self-Instruct §2.2, instance generation): input-first or output-first."""
 
     max_instances: int = Field(5, ge=1, description="instances kept per task at most")
     near_duplicate_threshold: float | None = Field(
@@ -91,7 +91,7 @@ class InstanceConfig(_Section):
 
 
 class FilterConfig(_Section):
-    """Instruction and instance filters (Self-Instruct §2.4)."""
+    """Instruction and instance filters (Self-Instruct §2.2, filtering)."""
 
     min_words: int = Field(4, ge=0, description="instructions with fewer words are dropped")
     max_words: int = Field(150, ge=1, description="instructions with more words are dropped")

@@ -1,11 +1,13 @@
 """Exact ROUGE-L deduplication of instructions at pool scale.
 
-Self-Instruct (Wang et al., ACL 2023, §2.3) keeps a generated instruction only
-if its ROUGE-L similarity with every instruction already in the task pool is
-below 0.7; the reference implementation (and Stanford Alpaca) scores each
-candidate against the whole pool with Google's ``rouge_score`` package, i.e.
-``rouge_scorer.RougeScorer(["rougeL"]).score(new, old)["rougeL"].fmeasure``
-and drops the candidate when the maximum is ``> 0.7``.
+Self-Instruct (Wang et al., ACL 2023; method section, paragraph "Filtering
+and Postprocessing") adds a generated instruction to the task pool only if
+its ROUGE-L similarity with every instruction already there is below 0.7.
+The reference code (yizhongw/self-instruct, and Stanford Alpaca which copies
+it) scores each candidate against the whole pool with Google's
+``rouge_score`` package, ``rouge_scorer.RougeScorer(["rougeL"])`` ->
+``fmeasure``, and drops the candidate when the maximum is ``> 0.7`` (so
+exactly 0.7 is kept); this module follows the code.
 
 This module reproduces those decisions *exactly* (same tokenizer, same LCS,
 same floating-point F1 formula, same ``>`` comparison, same sequential
@@ -59,6 +61,7 @@ __all__ = [
     "NearDuplicateIndex",
     "RougeIndex",
     "dedup_file",
+    "dropped_path",
     "dedup_records",
     "empty_fraction",
     "near_duplicates",
@@ -66,8 +69,9 @@ __all__ = [
     "rouge_tokenize",
 ]
 
-#: Self-Instruct §2.3 / Alpaca: a candidate whose ROUGE-L F1 with any pool
-#: instruction is ``> 0.7`` is dropped (exactly 0.7 is kept).
+#: Self-Instruct ("Filtering and Postprocessing") and its code, as copied by
+#: Alpaca: a candidate whose ROUGE-L F1 with any pool instruction is ``> 0.7``
+#: is dropped (exactly 0.7 is kept).
 DEFAULT_THRESHOLD = 0.7
 
 #: Names accepted by the ``tokenizer`` arguments.
@@ -273,7 +277,7 @@ class Decision:
     Attributes:
         keep: True iff the candidate's maximum ROUGE-L F1 against the pool
             (and against candidates kept earlier in the same batch) is
-            ``<= threshold`` (Self-Instruct §2.3: ``> 0.7`` is dropped).
+            ``<= threshold`` (Self-Instruct filtering: ``> 0.7`` is dropped).
         nearest_index: pool index of the most similar pool text (ties: the
             lowest index); for a neighbour kept earlier in the same batch,
             the pool index it received (or would have received when
@@ -281,9 +285,10 @@ class Decision:
             candidate, and None for kept candidates when the nearest
             neighbour was not requested (``exact_nearest_for_kept=False``).
         nearest_text: that pool text, or None.
-        score: its ROUGE-L F1 (rouge_score float); 0.0 when
-            ``nearest_index`` is None because nothing shares a token, NaN
-            for kept candidates when the nearest neighbour was not requested.
+        score: its ROUGE-L F1 (rouge_score float, in [0, 1]); 0.0 when
+            ``nearest_index`` is None because nothing shares a token (or the
+            candidate has no tokens, or the pool is empty); NaN for other
+            kept candidates when the nearest neighbour was not requested.
     """
 
     keep: bool
@@ -338,14 +343,14 @@ _BOOTSTRAP = 32
 class RougeIndex:
     """Incremental pool of texts with exact ROUGE-L F1 duplicate search.
 
-    Implements the Self-Instruct §2.3 filter (drop a candidate whose ROUGE-L
-    F1 with any pool instruction is ``> threshold``, default 0.7) with
+    Implements the Self-Instruct diversity filter (drop a candidate whose
+    ROUGE-L F1 with any pool instruction is ``> threshold``, default 0.7) with
     exactly the decisions of the reference loop ("keep item i iff its max
     ``rouge_score`` ROUGE-L against all earlier kept items is <= threshold"),
     using prefix filtering instead of a full scan.
 
-    Algorithm (all bounds exact, with a 1e-9 safety margin; decisions always
-    use the reference float F1 from the exact LCS):
+    Algorithm (all bounds exact, with a 1e-9 safety margin; decisions and
+    reported scores always use the reference float F1 of the exact LCS):
 
     * A text with ``l`` tokens is the set of its token occurrences
       ``(token, k)`` ("the" twice -> (the,0), (the,1)), so multiset overlap
@@ -368,9 +373,13 @@ class RougeIndex:
     correct; a good one only prunes more.
 
     The exact nearest neighbour of texts that are *kept* (no threshold to
-    prune with) uses full posting lists bucketed by ``rem`` and a best-first
-    bound (``2*r/(lq+r)`` for texts sharing none of the first occurrences);
-    these lists are built lazily on first use.
+    prune with) is found best-first: a lower bound from the best of ~32
+    prefix-filter candidates, then posting lists of *all* occurrences (built
+    lazily on first use) scanned only as deep as the bound allows (items
+    sharing none of the query's first I occurrences have F1 <=
+    2r/(lq+r), r = lq - I), with a per-item overlap bound from the shared
+    occurrences counted there; candidates are verified in decreasing bound
+    order until the bound drops below the best score found.
 
     Args:
         threshold: drop when F1 > threshold; must be in [0, 1].
@@ -378,7 +387,7 @@ class RougeIndex:
 
     Raises:
         ValueError: threshold outside [0, 1] or unknown tokenizer.
-        OverflowError: more than ~1.1 million distinct tokens in one index.
+        OverflowError: more than 1,112,064 distinct tokens in one index.
     """
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, tokenizer: str = "rouge") -> None:
@@ -451,6 +460,7 @@ class RougeIndex:
         return out
 
     def _sorted_keys(self, seq: str) -> list[int]:
+        """Occurrences in the global order (rarest first, then by key)."""
         rank = self._rank.get
         return sorted(self._keys(seq), key=lambda k: rank(k, -k))
 
@@ -579,7 +589,7 @@ class RougeIndex:
         texts = list(texts)
         seqs = [self._encode(t) for t in texts]
         self._maybe_reorder(seqs)
-        return [self._append(t, s, None) for t, s in zip(texts, seqs)]
+        return [self._append(t, s, None) for t, s in zip(texts, seqs, strict=True)]
 
     # -- search ---------------------------------------------------------------------
 
@@ -795,7 +805,7 @@ class RougeIndex:
         add: bool = True,
         exact_nearest_for_kept: bool = True,
     ) -> list[Decision]:
-        """Filter ``candidates`` in order against the pool (Self-Instruct §2.3).
+        """Filter ``candidates`` in order against the pool (Self-Instruct filter).
 
         Each candidate is compared with the whole pool and with the
         candidates kept earlier in this batch; it is kept iff its maximum
@@ -817,13 +827,14 @@ class RougeIndex:
         Returns:
             One :class:`Decision` per candidate, in order.
         """
+        candidates = list(candidates)
         seqs = [self._encode(t) for t in candidates]
         n0 = len(self._texts)
         self._maybe_reorder(seqs)
         out: list[Decision] = []
         texts = self._texts
         try:
-            for text, seq in zip(candidates, seqs):
+            for text, seq in zip(candidates, seqs, strict=True):
                 ks = self._sorted_keys(seq) if seq else []
                 keep, ni, score = self._query(seq, ks, exact_nearest_for_kept)
                 out.append(Decision(keep, ni, texts[ni] if ni is not None else None, score))
@@ -838,6 +849,9 @@ class RougeIndex:
 # ---------------------------------------------------------------------------
 # Near-duplicate examples (rapidfuzz)
 # ---------------------------------------------------------------------------
+
+
+_NEAR_MARGIN = 0.01
 
 
 def _near_process(text: str) -> str:
@@ -856,7 +870,9 @@ class NearDuplicateIndex:
     Matching is exact with respect to that scorer: only kept texts whose
     length makes the score provably < threshold are skipped (Indel distance
     >= |len_a - len_b|, so ratio <= 200*min/(len_a+len_b)), and
-    ``rapidfuzz.process.extractOne`` with ``score_cutoff`` scores the rest.
+    ``rapidfuzz.process.extract`` with ``score_cutoff`` (0.01 below the
+    threshold, because rapidfuzz's internal cutoff conversion is not exact
+    at the boundary) finds the rest, each re-scored with ``fuzz.ratio``.
     Cost: one C++ scan over the kept texts of similar length per query.
 
     Args:
@@ -880,10 +896,11 @@ class NearDuplicateIndex:
         return self._n
 
     def _window(self, n: int) -> tuple[int, int]:
-        t = self.threshold
+        """Lengths m with 200*min(n,m)/(n+m) >= threshold (widened a little)."""
+        t = self.threshold - _NEAR_MARGIN
         if t <= 0.0:
             return 0, 1 << 62
-        lo = math.floor(n * t / (200.0 - t) * (1 - 1e-9)) if t < 200 else n
+        lo = math.floor(n * t / (200.0 - t) * (1 - 1e-9))
         hi = math.ceil(n * (200.0 - t) / t * (1 + 1e-9))
         return max(0, lo), hi
 
@@ -911,12 +928,21 @@ class NearDuplicateIndex:
                     poss += b[1]
         if not strs:
             return None, 0.0
-        r = process.extractOne(p, strs, scorer=fuzz.ratio, score_cutoff=self.threshold)
-        if r is None:
+        # rapidfuzz.process applies score_cutoff with an error of ~1e-6 (it
+        # can drop a pair scoring exactly the cutoff; 1e-4 below was always
+        # enough in tests), so prefilter 0.01 below and decide on
+        # fuzz.ratio's own value.
+        cutoff = max(0.0, self.threshold - _NEAR_MARGIN)
+        hits = process.extract(p, strs, scorer=fuzz.ratio, score_cutoff=cutoff, limit=None)
+        best_pos: int | None = None
+        best = -1.0
+        for s, _, j in hits:
+            sc = fuzz.ratio(p, s)
+            if sc >= self.threshold and (sc > best or (sc == best and poss[j] < best_pos)):
+                best_pos, best = poss[j], sc
+        if best_pos is None:
             return None, 0.0
-        best = r[1]
-        ties = process.extract(p, strs, scorer=fuzz.ratio, score_cutoff=best, limit=None)
-        return min(poss[j] for _, sc, j in ties if sc == best), float(best)
+        return best_pos, float(best)
 
     def add(self, text: str) -> int | None:
         """Check ``text`` and keep it unless it near-duplicates a kept text.
@@ -994,8 +1020,8 @@ def dedup_records(
     """ROUGE-L dedup of records on one text field (pure function).
 
     Record i is kept iff ROUGE-L F1 of ``records[i][field]`` with every
-    earlier kept record is ``<= threshold`` (Self-Instruct §2.3, rouge_score
-    F1; the first record is always kept).
+    earlier kept record is ``<= threshold`` (Self-Instruct filter,
+    rouge_score F1; the first record is always kept).
 
     Returns:
         ``(kept_positions, dropped)``: kept positions ascending, and one
@@ -1042,7 +1068,10 @@ def _read_table(path: Path):
             raise DedupInputError(
                 f"{path}: unknown format {suffix!r} (expected .json, .jsonl, .ndjson or .parquet)"
             )
-        return pd.read_json(path, orient="records", lines=lines, dtype=False, convert_dates=False)
+        kwargs: dict[str, Any] = {"orient": "records", "lines": lines, "dtype": False}
+        if int(pd.__version__.split(".")[0]) < 3:
+            kwargs["convert_dates"] = False  # pandas 3: implied by dtype=False
+        return pd.read_json(path, **kwargs)
     except DedupInputError:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types
@@ -1101,8 +1130,8 @@ def dedup_file(
 
     Reads a JSON array (``.json``), JSON Lines (``.jsonl``/``.ndjson``, or a
     ``.json`` file not starting with ``[``) or Parquet (``.parquet``/``.pq``)
-    with pandas/pyarrow, applies :func:`dedup_records` (Self-Instruct §2.3
-    rule, rouge_score ROUGE-L F1 ``> threshold`` is dropped, input order),
+    with pandas/pyarrow, applies :func:`dedup_records` (Self-Instruct filter:
+    rouge_score ROUGE-L F1 ``> threshold`` is dropped, in input order),
     and writes atomically, as Parquet with zstd:
 
     * ``output_path``: the kept rows, all columns, in input order;

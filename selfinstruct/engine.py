@@ -77,28 +77,32 @@ class Completion:
 
 @dataclass
 class EngineStats:
-    """Running totals over an engine's life: requests, tokens, seconds inside the engine."""
+    """Token totals by stage, and seconds spent inside the engine.
+
+    Attributes:
+        requests, prompt_tokens, output_tokens: totals over all stages.
+        seconds: wall time of engine calls (set by the caller).
+        by_stage: stage name -> {"requests", "prompt_tokens", "output_tokens"}.
+    """
 
     requests: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
     seconds: float = 0.0
-    by_stage: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, stage: str, completions: Sequence[Completion], seconds: float) -> None:
-        """Count a finished batch of ``stage`` that took ``seconds`` of wall time."""
+    def count(self, stage: str, completions: Sequence[Completion]) -> None:
+        """Add a stage's completions to the totals."""
         prompt = sum(c.prompt_tokens for c in completions)
         output = sum(c.output_tokens for c in completions)
         self.requests += len(completions)
         self.prompt_tokens += prompt
         self.output_tokens += output
-        self.seconds += seconds
         row = self.by_stage.setdefault(
-            stage, {"requests": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0})
+            stage, {"requests": 0, "prompt_tokens": 0, "output_tokens": 0})
         row["requests"] += len(completions)
         row["prompt_tokens"] += prompt
         row["output_tokens"] += output
-        row["seconds"] += seconds
 
 
 Progress = Callable[[int], None]

@@ -1,6 +1,6 @@
 """Quality filters for instructions and instances, each rejection with a reason code.
 
-Instruction filters (Self-Instruct §2.4 and its released code), checked in this
+Instruction filters (Self-Instruct §2.2, filtering and its released code), checked in this
 order, the first failure being the reason:
 
 ============================  ===============================================
@@ -16,7 +16,7 @@ reason code                   rule
 
 The ROUGE-L filter (``rouge_l``) needs the pool and lives in :mod:`selfinstruct.dedup`.
 
-Instance filters (Self-Instruct §2.4): ``empty_output``, ``input_equals_output``,
+Instance filters (Self-Instruct §2.2, filtering): ``empty_output``, ``input_equals_output``,
 ``ends_with_colon`` (input or output), ``duplicate_instance`` (exact repeat), and
 ``conflicting_outputs``: one non-empty input with different outputs drops the whole task.
 """
@@ -98,7 +98,7 @@ def instance_rejection(instance: Instance) -> str | None:
 
 
 def filter_instances(instances: Sequence[Instance], max_instances: int = 5) -> InstanceVerdict:
-    """Apply the instance filters to one task's instances (Self-Instruct §2.4).
+    """Apply the instance filters to one task's instances (Self-Instruct §2.2, filtering).
 
     Args:
         instances: as parsed from the completion, in order.

@@ -29,7 +29,7 @@ class ParsedItem:
         number: the item's number in the list (the first is the prompt's last number).
         text: the instruction, whitespace collapsed; "" if the item was empty.
         truncated: True for the last item of a completion cut at its token limit
-            (Self-Instruct §2.4 drops it: likely unfinished).
+            (Self-Instruct §2.2, filtering drops it: likely unfinished).
     """
 
     number: int
@@ -100,7 +100,7 @@ def _normalise_input(text: str) -> str:
 
 
 def parse_input_first(completion: str) -> list[Instance]:
-    """Instances from an input-first completion (Self-Instruct §2.3).
+    """Instances from an input-first completion (Self-Instruct §2.2, instance generation).
 
     Examples are separated by ``Example N`` lines; each has an optional
     ``Input:`` and a required ``Output:``. An example without ``Output:`` is
@@ -123,7 +123,7 @@ def parse_input_first(completion: str) -> list[Instance]:
 
 
 def parse_output_first(completion: str) -> list[Instance]:
-    """Instances from an output-first completion, for classification tasks (§2.3).
+    """Instances from an output-first completion, for classification tasks (§2.2, instance generation).
 
     Each ``Class label: L`` line is followed by ``Input: X``; the instance is
     ``(input=X, output=L)``. A label without an input is skipped.

@@ -1,6 +1,6 @@
 """Prompt building: few-shot prompts rendered from the Jinja2 templates in ``prompts/``.
 
-Four templates, one per model call of the algorithm (Self-Instruct §2.1-2.3):
+Four templates, one per model call of the algorithm (Self-Instruct §2.2):
 
 * ``instruction_generation.jinja``: a numbered list of pool tasks (``tasks``), ending
   in the next number so the model continues the list.
@@ -84,18 +84,18 @@ class PromptBuilder:
         """The list-continuation prompt showing ``tasks`` numbered 1..len(tasks).
 
         The text ends with ``"{len(tasks) + 1}."`` so the completion starts inside
-        the next item (Self-Instruct §2.1).
+        the next item (Self-Instruct §2.2, instruction generation).
         """
         shown = [{"instruction": one_line(t.instruction), "id": t.id} for t in tasks]
         return self._templates["instruction_generation"].render(tasks=shown).rstrip("\n")
 
     def classification(self, instruction: str) -> str:
-        """The few-shot prompt asking whether ``instruction`` is a classification task (§2.2)."""
+        """The few-shot prompt asking whether ``instruction`` is a classification task (§2.2, classification task identification)."""
         return self._templates["classification"].render(instruction=one_line(instruction)
                                                         ).rstrip("\n")
 
     def instances(self, instruction: str, is_classification: bool) -> str:
-        """The instance-generation prompt: output-first for classification, else input-first (§2.3)."""
+        """The instance-generation prompt: output-first for classification, else input-first (§2.2, instance generation)."""
         name = "instances_output_first" if is_classification else "instances_input_first"
         return self._templates[name].render(instruction=one_line(instruction))
 
@@ -109,7 +109,7 @@ def load_prompts(directory: Path | None = None) -> PromptBuilder:
 def instruction_stop(max_list_items: int) -> tuple[str, ...]:
     """Stop strings that end generation before list item ``max_list_items + 1``.
 
-    Self-Instruct §2.1 stops before the 16th item (``max_list_items=15``).
+    Self-Instruct §2.2, instruction generation stops before the 16th item (``max_list_items=15``).
     """
     nxt = max_list_items + 1
     return (f"\n{nxt}.", f"\n{nxt} .", f"\n{nxt})")
@@ -125,7 +125,7 @@ def sample_prompt_tasks(rng: random.Random, human: Sequence[Task], machine: Sequ
 
     ``human_count`` human seed tasks and ``total - human_count`` machine-generated
     ones, all human while fewer than ``total - human_count`` machine tasks exist
-    (Self-Instruct §2.1: 6 + 2 of 8). The order is shuffled so seeds are not
+    (Self-Instruct §2.2, instruction generation: 6 + 2 of 8). The order is shuffled so seeds are not
     always first. Never returns more tasks than exist.
 
     Args:

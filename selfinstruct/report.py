@@ -66,9 +66,9 @@ class RichReporter:
     def round_done(self, stats: RunStats) -> None:
         """Update the overall bar and its status text."""
         self._round = stats.rounds + 1
-        rate = stats.engine.output_tokens / stats.engine.seconds if stats.engine.seconds else 0
         info = (f"kept {stats.kept_instructions}/{stats.candidates} instructions · "
-                f"rejected: {_top_reasons(stats)} · {rate:.0f} output tok/s")
+                f"rejected: {_top_reasons(stats)} · "
+                f"{stats.live_tokens_per_second:.0f} output tok/s")
         self._progress.update(self._overall, completed=stats.tasks_written, info=info)
 
 
@@ -80,18 +80,17 @@ def print_summary(stats: RunStats, output: Path, startup_seconds: float) -> None
     table.add_column("value", justify="right")
     kept_rate = stats.kept_instructions / stats.candidates if stats.candidates else 0.0
     cls_share = stats.classification_tasks / stats.tasks_written if stats.tasks_written else 0.0
-    rate = stats.engine.output_tokens / stats.engine.seconds if stats.engine.seconds else 0.0
     rows = [
-        ("rounds", f"{stats.rounds}"),
+        ("rounds (replayed from the ledger)", f"{stats.rounds} ({stats.replayed_rounds})"),
         ("candidate instructions", f"{stats.candidates}"),
         ("kept after instruction filters", f"{stats.kept_instructions} ({kept_rate:.1%})"),
         ("new tasks written", f"{stats.tasks_written}"),
         ("instances written (rows)", f"{stats.rows_written}"),
         ("classification tasks", f"{stats.classification_tasks} ({cls_share:.1%})"),
-        ("engine requests", f"{stats.engine.requests}"),
+        ("requests (sent now)", f"{stats.engine.requests} ({stats.live_requests})"),
         ("prompt / output tokens", f"{stats.engine.prompt_tokens} / {stats.engine.output_tokens}"),
-        ("output tokens/s (in engine)", f"{rate:.1f}"),
-        ("engine start-up", f"{startup_seconds:.1f} s"),
+        ("output tokens/s (engine time)", f"{stats.live_tokens_per_second:.1f}"),
+        ("engine start-up", f"{startup_seconds:.1f} s" if startup_seconds else "not started"),
         ("loop wall time (engine share)",
          f"{stats.seconds:.1f} s ({stats.engine.seconds / stats.seconds:.0%})"
          if stats.seconds else "0 s"),

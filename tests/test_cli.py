@@ -66,12 +66,22 @@ def test_user_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, make_arg
     assert not out.exists()
 
 
-def test_occupied_output_directory_is_refused(tmp_path):
+@pytest.mark.parametrize("content, expected", [
+    ({"notes.txt": "mine"}, "is not empty and holds no selfinstruct run"),
+    ({"manifest.json": "{not json"}, "damaged manifest"),
+    ({"manifest.json": json.dumps({"format": "selfinstruct-shards/1", "identity": {
+        "settings": {"seed": 99}}})}, "holds a run made with settings.seed = 99"),
+])
+def test_output_directory_of_something_else_is_refused(tmp_path, content, expected):
+    model = tmp_path / "model"  # resolves as a local model directory; never loaded
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "manifest.json").write_text("{}")
+    for name, text in content.items():
+        (out / name).write_text(text)
     result = cli("generate", "--seeds", str(seeds_file(tmp_path, GOOD)), "--output", str(out),
-                 "--model", str(tmp_path))  # model is checked after the output directory
+                 "--model", str(model))
     assert result.returncode == 2
-    assert "holds a finished run" in result.stderr
-    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+    assert expected in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(content)

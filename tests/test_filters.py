@@ -1,4 +1,4 @@
-"""Instruction and instance filters, each with its reason code (Self-Instruct §2.4)."""
+"""Instruction and instance filters, each with its reason code (Self-Instruct §2.2, filtering)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from selfinstruct.config import Config
 from selfinstruct.engine import Completion
-from selfinstruct.pipeline import SelfInstruct, request_seed
+from selfinstruct.ledger import RunDirectory
+from selfinstruct.pipeline import Candidate, LazyEngine, SelfInstruct, request_seed
 from selfinstruct.prompts import PromptBuilder
 from selfinstruct.seeds import Instance, Task
 from selfinstruct.shards import ShardWriter
@@ -68,12 +69,18 @@ class ScriptedEngine:
         pass
 
 
-def run(tmp_path, **overrides):
+def make_loop(tmp_path, engine=None, **overrides):
     config = Config.model_validate({"num_instructions": overrides.pop("n", 6), "seed": 3,
                                     "generation": {"prompts_per_round": 4}, **overrides})
-    engine = ScriptedEngine()
+    engine = engine or ScriptedEngine()
     writer = ShardWriter(tmp_path, config.shards.shard_size)
-    loop = SelfInstruct(config, engine, PromptBuilder(), SEEDS, writer)
+    loop = SelfInstruct(config, LazyEngine(lambda: engine), PromptBuilder(), SEEDS,
+                        RunDirectory(tmp_path), writer, "scripted")
+    return loop, engine, writer
+
+
+def run(tmp_path, **overrides):
+    loop, engine, writer = make_loop(tmp_path, **overrides)
     return loop, engine, loop.run(), writer.close()
 
 
@@ -85,6 +92,9 @@ def test_rounds_stages_and_reasons(tmp_path):
     assert sizes[0::3] == [4] * stats.rounds
     assert sizes[1::3] == sizes[2::3]
     assert sum(sizes[1::3]) == stats.kept_instructions <= 8 * stats.rounds
+    later = ("not_generated", "unparseable_instances", "no_instances", "conflicting_outputs",
+             "near_duplicate", "over_target")
+    assert stats.tasks_written + sum(stats.rejections[k] for k in later) == stats.kept_instructions
     assert stats.rejections["blacklist:image"] > 0
     assert stats.rejections["too_short"] > 0
     assert stats.rejections["truncated"] > 0
@@ -110,6 +120,8 @@ def test_requests_carry_per_request_seeds_from_coordinates(tmp_path):
     _, engine, _, _ = run(tmp_path, n=2)
     first = engine.batches[0]
     assert [r.seed for r in first] == [request_seed(3, 1, "instructions", k) for k in range(4)]
+    instruction = engine.batches[2][0].prompt.rsplit("Task: ", 1)[1].strip()
+    assert engine.batches[2][0].seed == request_seed(3, 1, "instances", instruction)
     assert len({r.seed for r in first}) == 4
     assert all(re.search(r"\n9\.$", r.prompt) for r in first)
 
@@ -121,13 +133,13 @@ def test_same_seed_same_output(tmp_path):
 
 
 def test_near_duplicate_examples_of_other_tasks_are_dropped(tmp_path):
-    config = Config.model_validate({"num_instructions": 1})
-    loop = SelfInstruct(config, ScriptedEngine(), PromptBuilder(), SEEDS, ShardWriter(tmp_path, 10))
+    loop, _, _ = make_loop(tmp_path / "a")
     # a seed's example, re-worded only in case and punctuation: a near-duplicate
-    kept = loop._drop_near_duplicates("name three fruits that are RED!", [Instance("", "a"),])
-    assert kept == () and loop.stats.instance_rejections["near_duplicate"] == 1
+    near = Candidate(0, 9, "name three fruits that are RED!", (), "")
+    assert loop._drop_near_duplicates(near, [Instance("", "a")]) == ()
+    assert near.instance_rejections == ["near_duplicate"]
     fresh = [Instance("", "Mango"), Instance("", "Papaya")]  # one task, several outputs
-    assert loop._drop_near_duplicates("Name a tropical fruit.", fresh) == tuple(fresh)
-    off = Config.model_validate({"instances": {"near_duplicate_threshold": None}})
-    loop = SelfInstruct(off, ScriptedEngine(), PromptBuilder(), SEEDS, ShardWriter(tmp_path, 10))
-    assert loop._drop_near_duplicates("Name three fruits that are red.", [Instance("", "a")])
+    task = Candidate(0, 10, "Name a tropical fruit.", (), "")
+    assert loop._drop_near_duplicates(task, fresh) == tuple(fresh)
+    loop, _, _ = make_loop(tmp_path / "b", instances={"near_duplicate_threshold": None})
+    assert loop._drop_near_duplicates(near, [Instance("", "a")])

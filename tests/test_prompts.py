@@ -1,4 +1,4 @@
-"""Prompt building and in-context task sampling (Self-Instruct §2.1-2.3)."""
+"""Prompt building and in-context task sampling (Self-Instruct §2.2)."""
 
 from __future__ import annotations
 

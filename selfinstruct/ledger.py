@@ -1,0 +1,278 @@
+"""The run directory: lock, ledger of every request and candidate, and crash points.
+
+Layout (all files written atomically: temporary name, fsync, rename)::
+
+    .lock                                   held (flock) by the one process running
+    ledger/round-00001/requests-instructions.parquet   each stage's requests and
+    ledger/round-00001/requests-classification.parquet completions, saved as soon
+    ledger/round-00001/requests-instances.parquet      as the engine returns them
+    ledger/round-00001/candidates.parquet   every candidate instruction: stage, reason,
+                                            neighbour, score, prompt task ids, raw completion
+    ledger/round-00001/rows.parquet         the examples the round produced (shard schema)
+    ledger/round-00001/commit.json          written last: sha256 of each file above
+    data/shard-00000.parquet                shards, materialised from committed rounds
+    manifest.json                           the commit record of the shards
+
+A round exists once its ``commit.json`` does; its files are verified against the
+recorded hashes before use, and a mismatch is an error (:class:`LedgerError`), never
+silently read. Stage files of an unfinished round are reused when readable and
+discarded (to be requested again) when not.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .shards import SCHEMA, file_digest, write_atomic, write_json
+
+LEDGER_DIR = "ledger"
+LOCK_FILE = ".lock"
+CRASH_ENV = "SELFINSTRUCT_CRASH_AT"
+STAGES = ("instructions", "classification", "instances")
+
+REQUEST_SCHEMA = pa.schema([
+    ("key", pa.string()),            # slot number (instructions) or the instruction text
+    ("seed", pa.int64()),
+    ("prompt", pa.string()),
+    ("prompt_task_ids", pa.list_(pa.string())),
+    ("text", pa.string()),
+    ("finish_reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("output_tokens", pa.int64()),
+])
+"""One row per engine request of a stage: what was asked, what came back, its tokens."""
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("round", pa.int32()),
+    ("slot", pa.int32()),              # the instruction-generation request it came from
+    ("item", pa.int32()),              # its number in the generated list (null: unparseable)
+    ("instruction", pa.string()),
+    ("stage", pa.string()),            # where it stopped: instructions / instances / written
+    ("reason", pa.string()),           # reason code; null when written
+    ("nearest_instruction", pa.string()),
+    ("rouge_l", pa.float64()),
+    ("is_classification", pa.bool_()),
+    ("instances", pa.int32()),          # instances written
+    ("instance_rejections", pa.list_(pa.string())),
+    ("prompt_task_ids", pa.list_(pa.string())),
+    ("completion", pa.string()),       # the raw instruction-generation completion
+])
+"""One row per candidate instruction of a round (the ledger of decisions)."""
+
+
+class LedgerError(RuntimeError):
+    """A run directory that cannot be used safely; the message is one line."""
+
+
+class RunLocked(LedgerError):
+    """Another process holds the run directory's lock."""
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL if ``$SELFINSTRUCT_CRASH_AT`` equals ``name``.
+
+    Crash tests name points such as ``round-2:after-instructions``; in normal
+    runs the variable is unset and this does nothing.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request of the ledger with its completion (fields of :data:`REQUEST_SCHEMA`)."""
+
+    key: str
+    seed: int | None
+    prompt: str
+    prompt_task_ids: tuple[str, ...]
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    output_tokens: int
+
+
+def _parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+class RunDirectory:
+    """A run's output directory: the lock, the ledger and the manifest.
+
+    Args:
+        path: the output directory (created by :meth:`lock`).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_handle = None
+        self.warnings: list[str] = []
+
+    # -- lock ----------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Create the directory and take its lock.
+
+        Raises:
+            RunLocked: another live process holds it (the message names its pid).
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunLocked(f"{self.path}: another selfinstruct run (pid {holder}) is using "
+                            "this output directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        """Release the lock (also released by the OS when the process dies)."""
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    # -- ledger --------------------------------------------------------------
+
+    def round_dir(self, round_number: int) -> Path:
+        """``ledger/round-NNNNN`` of a round."""
+        return self.path / LEDGER_DIR / f"round-{round_number:05d}"
+
+    def has_ledger(self) -> bool:
+        """Whether any round has left records here."""
+        return (self.path / LEDGER_DIR).is_dir() and any((self.path / LEDGER_DIR).iterdir())
+
+    def committed_rounds(self) -> int:
+        """How many consecutive rounds, from round 1, have a ``commit.json``."""
+        count = 0
+        while (self.round_dir(count + 1) / "commit.json").is_file():
+            count += 1
+        return count
+
+    def save_stage(self, round_number: int, stage: str,
+                   records: Sequence[RecordedRequest]) -> None:
+        """Record a stage's requests and completions (atomically, before anything uses them)."""
+        rows = [{**record.__dict__, "prompt_task_ids": list(record.prompt_task_ids)}
+                for record in records]
+        data = _parquet_bytes(rows, REQUEST_SCHEMA)
+        write_atomic(self.round_dir(round_number) / f"requests-{stage}.parquet",
+                     lambda handle: handle.write(data))
+
+    def load_stage(self, round_number: int, stage: str,
+                   committed: dict[str, str] | None) -> list[RecordedRequest] | None:
+        """A stage's recorded requests, or None if it has none.
+
+        Args:
+            committed: the round's ``commit.json`` file hashes when the round is
+                committed (the file must match), or None for an unfinished round
+                (an unreadable file is then discarded, with a warning).
+
+        Raises:
+            LedgerError: a committed round's file is missing or does not match its hash.
+        """
+        name = f"requests-{stage}.parquet"
+        path = self.round_dir(round_number) / name
+        if committed is not None:
+            self._verify(path, committed.get(name))
+        elif not path.is_file():
+            return None
+        try:
+            rows = _read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            if committed is not None:
+                raise LedgerError(f"{path}: unreadable ledger file: {exc}") from None
+            self.warnings.append(f"{path}: damaged record of an unfinished round "
+                                 f"discarded; its requests are sent again")
+            path.unlink()
+            return None
+        return [RecordedRequest(key=r["key"], seed=r["seed"], prompt=r["prompt"],
+                                prompt_task_ids=tuple(r["prompt_task_ids"] or ()),
+                                text=r["text"], finish_reason=r["finish_reason"],
+                                prompt_tokens=r["prompt_tokens"],
+                                output_tokens=r["output_tokens"]) for r in rows]
+
+    def read_commit(self, round_number: int) -> dict[str, Any] | None:
+        """A round's ``commit.json``, or None if the round is not committed.
+
+        Raises:
+            LedgerError: the file exists but is not valid JSON.
+        """
+        path = self.round_dir(round_number) / "commit.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"{path}: damaged commit record: {exc}") from None
+
+    def commit_round(self, round_number: int, candidates: Sequence[dict[str, Any]],
+                     rows: Sequence[dict[str, Any]]) -> None:
+        """Write a round's candidates and rows, then its ``commit.json`` (the commit point)."""
+        directory = self.round_dir(round_number)
+        files = {}
+        for name, data in (("candidates.parquet", _parquet_bytes(candidates, CANDIDATE_SCHEMA)),
+                           ("rows.parquet", _parquet_bytes(rows, SCHEMA))):
+            files[name] = write_atomic(directory / name, lambda handle, d=data: handle.write(d))
+        crash_point(f"round-{round_number}:before-commit")
+        for stage in STAGES:
+            path = directory / f"requests-{stage}.parquet"
+            if path.is_file():
+                files[path.name] = file_digest(path)
+        write_json(directory / "commit.json",
+                   {"round": round_number, "files": files, "rows": len(rows)})
+
+    def committed_rows(self, round_number: int, commit: dict[str, Any]) -> list[dict[str, Any]]:
+        """The examples a committed round recorded, verified against its hash."""
+        path = self.round_dir(round_number) / "rows.parquet"
+        self._verify(path, commit["files"].get("rows.parquet"))
+        return _read_parquet(path)
+
+    def recorded_reasons(self, round_number: int, commit: dict[str, Any],
+                         reason: str) -> set[str]:
+        """Instructions of a committed round whose ledger reason is ``reason``."""
+        import pyarrow.parquet as pq
+
+        path = self.round_dir(round_number) / "candidates.parquet"
+        self._verify(path, commit["files"].get("candidates.parquet"))
+        rows = pq.read_table(path, columns=["instruction", "reason"]).to_pylist()
+        return {r["instruction"] for r in rows if r["reason"] == reason}
+
+    def _verify(self, path: Path, expected: str | None) -> None:
+        if expected is None or not path.is_file():
+            raise LedgerError(f"{path}: ledger file of a committed round is missing")
+        if file_digest(path) != expected:
+            raise LedgerError(f"{path}: ledger file does not match its recorded sha256 "
+                              "(damaged); refusing to read it")
+
+
+__all__ = [
+    "CANDIDATE_SCHEMA", "CRASH_ENV", "LedgerError", "REQUEST_SCHEMA", "RecordedRequest",
+    "RunDirectory", "RunLocked", "STAGES", "crash_point",
+]
