@@ -646,7 +646,8 @@ some any each every all both either neither another other such
 one two three four five six seven eight nine ten few several many more most
 short brief new simple good creative detailed original interesting funny unique possible
 given following above below next first last same different appropriate relevant suitable
-best worst main top key correct right whole entire
+best worst main top key correct right whole entire famous popular common potential important
+major various specific similar basic current recent effective alternative typical
 up out down back
 """.split())
 _DEGREE = frozenset({"most", "least", "more", "less", "very"})
@@ -663,7 +664,7 @@ def heuristic_verb_object(instruction: str) -> tuple[str | None, str | None]:
     The verb is the first word (after "Please"-like fillers), lowercased, unless
     it is a question word, auxiliary, pronoun, article or preposition ("What
     is...", "Given a...": no verb-object structure, as many instructions in the
-    paper's Figure 3 analysis). The object is the first later word that is not
+    paper's Figure 3 analysis); "come up with" counts as one verb. The object is the first later word that is not
     an article, pronoun, number or common adjective, scanning at most six words
     and stopping at a preposition or conjunction.
 
@@ -680,6 +681,8 @@ def heuristic_verb_object(instruction: str) -> tuple[str | None, str | None]:
     verb = match.group(0).lower() if match else None
     if verb is None or verb in _NOT_VERB or len(verb) < 2 or words[k].endswith((",", ":")):
         return None, None
+    if verb == "come" and [w.lower() for w in words[k + 1:k + 3]] == ["up", "with"]:
+        verb, k = "come up with", k + 2  # the one phrasal verb common in instructions
     skip_next = False
     for word in words[k + 1:k + 7]:
         token = word.strip(",.:;!?\"'()[]").lower()

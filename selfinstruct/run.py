@@ -166,7 +166,8 @@ class GenerateJob:
             raise JobError(f"{path}: not a manifest of this selfinstruct version; "
                            "choose another --output")
         before, now = previous["identity"], self.identity()
-        for key in sorted(set(_flatten(before)) | set(_flatten(now))):
+        keys = set(_flatten(before)) | set(_flatten(now))
+        for key in sorted(keys, key=lambda k: (not k.startswith("settings."), k)):
             old, new = _flatten(before).get(key), _flatten(now).get(key)
             if old != new:
                 raise JobError(f"{output}: holds a run made with {key} = {old!r}, not "
