@@ -69,8 +69,7 @@ def test_user_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, make_arg
 @pytest.mark.parametrize("content, expected", [
     ({"notes.txt": "mine"}, "is not empty and holds no selfinstruct run"),
     ({"manifest.json": "{not json"}, "damaged manifest"),
-    ({"manifest.json": json.dumps({"format": "selfinstruct-shards/1", "identity": {
-        "settings": {"seed": 99}}})}, "holds a run made with settings.seed = 99"),
+    ("other-seed", "holds a run made with settings.seed = 99, not 0"),
 ])
 def test_output_directory_of_something_else_is_refused(tmp_path, content, expected):
     model = tmp_path / "model"  # resolves as a local model directory; never loaded
@@ -78,10 +77,20 @@ def test_output_directory_of_something_else_is_refused(tmp_path, content, expect
     (model / "config.json").write_text("{}")
     out = tmp_path / "out"
     out.mkdir()
+    seeds = seeds_file(tmp_path, GOOD)
+    if content == "other-seed":  # the manifest of a real run whose seed differs
+        from selfinstruct.cli import GENERATE_OPTIONS
+        from selfinstruct.run import GenerateJob
+
+        options = dict.fromkeys(GENERATE_OPTIONS)
+        options.update(seeds=seeds, model=str(model), output=tmp_path / "elsewhere")
+        identity = GenerateJob.prepare(None, options, GENERATE_OPTIONS).identity()
+        identity["settings"]["seed"] = 99
+        content = {"manifest.json": json.dumps({"format": "selfinstruct-shards/1",
+                                                "identity": identity})}
     for name, text in content.items():
         (out / name).write_text(text)
-    result = cli("generate", "--seeds", str(seeds_file(tmp_path, GOOD)), "--output", str(out),
-                 "--model", str(model))
+    result = cli("generate", "--seeds", str(seeds), "--output", str(out), "--model", str(model))
     assert result.returncode == 2
     assert expected in result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(content)
