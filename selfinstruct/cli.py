@@ -132,6 +132,54 @@ def generate(config_file: Path | None, **options: Any) -> None:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="New directory for the re-derived shards, ledger and manifest.")
+@click.option("--rouge-threshold", type=float, default=None,
+              help="Drop instructions whose ROUGE-L F1 to the pool exceeds this.")
+@click.option("--rouge-tokenizer", type=click.Choice(["rouge", "unicode"]), default=None)
+@click.option("--min-words", type=int, default=None, help="Instruction length floor.")
+@click.option("--max-words", type=int, default=None, help="Instruction length ceiling.")
+@click.option("--reject-non-ascii-start/--allow-non-ascii-start", default=None)
+@click.option("--max-instances", type=int, default=None, help="Instances kept per task.")
+@click.option("--near-duplicate-threshold", type=float, default=None,
+              help="rapidfuzz ratio (0-100) at which an example is a near-duplicate.")
+def refilter(run_dir: Path, output: Path, **options: Any) -> None:
+    """Re-derive a run's kept set under new filter settings, with no model call.
+
+    Replays RUN_DIR's ledger (every recorded completion) through the filters
+    with the given settings and writes new shards and a manifest to --output.
+    Settings not given keep the run's values; with none given the result
+    equals the original run.
+    """
+    from .report import console
+    from .run import JobError, refilter as run_refilter
+
+    keys = {name: REFILTER_OPTIONS[name] for name in options}
+    names = {key: "--" + name.replace("_", "-") for name, key in keys.items()}
+    try:
+        stats = run_refilter(run_dir, output, {keys[n]: v for n, v in options.items()}, names)
+    except JobError as exc:
+        raise UserError(str(exc)) from None
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items(),
+                                                         key=lambda kv: -kv[1])[:6])
+    console.print(f"{stats['tasks_written']} tasks, {stats['rows_written']} rows kept "
+                  f"from {stats['rounds']} recorded rounds; rejected: {rejected}")
+    click.echo(f"Shards and manifest in {output}/")
+
+
+REFILTER_OPTIONS = {
+    "rouge_threshold": "filters.rouge_threshold",
+    "rouge_tokenizer": "filters.rouge_tokenizer",
+    "min_words": "filters.min_words",
+    "max_words": "filters.max_words",
+    "reject_non_ascii_start": "filters.reject_non_ascii_start",
+    "max_instances": "instances.max_instances",
+    "near_duplicate_threshold": "instances.near_duplicate_threshold",
+}
+
+
+@main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--field", default="instruction", show_default=True,
               help="Text column to deduplicate on.")

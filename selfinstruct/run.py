@@ -274,3 +274,91 @@ class GenerateJob:
             "stats": stats,
             "engine_startup_seconds": round(startup_seconds, 3),
         }
+
+
+REFILTER_KEYS = ("filters.", "instances.max_instances", "instances.near_duplicate_threshold")
+"""Settings ``refilter`` may change: those applied after the model has answered."""
+
+
+def refilter(source: Path, output: Path, overrides: dict[str, Any],
+             option_names: dict[str, str]) -> dict[str, Any]:
+    """Re-derive a run's kept set under new filter settings, with no model call.
+
+    Replays the source run's ledger: every recorded instruction-generation
+    completion is parsed and filtered again in its original order, and the
+    classification and instance completions recorded for an instruction are
+    reused. An instruction the original run dropped has no instance completions,
+    so it cannot be kept (reason ``not_generated``); tasks cut at the original
+    target stay cut. With the original settings the result is the original set.
+
+    Args:
+        source: a run directory (its manifest and ledger are read, never written).
+        output: a new, empty directory for the shards, ledger and manifest.
+        overrides: dotted keys (see :data:`REFILTER_KEYS`) to values; None = unchanged.
+        option_names: dotted key -> CLI option, for error messages.
+
+    Returns:
+        The new run's stats (as in the manifest).
+
+    Raises:
+        JobError: not a run directory, a damaged ledger, changed seed files, a
+            setting that cannot change without new generations, a bad value, or
+            an output directory that is not empty.
+    """
+    from .pipeline import LazyEngine, SelfInstruct
+    from .report import RichReporter
+
+    path = source / MANIFEST
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(f"{source}: not a selfinstruct run directory (no {MANIFEST})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise JobError(f"{path}: damaged manifest ({exc})") from None
+    if previous.get("format") != MANIFEST_FORMAT or "config" not in previous:
+        raise JobError(f"{path}: not a manifest of this selfinstruct version")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key in given:
+        if not key.startswith(REFILTER_KEYS):
+            raise JobError(f"option {option_names.get(key, key)}: cannot change in refilter "
+                           "(it changes what the model is asked)")
+    data = dict(previous["config"], output=str(output))
+    try:
+        config = load_config(None, {**_flatten(data), **given}, option_names)
+    except ConfigError as exc:
+        raise JobError(str(exc)) from None
+    seeds_path = Path(previous["seeds"]["path"])
+    try:
+        seed_tasks = load_seed_tasks(seeds_path)
+        recorded = [f["sha256"] for f in previous["seeds"]["files"]]
+        if [file_digest(p) for p in seed_files(seeds_path)] != recorded:
+            raise JobError(f"{seeds_path}: seed files changed since the run; refilter needs "
+                           "the seeds the run was made from")
+        prompts = PromptBuilder(Path(previous["prompts"]))
+    except (SeedError, PromptError) as exc:
+        raise JobError(str(exc)) from None
+    if output.resolve() == source.resolve():
+        raise JobError(f"{output}: refilter writes a new run; choose another --output")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise JobError(f"{output}: output directory is not empty; choose another --output")
+    model = previous["model"]
+    job = GenerateJob(config, seeds_path, seed_tasks, prompts,
+                      ResolvedModel(model["path"], model["name"], model["source"],
+                                    model.get("gguf_sha256")), [])
+    run_dir, writer = RunDirectory(output), ShardWriter(output, config.shards.shard_size,
+                                                        config.shards.compression)
+    run_dir.lock()
+    try:
+        with RichReporter(previous.get("tasks", 0)) as reporter:
+            loop = SelfInstruct(config, LazyEngine(None), prompts, seed_tasks, run_dir, writer,
+                                model["name"], reporter, verify_replay=False,
+                                replay_only=True, source=RunDirectory(source))
+            loop.run()
+        manifest = job.manifest(writer.close(), loop, "complete", 0.0)
+        manifest["refiltered_from"] = str(source)
+        write_json(output / MANIFEST, manifest)
+    except LedgerError as exc:
+        raise JobError(str(exc)) from None
+    finally:
+        run_dir.unlock()
+    return manifest["stats"]
