@@ -200,7 +200,9 @@ class RunDirectory:
         name = f"requests-{stage}.parquet"
         path = self.round_dir(round_number) / name
         if committed is not None:
-            self._verify(path, committed.get(name))
+            if name not in committed:  # the stage had no requests in that round
+                return None
+            self._verify(path, committed[name])
         elif not path.is_file():
             return None
         try:
