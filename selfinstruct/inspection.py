@@ -12,8 +12,10 @@ Table 1, applied to the user's own run):
 
 * counts per stage (candidates, kept after the instruction filters, tasks with
   instances, tasks and rows written) and rejections by reason code;
-* the kept rate per round (from the ledger once the "Durable runs" issue lands;
-  until then tasks and rows per round from the shards' ``round`` column);
+* candidates, kept rate and tasks per round (candidates and kept rate from the
+  run's ledger, :mod:`selfinstruct.ledger`; runs without one get tasks and rows
+  per round from the shards' ``round`` column and rejection totals from the
+  manifest);
 * the classification share (Table 1);
 * lengths of instructions, non-empty inputs and outputs, in words and, when the
   run's tokenizer is on disk, in model tokens (Figure 5);
@@ -29,7 +31,7 @@ Alpaca-style file (JSON array, JSONL, Parquet or CSV of ``instruction``,
 which is read as a run without a manifest. Every problem with an input raises
 :class:`InspectError`, whose message is one line naming the file and field.
 
-pandas, numpy and rapidfuzz are imported at module level; transformers only
+pandas, numpy and pyarrow are imported at module level; transformers only
 when a tokenizer is loaded, matplotlib only by :func:`write_report`.
 """
 
@@ -53,14 +55,12 @@ from .shards import DATA_DIR, MANIFEST, atomic_file, write_atomic
 
 STATS_FORMAT = "selfinstruct-inspect/1"
 
-LEDGER_DIR = "ledger"
-"""Where the "Durable runs" issue puts the candidate ledger: ``RUN_DIR/ledger/*.parquet``."""
-
-TASK_STAGE_REASONS = frozenset({"unparseable_instances", "no_instances",
-                                "conflicting_outputs", "near_duplicate"})
+TASK_STAGE_REASONS = frozenset({"not_generated", "unparseable_instances", "no_instances",
+                                "conflicting_outputs", "near_duplicate", "over_target"})
 """Rejection codes of ``manifest["stats"]["rejections"]`` that drop a task after
-its instruction was kept (instance stage); every other code drops a candidate
-instruction (selfinstruct/pipeline.py, ``generate_instances``)."""
+its instruction was kept (stage "instances" in the ledger); every other code drops
+a candidate instruction (selfinstruct/pipeline.py, ``generate_instances`` and
+``write``). Only used when there is no ledger, whose ``stage`` column says it."""
 
 PLAIN_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".csv")
 
@@ -349,7 +349,8 @@ def resolve_seeds(run: RunData, override: Path | str | None = None) -> SeedSourc
         return SeedSource(tuple(t.instruction for t in tasks), str(override))
     recorded = ((run.manifest or {}).get("seeds") or {}).get("path")
     if not recorded:
-        return SeedSource((), None, "no seeds: a plain dataset file; pass --seeds PATH")
+        why = "a plain dataset file" if run.kind == "file" else "none recorded in the manifest"
+        return SeedSource((), None, f"no seeds ({why}); pass --seeds PATH")
     candidates = [Path(recorded)]
     if not Path(recorded).is_absolute():
         base = run.path if run.path.is_dir() else run.path.parent
@@ -387,6 +388,9 @@ def load_tokenizer(name: str) -> Any:
     Raises:
         InspectError: transformers is missing or cannot load ``name`` offline.
     """
+    local = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not local.exists():
+        raise InspectError(f"{name}: tokenizer directory does not exist")
     try:
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -395,7 +399,8 @@ def load_tokenizer(name: str) -> Any:
             from None
     hf_logging.set_verbosity_error()  # no "sequence longer than model_max_length" noise
     try:
-        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(local) if local.exists() else name,
+                                             local_files_only=True)
     except Exception as exc:  # transformers raises OSError/ValueError/... for missing files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InspectError(f"{name}: cannot load tokenizer offline: {first}") from None
@@ -452,13 +457,13 @@ class Rejections:
 def rejection_summary(run: RunData) -> Rejections:
     """Rejection counts by reason and per-round candidate counts.
 
-    The candidate ledger (``RUN_DIR/ledger/*.parquet``, issue "Durable runs")
-    is preferred when present and readable (:func:`ledger_rejections`); else
-    the totals of ``manifest["stats"]``, which have no per-round breakdown.
+    The run's candidate ledger (:func:`ledger_rejections`) is preferred; without
+    one (runs made before it existed) the totals of ``manifest["stats"]`` are
+    used, split by :data:`TASK_STAGE_REASONS`, with no per-round breakdown.
     """
     if run.kind != "run":
         return Rejections("none", {}, {}, {}, {}, "no rejection records: a plain dataset file")
-    ledger = ledger_rejections(run.path)
+    ledger = ledger_rejections(run.path, run.stats)
     if isinstance(ledger, Rejections):
         return ledger
     stats = run.stats
@@ -473,45 +478,73 @@ def rejection_summary(run: RunData) -> Rejections:
         {}, note)
 
 
-def ledger_rejections(run_dir: Path) -> Rejections | str | None:
-    """Read the candidate ledger, if there is one.
+def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = None
+                      ) -> Rejections | str | None:
+    """Rejections and per-round counts from the run's candidate ledger.
 
-    Provisional: the ledger's schema is being defined by the "Durable runs"
-    issue. This reader takes one row per candidate instruction with an integer
-    ``round`` and a ``reason`` (null when the candidate became a written task;
-    task-stage codes are in :data:`TASK_STAGE_REASONS`); instance rejections
-    still come from the manifest. Adapt it when the schema is fixed.
+    Reads ``ledger/round-NNNNN/candidates.parquet`` of every committed round
+    (one with a ``commit.json``; see :mod:`selfinstruct.ledger`), each checked
+    against the sha256 its ``commit.json`` records. One row per candidate
+    instruction: ``stage`` is where it stopped (``instructions``, ``instances``
+    or ``written``), ``reason`` why (null when written), ``instance_rejections``
+    the codes of its dropped instances. ``classification_unparseable`` is not a
+    ledger field; it is taken from ``manifest_stats`` when given.
 
     Returns:
-        :class:`Rejections` from the ledger; a note (str) when a ledger exists
-        but cannot be used; None when there is no ledger.
+        :class:`Rejections` (``rounds``: round -> ``{"candidates", "kept",
+        "written"}``, kept = past the instruction filters); a note (str) when
+        the ledger exists but cannot be used (damaged, nothing committed yet);
+        None when the run has no ledger.
     """
     import pyarrow.parquet as pq
 
-    directory = run_dir / LEDGER_DIR
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-    if not files:
+    from .ledger import LEDGER_DIR, LedgerError, RunDirectory
+    from .shards import file_digest
+
+    ledger = RunDirectory(run_dir)
+    if not ledger.has_ledger():
         return None
-    try:
-        frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        return f"ledger unreadable ({exc}); totals from manifest.json".splitlines()[0]
-    if not {"round", "reason"} <= set(frame.columns):
-        return (f"ledger present but not recognised (columns: {', '.join(map(str, frame.columns))});"
-                " totals from manifest.json")
-    reasons = Counter(str(r) for r in frame["reason"].dropna())
-    rounds: dict[int, dict[str, int]] = {}
-    for number, group in frame.groupby("round", sort=True):
-        rejected_instruction = group["reason"].notna() & ~group["reason"].isin(TASK_STAGE_REASONS)
-        rounds[int(number)] = {"candidates": int(len(group)),
-                               "kept": int((~rejected_instruction).sum())}
-    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
-    instance = (manifest.get("stats") or {}).get("instance_rejections") or {}
-    return Rejections(
-        "ledger",
-        {k: v for k, v in sorted(reasons.items()) if k not in TASK_STAGE_REASONS},
-        {k: v for k, v in sorted(reasons.items()) if k in TASK_STAGE_REASONS},
-        {str(k): int(v) for k, v in instance.items()}, rounds)
+    committed = ledger.committed_rounds()
+    if not committed:
+        return "ledger has no committed round yet: totals from manifest.json"
+    frames = []
+    for number in range(1, committed + 1):
+        path = ledger.round_dir(number) / "candidates.parquet"
+        try:
+            commit = ledger.read_commit(number) or {}
+        except LedgerError as exc:
+            return f"{exc}; totals from manifest.json"
+        expected = (commit.get("files") or {}).get("candidates.parquet")
+        if expected is None or not path.is_file() or file_digest(path) != expected:
+            return (f"{path}: missing or does not match its commit.json (damaged ledger); "
+                    "totals from manifest.json")
+        try:
+            frames.append(pq.read_table(path, columns=["round", "stage", "reason",
+                                                       "instance_rejections"]).to_pandas())
+        except Exception as exc:  # pyarrow raises several types for unreadable files
+            return f"{path}: unreadable ({exc}); totals from manifest.json".splitlines()[0]
+    frame = pd.concat(frames, ignore_index=True)
+
+    def counts(stage: str) -> dict[str, int]:
+        reasons = frame.loc[(frame["stage"] == stage) & frame["reason"].notna(), "reason"]
+        return {str(k): int(v) for k, v in sorted(Counter(reasons).items())}
+
+    instance = Counter(code for codes in frame["instance_rejections"] if codes is not None
+                       for code in codes)
+    unparseable = (manifest_stats or {}).get("instance_rejections", {}).get(
+        "classification_unparseable")
+    if unparseable:
+        instance["classification_unparseable"] = int(unparseable)
+    rounds = {int(number): {"candidates": int(len(group)),
+                            "kept": int((group["stage"] != "instructions").sum()),
+                            "written": int((group["stage"] == "written").sum())}
+              for number, group in frame.groupby("round", sort=True)}
+    unfinished = sorted(p.name for p in (run_dir / LEDGER_DIR).glob("round-*")
+                        if not (p / "commit.json").is_file())
+    note = (f"{len(unfinished)} unfinished round(s) in the ledger not counted"
+            if unfinished else "")
+    return Rejections("ledger", counts("instructions"), counts("instances"),
+                      dict(sorted(instance.items())), rounds, note)
 
 
 # ---------------------------------------------------------------------------
@@ -664,9 +697,10 @@ def heuristic_verb_object(instruction: str) -> tuple[str | None, str | None]:
     The verb is the first word (after "Please"-like fillers), lowercased, unless
     it is a question word, auxiliary, pronoun, article or preposition ("What
     is...", "Given a...": no verb-object structure, as many instructions in the
-    paper's Figure 3 analysis); "come up with" counts as one verb. The object is the first later word that is not
-    an article, pronoun, number or common adjective, scanning at most six words
-    and stopping at a preposition or conjunction.
+    paper's Figure 3 analysis); "come up with" counts as one verb. The object
+    is the first later word that is not an article, pronoun, number or common
+    adjective, scanning at most six words and stopping at a preposition or
+    conjunction.
 
     Returns:
         ``(verb, object)``; either may be None.
@@ -808,13 +842,15 @@ def count_statistics(run: RunData) -> dict[str, Any]:
 def stage_statistics(counts: dict[str, Any], rejections: Rejections) -> list[dict[str, Any]]:
     """The funnel: ``[{"stage", "count", "kept_of_previous"}]`` from candidates to rows.
 
-    "tasks with instances" is kept instructions minus task-stage rejections; it
-    can exceed "tasks written" when the last round overshot the target.
+    "tasks with valid instances" is kept instructions minus the task-stage
+    rejections other than ``over_target``; it exceeds "tasks written" by the
+    tasks the last round made beyond the target.
     """
     stages: list[tuple[str, int | None]] = []
     if counts["candidates"] is not None:
         kept = counts["kept_instructions"]
-        with_instances = kept - sum(rejections.task.values()) if kept is not None else None
+        failed = sum(v for k, v in rejections.task.items() if k != "over_target")
+        with_instances = kept - failed if kept is not None else None
         stages += [("candidate instructions", counts["candidates"]),
                    ("kept after instruction filters and ROUGE-L", kept),
                    ("tasks with valid instances", with_instances)]
@@ -999,6 +1035,9 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         notes.append(rejections.note)
     counts = count_statistics(run)
     instructions = task_instructions(frame)
+    status = (run.manifest or {}).get("status")
+    if status and status != "complete":
+        notes.append(f"run status '{status}': the counts cover its committed rounds only")
 
     lengths: dict[str, Any] = {
         "words": length_statistics(frame, lambda texts: [word_count(t) for t in texts]),
@@ -1030,7 +1069,7 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
 
     stats_json = {
         "format": STATS_FORMAT,
-        "source": {"path": str(run.path), "kind": run.kind},
+        "source": {"path": str(run.path), "kind": run.kind, "status": status},
         "model": (run.manifest or {}).get("model"),
         "seeds": {"path": seeds.path if seeds else None,
                   "tasks": len(seeds.instructions) if seeds else 0,
@@ -1087,6 +1126,8 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
     counts = stats["counts"]
     model = stats.get("model") or {}
     overview = [("source", f"{stats['source']['path']} ({stats['source']['kind']})")]
+    if stats["source"].get("status"):
+        overview.append(("status", stats["source"]["status"]))
     if model:
         overview.append(("model", f"{model.get('name')} ({model.get('source')})"))
     if stats["seeds"]["path"]:
@@ -1176,7 +1217,8 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
                                                 for o in v["objects"]))
          for v in verbs["top"]],
         f"method: {verbs['method']}; {verbs['with_verb']} of {verbs['instructions']} "
-        f"instructions ({share:.0%}) start with a verb, {verbs['with_verb_object']} with an object"))
+        f"instructions ({share:.0%}) start with a verb, "
+        f"{verbs['with_verb_object']} with an object"))
 
     samples = stats.get("samples")
     if samples:
@@ -1198,12 +1240,14 @@ def _clip(text: Any, limit: int = 300) -> str:
 def render_console(stats: dict[str, Any], console: Any = None) -> None:
     """Print the statistics as rich tables, then the notes."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     for data in tables(stats):
-        table = Table(title=data.title, caption=data.note or None, header_style="bold",
-                      title_justify="left", caption_justify="left")
+        # Title and note as lines of their own: rich would wrap them to the table's width.
+        console.print(f"[bold]{escape(data.title)}[/bold]")
+        table = Table(header_style="bold")
         for k, header in enumerate(data.headers):
             numeric = header in ("count", "n", "mean", "median", "p90", "max", "instructions",
                                  "share", "rows", "kept", "candidates", "tasks written",
@@ -1211,10 +1255,13 @@ def render_console(stats: dict[str, Any], console: Any = None) -> None:
             table.add_column(header, justify="right" if numeric else "left",
                              overflow="fold", max_width=None if k < 1 else 70)
         for row in data.rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))
         console.print(table)
+        if data.note:
+            console.print(escape(data.note), style="dim")
+        console.print()
     for note in stats["notes"]:
-        console.print(f"[dim]note: {note}[/dim]")
+        console.print(f"note: {escape(note)}", style="dim")
 
 
 # -- figures ---------------------------------------------------------------------
@@ -1264,7 +1311,7 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
         out[f"lengths_{unit}"] = fig
 
     overlap = stats.get("rouge_to_seeds")
-    if overlap:
+    if overlap and overlap["count"]:
         fig = _figure(6.5, 3.6)
         ax = fig.subplots()
         _bars(ax, overlap["histogram"], "#55a868")
@@ -1280,29 +1327,38 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
 
     verbs = stats["verbs"]["top"]
     if verbs:
+        # As the paper's Figure 3: each verb's sector is shared by its top objects in
+        # proportion to their counts; wedges too thin to read carry no label.
         fig = _figure(7.5, 7.5)
         ax = fig.subplots()
         cmap = _colormap(len(verbs))
-        inner = [v["count"] for v in verbs]
-        ax.pie(inner, labels=[v["verb"] for v in verbs], radius=0.62, labeldistance=0.62,
-               colors=cmap, wedgeprops={"width": 0.32, "edgecolor": "white"},
+        total = sum(v["count"] for v in verbs)
+
+        def label(text: str, size: float, minimum: float) -> str:
+            return text if size / total >= minimum else ""
+
+        ax.pie([v["count"] for v in verbs],
+               labels=[label(v["verb"], v["count"], 0.012) for v in verbs],
+               radius=0.62, labeldistance=0.62, colors=cmap,
+               wedgeprops={"width": 0.32, "edgecolor": "white"},
                textprops={"fontsize": 7, "ha": "center"}, startangle=90, counterclock=False)
         outer_sizes, outer_labels, outer_colors = [], [], []
         for color, v in zip(cmap, verbs):
-            used = 0
-            for o in v["objects"]:
-                outer_sizes.append(o["count"])
-                outer_labels.append(o["object"])
-                outer_colors.append((*color[:3], 0.65))
-                used += o["count"]
-            if v["count"] > used:
-                outer_sizes.append(v["count"] - used)
+            named = sum(o["count"] for o in v["objects"])
+            if not named:
+                outer_sizes.append(v["count"])
                 outer_labels.append("")
                 outer_colors.append((1, 1, 1, 0))
+                continue
+            for o in v["objects"]:
+                size = v["count"] * o["count"] / named
+                outer_sizes.append(size)
+                outer_labels.append(label(o["object"], size, 0.008))
+                outer_colors.append((*color[:3], 0.6))
         ax.pie(outer_sizes, labels=outer_labels, radius=1.0, labeldistance=0.83,
                colors=outer_colors, wedgeprops={"width": 0.36, "edgecolor": "white"},
                textprops={"fontsize": 6, "ha": "center"}, startangle=90, counterclock=False)
-        ax.set_title("Top leading verbs (inner) and their objects (outer)", fontsize=10)
+        ax.set_title("Top leading verbs (inner) and their top objects (outer)", fontsize=10)
         out["verbs"] = fig
 
     rej = stats["rejections"]

@@ -63,7 +63,8 @@ class PromptBuilder:
     def __init__(self, directory: Path | None = None):
         import jinja2
 
-        self.directory = Path(directory) if directory is not None else default_prompts_dir()
+        self.directory = (Path(directory).resolve() if directory is not None
+                          else default_prompts_dir())
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(self.directory),
             undefined=jinja2.StrictUndefined,

@@ -107,7 +107,7 @@ class GenerateJob:
         names = {key: "--" + name.replace("_", "-") for name, key in option_keys.items()}
         try:
             config = load_config(config_file, overrides, names)
-            seeds_path = Path(config.seeds or default_seeds_dir())
+            seeds_path = Path(config.seeds or default_seeds_dir()).resolve()
             seed_tasks = load_seed_tasks(seeds_path)
             prompts = PromptBuilder(config.prompts)
             model = resolve_model(config.model)
