@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import time
 import unicodedata
 from collections import Counter
@@ -1080,36 +1079,15 @@ def _read_table(path: Path):
 
 
 def _atomic_write_parquet(df, path: Path) -> None:
-    """Write ``df`` to ``path`` as Parquet (zstd) atomically: temp file in
-    the same directory, fsync, ``os.replace``, fsync of the directory."""
+    """Write ``df`` to ``path`` as Parquet (zstd), atomically (see ``shards.atomic_file``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .shards import atomic_file
+
     table = pa.Table.from_pandas(df, preserve_index=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    with atomic_file(path) as handle:
+        pq.write_table(table, handle, compression="zstd")
 
 
 def dropped_path(output_path: str | os.PathLike[str]) -> Path:
