@@ -19,6 +19,8 @@ import click
 from . import __version__
 
 EXIT_USAGE = 2
+EXIT_ENGINE = 1
+"""The engine failed mid-run (endpoints gone, a request rejected); the run can resume."""
 
 
 class UserError(click.ClickException):
@@ -52,6 +54,14 @@ GENERATE_OPTIONS: dict[str, str] = {
     "dtype": "engine.dtype",
     "max_model_len": "engine.max_model_len",
     "chat_template": "engine.chat_template",
+    "backend": "engine.backend",
+    "base_url": "engine.base_urls",
+    "max_in_flight": "engine.max_in_flight",
+    "request_timeout": "engine.request_timeout",
+    "max_retries": "engine.max_retries",
+    "api_key_env": "engine.api_key_env",
+    "ray_address": "engine.ray_address",
+    "ray_replicas": "engine.ray_replicas",
 }
 
 
@@ -109,14 +119,43 @@ def main() -> None:
               help="Context length for vLLM.  [default: 2048]")
 @click.option("--chat-template/--no-chat-template", default=None,
               help="Wrap prompts in the model's chat template.  [default: no]")
+@click.option("--backend", type=click.Choice(["vllm", "http", "ray"]), default=None,
+              help="vllm: in-process engine; http: OpenAI-compatible servers (--base-url); "
+                   "ray: a Ray Data job per stage on a Ray cluster.  [default: vllm, or http "
+                   "with --base-url]")
+@click.option("--base-url", multiple=True, metavar="URL",
+              help="OpenAI-compatible endpoint, e.g. http://gpu1:8000/v1 (`vllm serve`). "
+                   "Repeatable: requests are spread over all of them. --model is then the "
+                   "served model name.  [default: the one model the servers serve]")
+@click.option("--max-in-flight", type=int, default=None,
+              help="Requests in flight per endpoint at most; keep it at or above the "
+                   "server's --max-num-seqs.  [default: 256]")
+@click.option("--request-timeout", type=float, default=None,
+              help="Seconds one HTTP request may take (queueing included) before it is "
+                   "retried.  [default: 600]")
+@click.option("--max-retries", type=int, default=None,
+              help="Retries after a connection error, timeout, 429 or 5xx (exponential "
+                   "backoff with jitter).  [default: 8]")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Environment variable holding the endpoints' API key.  "
+                   "[default: OPENAI_API_KEY]")
+@click.option("--ray-address", default=None,
+              help="Ray cluster address for --backend ray.  [default: $RAY_ADDRESS, the "
+                   "job's cluster, or a local Ray]")
+@click.option("--ray-replicas", type=int, default=None,
+              help="vLLM replicas for --backend ray, one GPU each.  [default: one per GPU]")
 def generate(config_file: Path | None, **options: Any) -> None:
     """Bootstrap new (instruction, input, output) examples from seed tasks.
 
     Runs the Self-Instruct loop (Wang et al. 2023, §2) on an in-process vLLM
-    engine and writes Parquet shards and a manifest.json to the output directory.
+    engine, on OpenAI-compatible servers (--base-url) or on a Ray cluster
+    (--backend ray), and writes Parquet shards and a manifest.json to the
+    output directory.
     """
+    from .engine import EngineError
     from .run import GenerateJob, JobError
 
+    options["base_url"] = list(options["base_url"]) or None
     try:
         job = GenerateJob.prepare(config_file, options, GENERATE_OPTIONS)
     except JobError as exc:
@@ -125,6 +164,11 @@ def generate(config_file: Path | None, **options: Any) -> None:
         job.execute()
     except JobError as exc:
         raise UserError(str(exc)) from None
+    except EngineError as exc:
+        click.echo(f"Error: {exc}. The run stopped; its checkpoint in {job.config.output} "
+                   "is intact (finished stages are saved): run the same command again to "
+                   "resume.", err=True)
+        sys.exit(EXIT_ENGINE)
     except KeyboardInterrupt:
         click.echo(f"Interrupted. Committed rounds and finished stages are saved in "
                    f"{job.config.output}; run the same command again to resume.", err=True)

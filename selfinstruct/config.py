@@ -24,7 +24,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 # Self-Instruct §2.2, classification task identification, filtering, and the released code: instructions mentioning things a
 # text-only model cannot produce or see are dropped.
@@ -111,10 +112,74 @@ class FilterConfig(_Section):
         return self
 
 
-class EngineConfig(_Section):
-    """How the model is run. Only the in-process vLLM engine exists so far."""
+def normalize_base_url(url: str) -> str:
+    """An OpenAI-compatible server's base URL in canonical form, ending before ``/models``.
 
-    backend: Literal["vllm"] = "vllm"
+    ``http://host:8000`` and ``http://host:8000/`` become ``http://host:8000/v1``;
+    a URL with a path (``http://host/v1``, ``https://proxy/llm/v1``) keeps it, less a
+    trailing slash.
+
+    Raises:
+        ValueError: not http(s), no host, or credentials / a query in the URL
+            (API keys come from the environment variable ``engine.api_key_env``).
+    """
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a base URL must not hold credentials; put the API key in the "
+                         "environment variable named by engine.api_key_env")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: a base URL takes no query or fragment")
+    path = parts.path.rstrip("/") or "/v1"
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+class EngineConfig(_Section):
+    """How the model is run: in process (``vllm``), over HTTP, or on a Ray cluster.
+
+    ``http`` sends every request to OpenAI-compatible servers (``vllm serve``) at
+    ``base_urls``; giving ``base_urls`` without a ``backend`` selects it. ``ray``
+    runs each stage's batch as a Ray Data job with ``ray.data.llm`` (one vLLM
+    replica per GPU of the cluster).
+    """
+
+    backend: Literal["vllm", "http", "ray"] = "vllm"
+    base_urls: list[str] = Field(
+        default_factory=list, validate_default=True,
+        description="OpenAI-compatible endpoints (http://host:8000 or .../v1); requests are "
+                    "spread over all of them",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", min_length=1,
+        description="environment variable holding the API key (sent as a Bearer token; "
+                    "unset = no key)",
+    )
+    max_in_flight: int = Field(
+        256, ge=1, description="requests in flight per endpoint at most (keep it at or above "
+                               "the server's --max-num-seqs)")
+    request_timeout: float = Field(
+        600.0, gt=0.0, description="seconds one HTTP request may take, queueing in the server "
+                                   "included, before it is retried")
+    max_retries: int = Field(
+        8, ge=0, description="retries of one request after a connection error, timeout, "
+                             "429 or 5xx (never after another 4xx)")
+    retry_backoff: float = Field(
+        1.0, gt=0.0, description="seconds: exponential backoff with full jitter, "
+                                 "random(0, min(30, retry_backoff * 2**attempt))")
+    endpoint_down_after: float = Field(
+        30.0, gt=0.0, description="seconds an endpoint may fail to answer at all (connection "
+                                  "errors, timeouts) before it gets no more requests")
+    ray_address: str | None = Field(
+        None, description="Ray cluster for --backend ray (ray.init address); None = "
+                          "$RAY_ADDRESS or the cluster of `ray job submit`, else a local one")
+    ray_replicas: int | None = Field(
+        None, ge=1, description="vLLM replicas for --backend ray (one per GPU); None = one per "
+                                "GPU of the cluster, at least 1")
+    ray_batch_size: int = Field(16, ge=1, description="requests per Ray Data batch")
     dtype: str = "auto"
     max_model_len: int | None = Field(2048, ge=128)
     enforce_eager: bool = Field(True, description="skip CUDA-graph / compile warm-up")
@@ -124,6 +189,27 @@ class EngineConfig(_Section):
         False,
         description="wrap prompts in the model's chat template (the paper's prompts are continuations)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_urls_imply_http(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("base_urls") and "backend" not in data:
+            data = {**data, "backend": "http"}
+        return data
+
+    @field_validator("base_urls")
+    @classmethod
+    def _check_urls(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        backend = info.data.get("backend")
+        if backend == "http" and not urls:
+            raise ValueError("backend 'http' needs at least one base URL (--base-url)")
+        if backend != "http" and urls:
+            raise ValueError(f"base URLs are for backend 'http', not {backend!r} (the http "
+                             "backend is how existing endpoints are used)")
+        normalized = [normalize_base_url(u) for u in urls]
+        if len(set(normalized)) != len(normalized):
+            raise ValueError("the same base URL is given twice")
+        return normalized
 
 
 class ShardConfig(_Section):

@@ -1,9 +1,9 @@
 """The engine interface: a batch of prompts and sampling settings in, texts and token counts out.
 
-Every backend (the in-process ``vllm.LLM`` here; HTTP endpoints and Ray later)
-implements :class:`Engine`, so the pipeline never knows which one runs. A whole
-batch is handed over at once: vLLM's continuous batching schedules it, and the
-pipeline never sends one request at a time.
+Every backend (the in-process ``vllm.LLM`` here, OpenAI-compatible servers in
+``http_engine``, a Ray cluster in ``ray_engine``) implements :class:`Engine`, so the
+pipeline never knows which one runs. A whole batch is handed over at once: vLLM's
+continuous batching schedules it, and the pipeline never sends one request at a time.
 """
 
 from __future__ import annotations
@@ -107,6 +107,25 @@ class EngineStats:
 
 Progress = Callable[[int], None]
 """Called with the number of requests just finished, as they finish."""
+
+
+class EngineError(RuntimeError):
+    """A backend failed in a way the run cannot get past by itself.
+
+    The message is one line, names the endpoint(s) concerned and never holds an
+    API key. Whatever the engine finished before is in the run's ledger, so the
+    run can be resumed once the cause is fixed.
+    """
+
+
+class EngineUnavailable(EngineError):
+    """No endpoint can serve: unreachable, not serving the model, or still failing
+    (connection errors, timeouts, 429, 5xx) after every retry."""
+
+
+class EngineRequestError(EngineError):
+    """The server rejected a request for good (a 4xx other than 408 and 429, e.g. a
+    prompt longer than the context); retrying would fail again."""
 
 
 class Engine(Protocol):

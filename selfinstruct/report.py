@@ -72,14 +72,19 @@ class RichReporter:
         self._progress.update(self._overall, completed=stats.tasks_written, info=info)
 
 
-def print_summary(stats: RunStats, output: Path, startup_seconds: float) -> None:
-    """Print the closing table: counts, rejections by reason, tokens, time, where the shards are."""
+def print_summary(stats: RunStats, output: Path, startup_seconds: float,
+                  backend: str | None = None) -> None:
+    """Print the closing table: counts, rejections by reason, tokens, time, where the shards are.
+
+    ``backend`` (e.g. "http: 2 endpoints") is shown when given.
+    """
     out = Console()
     table = Table(title="selfinstruct generate", show_header=True, header_style="bold")
     table.add_column("measure")
     table.add_column("value", justify="right")
     kept_rate = stats.kept_instructions / stats.candidates if stats.candidates else 0.0
     cls_share = stats.classification_tasks / stats.tasks_written if stats.tasks_written else 0.0
+    loop = stats.seconds - startup_seconds  # the engine starts lazily, inside the loop
     rows = [
         ("rounds (replayed from the ledger)", f"{stats.rounds} ({stats.replayed_rounds})"),
         ("candidate instructions", f"{stats.candidates}"),
@@ -91,10 +96,13 @@ def print_summary(stats: RunStats, output: Path, startup_seconds: float) -> None
         ("prompt / output tokens", f"{stats.engine.prompt_tokens} / {stats.engine.output_tokens}"),
         ("output tokens/s (engine time)", f"{stats.live_tokens_per_second:.1f}"),
         ("engine start-up", f"{startup_seconds:.1f} s" if startup_seconds else "not started"),
-        ("loop wall time (engine share)",
-         f"{stats.seconds:.1f} s ({stats.engine.seconds / stats.seconds:.0%})"
-         if stats.seconds else "0 s"),
+        ("loop wall time, start-up excluded (engine share)",
+         f"{loop:.1f} s ({stats.engine.seconds / loop:.0%})" if loop > 0 else "0 s"),
+        ("time in the engine / in our own code",
+         f"{stats.engine.seconds:.1f} s / {max(loop - stats.engine.seconds, 0.0):.1f} s"),
     ]
+    if backend:
+        rows.insert(6, ("engine backend", backend))
     for name, value in rows:
         table.add_row(name, value)
     for reason, count in stats.rejections.most_common():

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .engine import EngineError
 from .ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
 from .models import ModelError, ResolvedModel, resolve_model
 from .prompts import TEMPLATE_NAMES, PromptBuilder, PromptError
@@ -38,7 +39,11 @@ MANIFEST_FORMAT = "selfinstruct-shards/1"
 # how far it goes, and how the engine is hosted (not what it is asked).
 RESUMABLE_CHANGES = ("output", "num_instructions", "generation.max_rounds", "engine.dtype",
                      "engine.max_model_len", "engine.enforce_eager",
-                     "engine.gpu_memory_utilization", "engine.tensor_parallel_size")
+                     "engine.gpu_memory_utilization", "engine.tensor_parallel_size",
+                     "engine.backend", "engine.base_urls", "engine.api_key_env",
+                     "engine.max_in_flight", "engine.request_timeout", "engine.max_retries",
+                     "engine.retry_backoff", "engine.endpoint_down_after", "engine.ray_address",
+                     "engine.ray_replicas", "engine.ray_batch_size")
 
 
 class JobError(ValueError):
@@ -57,6 +62,76 @@ def package_versions() -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 continue
     return versions
+
+
+def build_engine(config: Config, model: ResolvedModel):
+    """Start the engine of ``config.engine.backend`` for ``model``.
+
+    Returns:
+        A :class:`~selfinstruct.engine.VLLMEngine` (``vllm``), an
+        :class:`~selfinstruct.http_engine.HTTPEngine` (``http``) or a
+        :class:`~selfinstruct.ray_engine.RayEngine` (``ray``).
+
+    Raises:
+        EngineError: endpoints unreachable or not serving the model; Ray missing.
+        Exception: whatever vLLM raises when it cannot start.
+    """
+    backend = config.engine.backend
+    if backend == "http":
+        from .http_engine import HTTPEngine
+
+        return HTTPEngine(config.engine, model.name)
+    if backend == "ray":
+        from .ray_engine import RayEngine
+
+        return RayEngine(model.path, model.name, config.engine, config.seed)
+    from .engine import VLLMEngine
+
+    return VLLMEngine(model.path, model.name, config.engine, config.seed)
+
+
+def _starting_message(config: Config, model_name: str) -> str:
+    engine = config.engine
+    if engine.backend == "http":
+        return (f"Sending requests for {model_name} to {len(engine.base_urls)} endpoint(s): "
+                f"{', '.join(engine.base_urls)}")
+    if engine.backend == "ray":
+        return f"Starting Ray Data jobs for {model_name} ..."
+    return f"Loading {model_name} with vLLM ..."
+
+
+def _backend_label(config: Config) -> str:
+    engine = config.engine
+    if engine.backend == "http":
+        return f"http ({len(engine.base_urls)} endpoint{'s' * (len(engine.base_urls) > 1)})"
+    return engine.backend
+
+
+def resolve_engine_model(config: Config) -> ResolvedModel:
+    """The model of a run, by backend.
+
+    In-process vLLM and Ray replicas load weights, so ``--model`` is resolved to
+    a path or hub id (:func:`~selfinstruct.models.resolve_model`). Over HTTP the
+    model is whatever the servers serve: every endpoint is checked now (``GET
+    /models``, seconds), and the model is ``--model`` as a served name, or the
+    one model the servers list when ``--model`` is not given.
+
+    Raises:
+        ModelError: a local model that does not exist.
+        EngineError: an endpoint is down, or does not serve the model (one line);
+            ``--backend ray`` without Ray installed.
+    """
+    engine = config.engine
+    if engine.backend == "http":
+        from .http_engine import probe_endpoints
+
+        name = probe_endpoints(engine, config.model).model
+        return ResolvedModel(path=name, name=name, source="http")
+    if engine.backend == "ray":
+        from .ray_engine import check_ray_installed
+
+        check_ray_installed()
+    return resolve_model(config.model)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -85,6 +160,7 @@ class GenerateJob:
     previous: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc)
                          .isoformat(timespec="seconds"))
+    _engine: Any = field(default=None, repr=False)
 
     @classmethod
     def prepare(cls, config_file: Path | None, options: dict[str, Any],
@@ -110,8 +186,8 @@ class GenerateJob:
             seeds_path = Path(config.seeds or default_seeds_dir()).resolve()
             seed_tasks = load_seed_tasks(seeds_path)
             prompts = PromptBuilder(config.prompts)
-            model = resolve_model(config.model)
-        except (ConfigError, SeedError, PromptError, ModelError) as exc:
+            model = resolve_engine_model(config)
+        except (ConfigError, SeedError, PromptError, ModelError, EngineError) as exc:
             raise JobError(str(exc)) from None
         warnings = []
         if config.filters.rouge_tokenizer == "rouge":
@@ -203,21 +279,22 @@ class GenerateJob:
         startup = {"seconds": 0.0}
 
         def start_engine():
-            from .engine import VLLMEngine
-
             started = time.perf_counter()
             try:
-                engine = VLLMEngine(self.model.path, self.model.name, config.engine, config.seed)
+                engine = build_engine(config, self.model)
+            except EngineError as exc:  # one line naming the endpoint(s) already
+                raise JobError(str(exc)) from None
             except Exception as exc:  # vLLM raises many types; the first line says what failed
                 text = str(exc).strip()
                 first = text.splitlines()[0] if text else type(exc).__name__
                 raise JobError(f"{self.model.path}: the engine could not start: {first}"
                                ) from None
             startup["seconds"] = time.perf_counter() - started
+            self._engine = engine
             return engine
 
         engine = LazyEngine(start_engine, on_start=lambda: console.print(
-            f"Loading {self.model.name} with vLLM ..."))
+            _starting_message(config, self.model.name)))
         writer = ShardWriter(config.output, config.shards.shard_size, config.shards.compression)
         if self.previous is not None:
             console.print(f"Resuming the run in {config.output} "
@@ -244,7 +321,7 @@ class GenerateJob:
             run_dir.unlock()
         for warning in run_dir.warnings:
             console.print(f"[yellow]Warning:[/] {warning}")
-        print_summary(stats, config.output, startup["seconds"])
+        print_summary(stats, config.output, startup["seconds"], _backend_label(config))
 
     def manifest(self, shards: list[ShardInfo], loop, status: str,
                  startup_seconds: float) -> dict[str, Any]:
@@ -273,7 +350,38 @@ class GenerateJob:
             "versions": package_versions(),
             "stats": stats,
             "engine_startup_seconds": round(startup_seconds, 3),
+            "backend": self.backend_info(),
+            "throughput": throughput(loop.stats, startup_seconds) if loop is not None else {},
         }
+
+    def backend_info(self) -> dict[str, Any]:
+        """How the engine was hosted (endpoints and their counts over HTTP); no secret."""
+        info: dict[str, Any] = {"backend": self.config.engine.backend}
+        describe = getattr(self._engine, "describe", None)
+        if callable(describe):
+            info.update(describe())
+        elif self._engine is not None:
+            info["version"] = getattr(self._engine, "version", None)
+        return info
+
+
+def throughput(stats, startup_seconds: float = 0.0) -> dict[str, Any]:
+    """Requests, tokens and time of the requests this process sent, engine vs our own code.
+
+    ``engine_seconds`` is the wall time spent inside ``Engine.generate`` (model,
+    network, queueing, retries); ``startup_seconds`` starting the engine (it starts
+    lazily, inside the loop); ``own_seconds`` the rest of the loop (prompts,
+    parsing, filters, ROUGE-L, ledger and shard writes).
+    """
+    engine_seconds = stats.engine.seconds
+    return {
+        "requests": stats.live_requests,
+        "output_tokens": stats.live_output_tokens,
+        "engine_seconds": round(engine_seconds, 3),
+        "startup_seconds": round(startup_seconds, 3),
+        "own_seconds": round(max(stats.seconds - startup_seconds - engine_seconds, 0.0), 3),
+        "output_tokens_per_second": round(stats.live_tokens_per_second, 2),
+    }
 
 
 REFILTER_KEYS = ("filters.", "instances.max_instances", "instances.near_duplicate_threshold")

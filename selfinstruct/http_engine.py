@@ -1,0 +1,646 @@
+"""The HTTP backend: any OpenAI-compatible server (``vllm serve`` first) behind :class:`Engine`.
+
+A stage's whole batch is sent at once, asynchronously, to every endpoint given:
+
+* **Saturation.** Up to ``engine.max_in_flight`` requests are in flight per
+  endpoint, each new one going to the live endpoint with the fewest in flight
+  (ties in turn), so a server's continuous batch is refilled the moment a
+  sequence finishes. The pipeline's batch size (``--prompts-per-round``) is
+  what fills them: keep it at least ``max_in_flight`` x endpoints.
+* **Prompts.** Plain requests go to ``/completions`` (the paper's prompts are
+  list continuations); ``Request.chat`` ones to ``/chat/completions``, where the
+  server applies the model's own chat template.
+* **Retries.** A connection error, a timeout (``engine.request_timeout``), a 429
+  or a 5xx is retried up to ``engine.max_retries`` times after an exponential
+  backoff with full jitter (``Retry-After`` is honoured), possibly on another
+  endpoint. Any other 4xx fails the batch at once (:class:`EngineRequestError`).
+  A request has one result slot, filled once: a retried request is never
+  counted or kept twice, even when the server finishes the abandoned attempt.
+* **Dead servers.** An endpoint that just failed is passed over for a few
+  seconds while another has room, so retries go elsewhere. One that answers
+  nothing (only connection errors and timeouts) for ``engine.endpoint_down_after``
+  seconds gets no more requests; the run goes on with the rest, and stops with
+  :class:`EngineUnavailable` when none is left (or when a request has used up its
+  retries). The pipeline has then recorded every finished stage: resuming loses
+  only the stage in progress.
+* **Secrets.** The API key is read from the environment variable named by
+  ``engine.api_key_env`` and sent as a Bearer token; it is never logged, stored
+  or put in an error message.
+
+Start-up lists ``GET /models`` on every endpoint (:func:`probe_endpoints`): a
+server that is down, or does not serve the model, fails in seconds with one line
+naming its URL.
+
+The engine is synchronous outside (``generate`` blocks and returns completions in
+request order) and runs an asyncio loop with one aiohttp session in a private
+thread; progress callbacks are made on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .config import EngineConfig, normalize_base_url
+from .engine import (Completion, EngineError, EngineRequestError, EngineUnavailable,
+                     Progress, Request)
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP = 30.0
+"""Seconds: the widest backoff window of a retry."""
+
+SUSPECT_SECONDS = 5.0
+"""Seconds an endpoint that just failed is passed over while another has room."""
+
+PROBE_TIMEOUT = 10.0
+"""Seconds the start-up check may wait for one endpoint (connecting: 5)."""
+
+RETRY_STATUSES = frozenset({408, 429})
+"""4xx statuses worth retrying (besides every 5xx)."""
+
+_T = TypeVar("_T")
+
+
+class _Transient(Exception):
+    """One attempt failed in a way another attempt may not (internal)."""
+
+    def __init__(self, message: str, retry_after: float | None = None,
+                 unreachable: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.unreachable = unreachable
+
+
+@dataclass
+class EndpointStats:
+    """What happened at one endpoint.
+
+    Attributes:
+        url: the base URL (``.../v1``).
+        requests: requests it completed (each counted once).
+        failed_attempts: attempts that failed there and were retried or given up.
+        prompt_tokens, output_tokens: token totals of its completions.
+        down: it stopped answering and got no more requests.
+        last_error: the last failure seen there (one line), or None.
+    """
+
+    url: str
+    requests: int = 0
+    failed_attempts: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    down: bool = False
+    last_error: str | None = None
+
+
+@dataclass
+class _Endpoint:
+    stats: EndpointStats
+    in_flight: int = 0
+    assigned: int = 0
+    failing_since: float | None = None  # start of the current run of unanswered attempts
+    last_failure: float = 0.0
+    suspect_until: float = 0.0  # prefer other endpoints until then (monotonic)
+
+    @property
+    def url(self) -> str:
+        return self.stats.url
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What one endpoint said at start-up.
+
+    Attributes:
+        url: the base URL.
+        models: the model ids it serves (``GET /models``).
+        version: its vLLM version (``GET /version``), or None when it has none.
+        max_model_len: the served model's context length when reported, else None.
+    """
+
+    url: str
+    models: tuple[str, ...]
+    version: str | None = None
+    max_model_len: int | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The start-up check of all endpoints: the model to ask for and who serves it."""
+
+    model: str
+    servers: tuple[ServerInfo, ...] = field(default_factory=tuple)
+
+    @property
+    def version(self) -> str:
+        """The servers' vLLM version(s), comma-separated, or "http" when none reports one."""
+        versions = sorted({s.version for s in self.servers if s.version})
+        return ",".join(versions) if versions else "http"
+
+
+def api_key(config: EngineConfig) -> str | None:
+    """The API key from ``$<engine.api_key_env>``; None when unset or empty."""
+    return os.environ.get(config.api_key_env) or None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _error_text(body: bytes) -> str:
+    """The server's error message from an error response body (OpenAI / FastAPI shapes)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _one_line(body.decode("utf-8", "replace")) or "(empty body)"
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if error is not None:
+            return _one_line(error if isinstance(error, str) else json.dumps(error))
+    return _one_line(json.dumps(data))
+
+
+def _connection_error(exc: BaseException) -> str:
+    """A short reason for a failed connection: "connection refused", not aiohttp's repr."""
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    text = _one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: fall back to the backoff
+
+
+def _run_in_fresh_loop(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine to its end on a new event loop in a helper thread, so it
+    works whether or not the caller's thread already runs a loop."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="selfinstruct-http-probe", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class _Redactor:
+    def __init__(self, secret: str | None):
+        self._secret = secret if secret and len(secret) >= 4 else None
+
+    def __call__(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+
+async def _probe_one(session, url: str, headers: dict[str, str], key_env: str,
+                     has_key: bool) -> ServerInfo:
+    """``GET /models`` (and ``/version``) of one endpoint; raises EngineUnavailable."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT, sock_connect=min(5.0, PROBE_TIMEOUT))
+    try:
+        async with session.get(f"{url}/models", headers=headers, timeout=timeout) as resp:
+            body = await resp.read()
+            status = resp.status
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        reason = _connection_error(exc)
+        if isinstance(exc, asyncio.TimeoutError):
+            reason = f"no answer in {PROBE_TIMEOUT:g} s"
+        raise EngineUnavailable(f"{url}: cannot reach the server ({reason}); is it running "
+                                "and is the URL right?") from None
+    if status in (401, 403):
+        why = (f"the API key in ${key_env} was refused" if has_key
+               else f"it needs an API key (set ${key_env})")
+        raise EngineUnavailable(f"{url}: HTTP {status} from GET /models: {why}")
+    if status != 200:
+        raise EngineUnavailable(f"{url}: not an OpenAI-compatible server (GET /models: "
+                                f"HTTP {status}: {_error_text(body)})")
+    try:
+        data = json.loads(body)["data"]
+        models = tuple(str(m["id"]) for m in data)
+        lengths = {str(m["id"]): m.get("max_model_len") for m in data}
+    except (ValueError, KeyError, TypeError):
+        raise EngineUnavailable(f"{url}: not an OpenAI-compatible server (GET /models "
+                                "did not list models)") from None
+    version = None
+    root = url[: -len("/v1")] if url.endswith("/v1") else url
+    try:
+        async with session.get(f"{root}/version", headers=headers, timeout=timeout) as resp:
+            if resp.status == 200:
+                version = str((await resp.json(content_type=None)).get("version")) or None
+    except Exception:  # optional: servers other than vLLM have no /version
+        version = None
+    max_len = next((v for v in lengths.values() if isinstance(v, int)), None)
+    return ServerInfo(url, models, version, max_len)
+
+
+async def _probe_all(session, urls: Sequence[str], model: str | None, headers: dict[str, str],
+                     key_env: str, has_key: bool) -> ProbeResult:
+    results = await asyncio.gather(
+        *(_probe_one(session, u, headers, key_env, has_key) for u in urls),
+        return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, EngineError):
+            raise failure
+    if failures:
+        raise EngineUnavailable("; ".join(str(f) for f in failures))
+    servers: list[ServerInfo] = list(results)  # type: ignore[arg-type]
+    if model is None:
+        first = servers[0]
+        if len(first.models) != 1:
+            listed = ", ".join(first.models) or "none"
+            raise EngineUnavailable(f"{first.url}: serves {len(first.models)} models "
+                                    f"({listed}); choose one with --model")
+        model = first.models[0]
+    missing = [s for s in servers if model not in s.models]
+    if missing:
+        raise EngineUnavailable("; ".join(
+            f"{s.url}: does not serve model {model!r} (it serves: "
+            f"{', '.join(s.models) or 'none'}); pass --model with a served name"
+            for s in missing))
+    return ProbeResult(model, tuple(servers))
+
+
+def probe_endpoints(config: EngineConfig, model: str | None) -> ProbeResult:
+    """Check every endpoint of ``config.base_urls`` at start-up.
+
+    Args:
+        config: the engine configuration (``base_urls``, ``api_key_env``).
+        model: the served model name to require, or None to take the one model
+            the first endpoint serves (an error when it serves several).
+
+    Returns:
+        The model name to send and each server's models and version.
+
+    Raises:
+        EngineUnavailable: an endpoint is unreachable (connection refused, no
+            answer within 10 s), refuses the key, is not OpenAI-compatible, or
+            does not serve ``model``. One line naming the URL(s), no secret.
+    """
+    import aiohttp
+
+    key = api_key(config)
+    redact = _Redactor(key)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    urls = [normalize_base_url(u) for u in config.base_urls]
+    if not urls:
+        raise EngineUnavailable("no base URL given (--base-url)")
+
+    async def run() -> ProbeResult:
+        async with aiohttp.ClientSession() as session:
+            return await _probe_all(session, urls, model, headers, config.api_key_env,
+                                    key is not None)
+
+    try:
+        return _run_in_fresh_loop(run())
+    except EngineError as exc:
+        raise type(exc)(redact(str(exc))) from None
+
+
+class HTTPEngine:
+    """:class:`~selfinstruct.engine.Engine` over OpenAI-compatible HTTP endpoints.
+
+    Args:
+        config: ``backend``, ``base_urls``, ``api_key_env``, ``max_in_flight`` (per
+            endpoint), ``request_timeout`` (s), ``max_retries``, ``retry_backoff``
+            (s), ``endpoint_down_after`` (s) are used.
+        model: the served model name (``--served-model-name`` of ``vllm serve``), or
+            None for the one model the endpoints serve.
+
+    Attributes:
+        model_name: the served model name sent with every request.
+        version: the servers' vLLM version, or "http" when they report none.
+        servers: what each endpoint reported at start-up.
+
+    Raises:
+        EngineUnavailable: from the start-up check (see :func:`probe_endpoints`).
+    """
+
+    def __init__(self, config: EngineConfig, model: str | None = None):
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self.config = config
+        key = api_key(config)
+        self._redact = _Redactor(key)
+        self._headers = {"Content-Type": "application/json"}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        urls = [normalize_base_url(u) for u in config.base_urls]
+        if not urls:
+            raise EngineUnavailable("no base URL given (--base-url)")
+        self._endpoints = [_Endpoint(EndpointStats(u)) for u in urls]
+        self._timeout = aiohttp.ClientTimeout(total=config.request_timeout,
+                                              sock_connect=min(10.0, config.request_timeout))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="selfinstruct-http")
+        self._thread.start()
+        self._session = None
+        self._slots: asyncio.Condition | None = None
+        try:
+            probe = self._call(self._open(urls, model, key is not None))
+        except BaseException:
+            self.close()
+            raise
+        self.servers = probe.servers
+        self.model_name = probe.model
+        self.version = probe.version
+
+    # -- the engine interface --------------------------------------------------
+
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None
+                 ) -> list[Completion]:
+        """Complete a whole batch over all endpoints; see :class:`~selfinstruct.engine.Engine`.
+
+        Returns:
+            One completion per request, in request order; token counts from the
+            server's ``usage``.
+
+        Raises:
+            EngineUnavailable: every endpoint is down, or a request still fails
+                after ``max_retries`` retries.
+            EngineRequestError: a request was rejected with a non-retryable 4xx.
+            KeyboardInterrupt: the requests in flight are abandoned first.
+        """
+        if not requests:
+            return []
+        done: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        future = asyncio.run_coroutine_threadsafe(
+            self._generate(list(requests), done.put), self._loop)
+        future.add_done_callback(lambda _: done.put(None))
+        try:
+            while True:
+                try:
+                    item = done.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
+                if progress is not None:
+                    progress(item)
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        """Close the connections and stop the private event loop (idempotent)."""
+        loop = getattr(self, "_loop", None)
+        if loop is None or loop.is_closed():
+            return
+        if self._session is not None and loop.is_running():
+            try:
+                self._call(self._session.close())
+            except Exception:
+                pass
+            self._session = None
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            loop.close()
+
+    def endpoint_stats(self) -> list[EndpointStats]:
+        """Per-endpoint counts so far (copies)."""
+        return [EndpointStats(**vars(e.stats)) for e in self._endpoints]
+
+    def describe(self) -> dict[str, Any]:
+        """The backend for the manifest: endpoints, server versions, counts; no secret."""
+        return {
+            "backend": "http",
+            "model": self.model_name,
+            "server_version": self.version,
+            "max_in_flight_per_endpoint": self.config.max_in_flight,
+            "endpoints": [vars(s) for s in self.endpoint_stats()],
+        }
+
+    # -- internals (run on the private loop) ----------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _open(self, urls: list[str], model: str | None, has_key: bool) -> ProbeResult:
+        aiohttp = self._aiohttp
+        self._slots = asyncio.Condition()
+        # uvicorn (vllm serve) closes idle connections after 5 s: reuse them for less.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0)
+        self._session = aiohttp.ClientSession(connector=connector)
+        probe_headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
+        try:
+            return await _probe_all(self._session, urls, model, probe_headers,
+                                    self.config.api_key_env, has_key)
+        except EngineError as exc:
+            raise type(exc)(self._redact(str(exc))) from None
+
+    async def _generate(self, requests: list[Request], notify: Callable[[int], None]
+                        ) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+
+        async def one(index: int) -> None:
+            # retries happen inside _complete: one result and one count per request
+            results[index] = await self._complete(requests[index])
+            notify(1)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(len(requests))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+            if failed:
+                errors = [t.exception() for t in failed]
+                raise next((e for e in errors if isinstance(e, EngineUnavailable)), errors[0])
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return results  # type: ignore[return-value]
+
+    async def _complete(self, request: Request) -> Completion:
+        """One request, with retries; raises EngineUnavailable / EngineRequestError."""
+        from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt,
+                              wait_random_exponential)
+
+        jitter = wait_random_exponential(multiplier=self.config.retry_backoff, max=BACKOFF_CAP)
+
+        def wait(state) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            pause = jitter(state)
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                pause = max(pause, min(exc.retry_after, BACKOFF_CAP))
+            return pause
+
+        path, body = self._body(request)
+        payload = json.dumps(body).encode()
+        last_url = self._endpoints[0].url
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(self.config.max_retries + 1), wait=wait,
+                    retry=retry_if_exception_type(_Transient), reraise=True):
+                with attempt:
+                    endpoint = await self._acquire()
+                    last_url = endpoint.url
+                    try:
+                        return await self._post(endpoint, path, payload, request.chat)
+                    finally:
+                        await self._release(endpoint)
+        except _Transient as exc:
+            raise EngineUnavailable(self._redact(
+                f"{last_url}: request failed {self.config.max_retries + 1} times, last: "
+                f"{exc}")) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _body(self, request: Request) -> tuple[str, dict[str, Any]]:
+        sampling = request.sampling
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "n": 1,
+            "stream": False,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.chat:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+            return "/chat/completions", body
+        body["prompt"] = request.prompt
+        return "/completions", body
+
+    async def _acquire(self) -> _Endpoint:
+        """A live endpoint with a free slot (the least loaded; ties in turn)."""
+        assert self._slots is not None
+        async with self._slots:
+            while True:
+                live = [e for e in self._endpoints if not e.stats.down]
+                if not live:
+                    raise EngineUnavailable(self._redact(
+                        "every endpoint stopped answering: " + "; ".join(
+                            f"{e.url} ({e.stats.last_error})" for e in self._endpoints)))
+                free = [e for e in live if e.in_flight < self.config.max_in_flight]
+                if free:
+                    # an endpoint that just failed gets work only when the others are full
+                    now = time.monotonic()
+                    endpoint = min(free, key=lambda e: (e.suspect_until > now, e.in_flight,
+                                                        e.assigned))
+                    endpoint.in_flight += 1
+                    endpoint.assigned += 1
+                    return endpoint
+                await self._slots.wait()
+
+    async def _release(self, endpoint: _Endpoint) -> None:
+        assert self._slots is not None
+        async with self._slots:
+            endpoint.in_flight -= 1
+            self._slots.notify()
+
+    async def _mark(self, endpoint: _Endpoint, error: str | None, unreachable: bool) -> None:
+        """Record an attempt's outcome.
+
+        A failure makes the endpoint "suspect" for a few seconds (others get the
+        next requests). Unanswered attempts (connection errors, timeouts) with no
+        answer in between and no pause longer than ``endpoint_down_after`` form a
+        run; when a run has lasted ``endpoint_down_after`` the endpoint is down.
+        """
+        now = time.monotonic()
+        if error is None:
+            endpoint.failing_since = None
+            endpoint.suspect_until = 0.0
+            return
+        endpoint.stats.failed_attempts += 1
+        endpoint.stats.last_error = error
+        down_after = self.config.endpoint_down_after
+        endpoint.suspect_until = now + min(SUSPECT_SECONDS, down_after)
+        if not unreachable:
+            endpoint.failing_since = None  # it answered: alive, if unhappy
+            return
+        if endpoint.failing_since is None or now - endpoint.last_failure > down_after:
+            endpoint.failing_since = now  # a new run (an old, isolated failure is forgotten)
+        endpoint.last_failure = now
+        if now - endpoint.failing_since >= down_after and not endpoint.stats.down:
+            endpoint.stats.down = True
+            left = sum(not e.stats.down for e in self._endpoints)
+            log.warning("%s", self._redact(
+                f"{endpoint.url} answered nothing for {now - endpoint.failing_since:.0f} s "
+                f"({error}); {'continuing on ' + str(left) + ' other endpoint(s)' if left else 'no endpoint left'}"))
+            assert self._slots is not None
+            async with self._slots:
+                self._slots.notify_all()
+
+    async def _post(self, endpoint: _Endpoint, path: str, payload: bytes, chat: bool
+                    ) -> Completion:
+        """One attempt at one endpoint."""
+        aiohttp = self._aiohttp
+        try:
+            async with self._session.post(endpoint.url + path, data=payload,
+                                          headers=self._headers, timeout=self._timeout) as resp:
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                body = await resp.read()
+        except asyncio.TimeoutError:
+            error = f"no answer in {self.config.request_timeout:g} s"
+            await self._mark(endpoint, error, unreachable=True)
+            raise _Transient(error, unreachable=True) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            error = _connection_error(exc)
+            await self._mark(endpoint, error, unreachable=True)
+            raise _Transient(error, unreachable=True) from None
+        if status >= 500 or status in RETRY_STATUSES:
+            error = f"HTTP {status}: {_error_text(body)}"
+            await self._mark(endpoint, error, unreachable=False)
+            raise _Transient(error, retry_after=retry_after)
+        if status != 200:
+            await self._mark(endpoint, f"HTTP {status}", unreachable=False)
+            hint = (f" (check ${self.config.api_key_env})" if status in (401, 403) else "")
+            raise EngineRequestError(self._redact(
+                f"{endpoint.url}{path}: HTTP {status}: {_error_text(body)}{hint}"))
+        try:
+            data = json.loads(body)
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if chat else choice["text"]
+            reason = choice.get("finish_reason")
+            usage = data.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError):
+            error = "malformed response: " + _one_line(body.decode("utf-8", "replace"), 120)
+            await self._mark(endpoint, error, unreachable=False)
+            raise _Transient(error) from None
+        if reason not in ("stop", "length", None):  # "abort", "error": the server gave up
+            error = f"finish_reason {reason!r}"
+            await self._mark(endpoint, error, unreachable=False)
+            raise _Transient(error)
+        await self._mark(endpoint, None, unreachable=False)
+        completion = Completion(
+            text=text or "",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            finish_reason="length" if reason == "length" else "stop",
+        )
+        endpoint.stats.requests += 1
+        endpoint.stats.prompt_tokens += completion.prompt_tokens
+        endpoint.stats.output_tokens += completion.output_tokens
+        return completion

@@ -1,0 +1,76 @@
+"""The Ray backend (selfinstruct.ray_engine): configuration, a missing Ray, and a real
+Ray Data LLM job with the CPU vLLM engine on a local Ray instance (marked ``engine``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from selfinstruct.config import ConfigError, EngineConfig, load_config
+from selfinstruct.engine import Request, Sampling
+from selfinstruct.ray_engine import RayEngine, RayUnavailable
+
+
+def test_ray_backend_takes_no_base_urls():
+    with pytest.raises(ConfigError, match="base URLs are for backend 'http', not 'ray'"):
+        load_config(None, {"engine.backend": "ray", "engine.base_urls": ["http://h:1"]})
+    config = load_config(None, {"engine.backend": "ray", "engine.ray_replicas": 2})
+    assert config.engine.ray_replicas == 2
+
+
+def test_without_ray_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(RayUnavailable, match=r"pip install 'selfinstruct\[ray\]'"):
+        RayEngine("model", "model", EngineConfig(backend="ray"))
+
+
+def test_generate_with_ray_but_no_ray_fails_before_writing(monkeypatch, tmp_path):
+    from selfinstruct.cli import GENERATE_OPTIONS
+    from selfinstruct.run import GenerateJob, JobError
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    options = dict.fromkeys(GENERATE_OPTIONS)
+    options.update(backend="ray", output=tmp_path / "out")
+    with pytest.raises(JobError, match=r"--backend ray needs Ray Data LLM .*selfinstruct\[ray\]"):
+        GenerateJob.prepare(None, options, GENERATE_OPTIONS)
+    assert not (tmp_path / "out").exists()
+
+
+def _ray_llm_missing() -> str | None:
+    if importlib.util.find_spec("ray") is None:
+        return "ray is not installed (pip install 'selfinstruct[ray]')"
+    try:
+        import ray.data.llm  # noqa: F401
+    except ImportError as exc:
+        return f"ray.data.llm cannot be imported: {exc}"
+    return None
+
+
+@pytest.mark.engine
+def test_a_stage_batch_as_a_ray_data_llm_job_on_cpu():
+    missing = _ray_llm_missing()
+    if missing:
+        pytest.skip(missing)
+    from selfinstruct.models import resolve_model
+
+    model = resolve_model(None)
+    engine = RayEngine(model.path, model.name,
+                       EngineConfig(backend="ray", ray_batch_size=3, max_model_len=2048))
+    try:
+        assert engine.cpu_replicas and engine.replicas == 1
+        requests = [Request(f"Here is a list of {n} fruits:\n1.",
+                            Sampling(0.7, 0.9, 24 if n % 2 else 4, ("\n\n",)), seed=n)
+                    for n in range(2, 9)]
+        ticks = []
+        out = engine.generate(requests, progress=ticks.append)
+        assert len(out) == len(requests) and sum(ticks) == len(requests)
+        assert all(c.prompt_tokens > 5 and c.output_tokens > 0 for c in out)
+        assert all(c.output_tokens <= r.sampling.max_tokens for c, r in zip(out, requests))
+        # every 4-token request is cut at its budget and reported as such
+        assert all(c.finish_reason == "length" for c, r in zip(out, requests)
+                   if r.sampling.max_tokens == 4)
+        assert engine.describe()["jobs"] == 1
+    finally:
+        engine.close()
