@@ -141,9 +141,9 @@ class RayEngine:
                     self._started_ray = True
             except Exception as exc:  # ConnectionError, RuntimeError, ...
                 where = config.ray_address or os.environ.get("RAY_ADDRESS") or "a local instance"
-                raise RayUnavailable(f"cannot start or join Ray at {where}: "
-                                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-                                     ) from None
+                text = str(exc).strip()
+                reason = text.splitlines()[0] if text else type(exc).__name__
+                raise RayUnavailable(f"cannot start or join Ray at {where}: {reason}") from None
         _quiet_ray_data()
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
