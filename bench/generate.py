@@ -62,17 +62,18 @@ def build_requests(n: int, max_tokens: int, seed: int = 0):
             for i in range(n)]
 
 
-def other_engines(exclude: frozenset[int] = frozenset()) -> list[int]:
+def other_engines(ours: int | None = None) -> list[int]:
     """PIDs of busy vLLM engines, servers and generate runs on this machine (they skew
-    timings), ``exclude`` aside; an idle one (an orphaned EngineCore waiting for work)
-    does not count."""
+    timings), process ``ours`` and its descendants aside; an idle one (an orphaned
+    EngineCore waiting for work) does not count."""
     import psutil
 
     found = []
     for proc in psutil.process_iter(["name", "cmdline", "status"]):
         try:
-            if (proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid()
-                    or proc.pid in exclude):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid in (os.getpid(), ours):
+                continue
+            if ours is not None and ours in {parent.pid for parent in proc.parents()}:
                 continue
             text = " ".join([proc.info["name"] or ""] + (proc.info["cmdline"] or []))
             if any(mark in text for mark in ("VLLM::", "selfinstruct generate",
@@ -182,18 +183,12 @@ def run_watched(command: list[str]) -> subprocess.CompletedProcess:
     (the result's ``busy`` attribute)."""
     import tempfile
 
-    import psutil
-
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(command, stdout=out, stderr=err, text=True,
                                  env=dict(os.environ, VLLM_LOGGING_LEVEL="ERROR"))
         busy = False
         while child.poll() is None:
-            try:
-                ours = {p.pid for p in psutil.Process(child.pid).children(recursive=True)}
-            except psutil.Error:
-                ours = set()
-            busy = busy or bool(other_engines(frozenset(ours | {child.pid})))
+            busy = busy or bool(other_engines(child.pid))
             try:
                 child.wait(timeout=14)
             except subprocess.TimeoutExpired:

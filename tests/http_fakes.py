@@ -195,6 +195,7 @@ class ProxyCounts:
     posts: int = 0
     delivered_ok: int = 0
     slowest: float = 0.0  # seconds of the slowest upstream answer to a POST
+    refused: int = 0  # requests closed unanswered after ``die_after``
     faults: Counter = field(default_factory=Counter)
     by_path: Counter = field(default_factory=Counter)
 
@@ -211,12 +212,16 @@ class FaultProxy(_BackgroundApp):
     * ``drop``: the connection is closed without an answer; half of the drops
       happen after the upstream has answered (its work is thrown away).
 
-    GETs (``/v1/models``, ``/version``) pass through untouched.
+    GETs (``/v1/models``, ``/version``) pass through untouched. With ``die_after``
+    set, the proxy plays a server that died: once it has delivered that many
+    successful POSTs, it closes every later connection (GETs too) unanswered.
     """
 
     def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0,
-                 kinds=("500", "429", "delay", "drop"), delay: float = 5.0):
+                 kinds=("500", "429", "delay", "drop"), delay: float = 5.0,
+                 die_after: int | None = None):
         super().__init__()
+        self.die_after = die_after
         self.upstream = upstream.rstrip("/")
         self.rate = rate
         self.rng = random.Random(seed)
@@ -246,6 +251,10 @@ class FaultProxy(_BackgroundApp):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         data = await request.read()
+        if self.die_after is not None and self.counts.delivered_ok >= self.die_after:
+            self.counts.refused += 1
+            request.transport.close()
+            raise asyncio.CancelledError
         kind = None
         if request.method == "POST":
             self.counts.posts += 1

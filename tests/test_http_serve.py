@@ -158,3 +158,48 @@ def test_wrong_url_and_wrong_model_fail_fast(server, inputs, tmp_path):
         assert result.stderr.strip().startswith(expected), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()
+
+
+def test_server_dying_mid_run_leaves_a_checkpoint_that_resumes_elsewhere(server, inputs,
+                                                                        tmp_path):
+    # The endpoint answers round 1's 8 instruction requests, then dies (every later
+    # connection is closed unanswered); the run must stop with one clear line and
+    # the answered stage in its ledger, and resume on another endpoint without
+    # asking for those 8 again.
+    out = tmp_path / "run"
+    config = tmp_path / "fast-fail.toml"
+    config.write_text(inputs["config"].read_text() + "endpoint_down_after = 3.0\n"
+                      "max_retries = 4\n")
+    dying_inputs = dict(inputs, config=config)
+    upstream = server.url[: -len("/v1")]
+    with FaultProxy(upstream, die_after=8) as dying:
+        started = time.perf_counter()
+        result = generate(dying_inputs, out, dying.url)
+        elapsed = time.perf_counter() - started
+        dead_counts = dying.counts
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert dead_counts.delivered_ok == 8 and dead_counts.refused > 0
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and dying.url in errors[0], result.stderr[-3000:]
+    assert "checkpoint" in errors[0] and "run the same command again" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert elapsed < 240  # stops in seconds once the endpoint is gone, not after hours
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "running"
+    stage = out / "ledger" / "round-00001" / "requests-instructions.parquet"
+    assert pq.read_table(stage).num_rows == 8
+    before = stage.read_bytes()
+
+    with FaultProxy(upstream) as healthy:
+        resumed = generate(dying_inputs, out, healthy.url)
+        counts = healthy.counts
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert stage.read_bytes() == before  # the answered stage was kept, not asked again
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["status"] == "complete" and after["tasks"] == 2
+    recorded, distinct = ledger_counts(out)
+    assert recorded == distinct
+    # the resumed run sent everything but the 8 it found in the ledger
+    assert counts.delivered_ok == after["stats"]["engine"]["live_requests"] == recorded - 8
+    data = rows(out)
+    assert data and len({r["id"] for r in data}) == len(data)

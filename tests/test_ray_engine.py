@@ -74,3 +74,39 @@ def test_a_stage_batch_as_a_ray_data_llm_job_on_cpu():
         assert engine.describe()["jobs"] == 1
     finally:
         engine.close()
+
+
+@pytest.mark.engine
+def test_generate_run_with_backend_ray(tmp_path):
+    """A whole (one-round) `selfinstruct generate --backend ray` run on a local Ray instance."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from selfinstruct.seeds import default_seeds_dir
+
+    missing = _ray_llm_missing()
+    if missing:
+        pytest.skip(missing)
+    seeds = tmp_path / "seeds.jsonl"
+    with open(default_seeds_dir() / "seed_tasks.jsonl", encoding="utf-8") as source:
+        seeds.write_text("".join(source.readlines()[:12]), encoding="utf-8")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "selfinstruct"), "generate", "--backend", "ray",
+         "--seeds", str(seeds), "-n", "2", "--prompts-per-round", "8", "--max-rounds", "1",
+         "--seed", "7", "-o", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["stats"]["rounds"] == 1
+    backend = manifest["backend"]
+    # one Ray Data job per stage: instructions, classification, instances
+    assert backend["backend"] == "ray" and backend["jobs"] == 3 and backend["cpu_replicas"]
+    throughput = manifest["throughput"]
+    assert throughput["requests"] == manifest["stats"]["engine"]["requests"] > 8
+    assert throughput["output_tokens"] > 0 and throughput["engine_seconds"] > 0
+    rows = [r for entry in manifest["files"] for r in pq.read_table(out / entry["path"]).to_pylist()]
+    assert len(rows) == manifest["rows"] > 0 and len({r["id"] for r in rows}) == len(rows)
