@@ -188,7 +188,14 @@ def generate(config_file: Path | None, **options: Any) -> None:
 @click.option("--max-instances", type=int, default=None, help="Instances kept per task.")
 @click.option("--near-duplicate-threshold", type=float, default=None,
               help="rapidfuzz ratio (0-100) at which an example is a near-duplicate.")
-def refilter(run_dir: Path, output: Path, **options: Any) -> None:
+@click.option("--seeds", type=click.Path(path_type=Path), default=None,
+              help="Where the run's seed tasks are now, if not at the recorded path; "
+                   "their sha256 must equal the recorded ones.")
+@click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path), default=None,
+              help="Where the run's prompt templates are now, likewise verified.  "
+                   "[default: the recorded directory, else the bundled templates]")
+def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path | None,
+             **options: Any) -> None:
     """Re-derive a run's kept set under new filter settings, with no model call.
 
     Replays RUN_DIR's ledger (every recorded completion) through the filters
@@ -202,9 +209,15 @@ def refilter(run_dir: Path, output: Path, **options: Any) -> None:
     keys = {name: REFILTER_OPTIONS[name] for name in options}
     names = {key: "--" + name.replace("_", "-") for name, key in keys.items()}
     try:
-        stats = run_refilter(run_dir, output, {keys[n]: v for n, v in options.items()}, names)
+        stats, warnings = run_refilter(run_dir, output,
+                                       {keys[n]: v for n, v in options.items()}, names,
+                                       seeds=seeds, prompts_dir=prompts_dir)
     except JobError as exc:
         raise UserError(str(exc)) from None
+    from rich.markup import escape
+
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/] {escape(warning)}", highlight=False)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items(),
                                                          key=lambda kv: -kv[1])[:6])
     console.print(f"{stats['tasks_written']} tasks, {stats['rows_written']} rows kept "

@@ -148,7 +148,8 @@ def _load_run_dir(path: Path) -> RunData:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .shards import SCHEMA
+    from .manifest import ManifestError, read_manifest, shard_path
+    from .shards import SCHEMA, file_digest
 
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -156,28 +157,26 @@ def _load_run_dir(path: Path) -> RunData:
             f"{path}: no {MANIFEST} (not a finished selfinstruct run); pass a JSON, JSONL or "
             "Parquet file of instruction/input/output records instead")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InspectError(f"{manifest_path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InspectError(f"{manifest_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-        raise InspectError(f"{manifest_path}: field 'files': missing or not a list")
-    notes: list[str] = []
-    tables = []
-    for k, entry in enumerate(manifest["files"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise InspectError(f"{manifest_path}: field 'files[{k}].path': missing")
-        shard = path / entry["path"]
-        if not shard.is_file():
-            raise InspectError(f"{shard}: listed in {MANIFEST} but missing")
-        try:
-            table = pq.read_table(shard)
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise InspectError(f"{shard}: cannot read Parquet: {exc}".splitlines()[0]) from None
-        if entry.get("rows") is not None and table.num_rows != entry["rows"]:
-            notes.append(f"{entry['path']}: {table.num_rows} rows, manifest says {entry['rows']}")
-        tables.append(table)
+        manifest, checked = read_manifest(manifest_path)
+        notes: list[str] = []
+        tables = []
+        for k, entry in enumerate(checked.files):
+            shard = shard_path(path, entry, manifest_path, k)
+            if entry.sha256 is None:
+                raise InspectError(f"{manifest_path}: field 'files[{k}].sha256': missing")
+            if file_digest(shard) != entry.sha256:
+                raise InspectError(f"{shard}: does not match the sha256 in {MANIFEST} "
+                                   "(changed or damaged since the run); refusing to read it")
+            try:
+                table = pq.read_table(shard)
+            except Exception as exc:  # pyarrow raises several types for damaged files
+                raise InspectError(f"{shard}: cannot read Parquet: {exc}".splitlines()[0]
+                                   ) from None
+            if entry.rows is not None and table.num_rows != entry.rows:
+                notes.append(f"{entry.path}: {table.num_rows} rows, manifest says {entry.rows}")
+            tables.append(table)
+    except ManifestError as exc:
+        raise InspectError(str(exc)) from None
     if tables:
         try:
             table = pa.concat_tables(tables, promote_options="default")
@@ -334,13 +333,16 @@ def resolve_seeds(run: RunData, override: Path | str | None = None) -> SeedSourc
     """The seed tasks of a run: ``override`` when given, else ``manifest["seeds"]["path"]``.
 
     A relative manifest path is tried against the current directory (where
-    ``generate`` ran, usually), then the run directory and its parents.
+    ``generate`` ran, usually), then the run directory and its parents. A path
+    from the manifest is untrusted: its files are used only when their sha256
+    equal the manifest's ``seeds.files`` record (otherwise a note says why).
 
     Raises:
         InspectError: ``override`` is given but cannot be loaded (a missing
             manifest seed file is a note, not an error).
     """
-    from .seeds import SeedError, load_seed_tasks
+    from .seeds import SeedError, load_seed_tasks, seed_files
+    from .shards import file_digest
 
     if override is not None:
         try:
@@ -356,9 +358,17 @@ def resolve_seeds(run: RunData, override: Path | str | None = None) -> SeedSourc
     if not Path(recorded).is_absolute():
         base = run.path if run.path.is_dir() else run.path.parent
         candidates += [base / recorded, base.parent / recorded, base.parent.parent / recorded]
+    digests = [f.get("sha256") for f in ((run.manifest or {}).get("seeds") or {}).get("files") or []
+               if isinstance(f, dict)]
+    if not digests:
+        return SeedSource((), recorded, "the manifest records no seed file hashes, so its seed "
+                          "path is not followed; pass --seeds PATH")
     for candidate in candidates:
         if candidate.exists():
             try:
+                if [file_digest(p) for p in seed_files(candidate)] != digests:
+                    return SeedSource((), str(candidate), f"seeds at {candidate} differ from "
+                                      "the ones the run recorded; pass --seeds PATH")
                 tasks = load_seed_tasks(candidate)
             except SeedError as exc:
                 return SeedSource((), str(candidate), f"seeds unreadable: {exc}")

@@ -152,6 +152,26 @@ class RunDirectory:
         handle.flush()
         self._lock_handle = handle
 
+    def lock_holder(self) -> str | None:
+        """The pid recorded by a live process holding the lock, or None if none holds it.
+
+        Only reads: the lock file is opened read-only and tested with a
+        non-blocking shared lock, released at once (works on a read-only copy).
+        """
+        try:
+            handle = open(self.path / LOCK_FILE, encoding="utf-8")
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "unknown"
+            except OSError:
+                return None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
     def unlock(self) -> None:
         """Release the lock (also released by the OS when the process dies)."""
         if self._lock_handle is not None:
@@ -224,15 +244,21 @@ class RunDirectory:
         """A round's ``commit.json``, or None if the round is not committed.
 
         Raises:
-            LedgerError: the file exists but is not valid JSON.
+            LedgerError: the file exists but is not valid JSON, or not of the
+                shape :meth:`commit_round` writes.
         """
         path = self.round_dir(round_number) / "commit.json"
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            commit = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise LedgerError(f"{path}: damaged commit record: {exc}") from None
+        if not (isinstance(commit, dict) and isinstance(commit.get("files"), dict)
+                and all(isinstance(v, str) for v in commit["files"].values())):
+            raise LedgerError(f"{path}: damaged commit record: field 'files' is missing or "
+                              "not an object of sha256 strings")
+        return commit
 
     def commit_round(self, round_number: int, candidates: Sequence[dict[str, Any]],
                      rows: Sequence[dict[str, Any]]) -> None:

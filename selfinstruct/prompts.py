@@ -49,37 +49,98 @@ def one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+TEMPLATE_VARIABLES = {
+    "instruction_generation": {"tasks"},
+    "classification": {"instruction"},
+    "instances_input_first": {"instruction"},
+    "instances_output_first": {"instruction"},
+}
+"""The variables each template is rendered with; any other is an error when loading."""
+
+
 class PromptBuilder:
     """Renders the four prompts from a template directory.
+
+    Templates are data, possibly from someone else's run: they are read once,
+    hashed, compiled from those bytes in a sandboxed Jinja environment (no
+    attribute access to Python internals, no file access: only the four
+    templates can include each other) with undefined variables as errors, and
+    rendered once with sample values, so every mistake surfaces here, before a
+    run creates anything.
 
     Args:
         directory: holds ``<name>.jinja`` for every name in ``TEMPLATE_NAMES``;
             None = the bundled templates.
+        expected_sha256: template name -> the hex sha256 it must have (a run's
+            ``identity.prompts_sha256``), or None to accept any content.
+
+    Attributes:
+        sha256: template name -> hex sha256 of the bytes in use.
 
     Raises:
-        PromptError: a template file is missing or is not valid Jinja2.
+        PromptError: a template file is missing or not a regular file, is not
+            valid Jinja2, uses a variable it is not given, fails its sample
+            render (a sandbox violation included), or does not match
+            ``expected_sha256``.
     """
 
-    def __init__(self, directory: Path | None = None):
+    def __init__(self, directory: Path | None = None,
+                 expected_sha256: dict[str, str] | None = None):
+        import hashlib
+
         import jinja2
+        from jinja2 import meta
+        from jinja2.sandbox import SandboxedEnvironment
 
         self.directory = (Path(directory).resolve() if directory is not None
                           else default_prompts_dir())
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(self.directory),
+        sources: dict[str, str] = {}
+        self.sha256: dict[str, str] = {}
+        for name in TEMPLATE_NAMES:
+            path = self.directory / f"{name}.jinja"
+            if not path.is_file():
+                raise PromptError(f"{path}: prompt template not found (or not a regular file)")
+            data = path.read_bytes()
+            self.sha256[name] = hashlib.sha256(data).hexdigest()
+            if expected_sha256 is not None and expected_sha256.get(name) != self.sha256[name]:
+                raise PromptError(f"{path}: prompt template differs from the one the run "
+                                  "recorded (sha256 mismatch); refusing to use it")
+            try:
+                sources[path.name] = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PromptError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        env = SandboxedEnvironment(
+            loader=jinja2.DictLoader(sources),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             autoescape=False,
         )
         self._templates = {}
+        sample_task = {"instruction": "Name a colour.", "id": "sample"}
+        samples = {"tasks": [sample_task, sample_task], "instruction": "Name a colour."}
         for name in TEMPLATE_NAMES:
             path = self.directory / f"{name}.jinja"
             try:
-                self._templates[name] = env.get_template(path.name)
-            except jinja2.TemplateNotFound:
-                raise PromptError(f"{path}: prompt template not found") from None
+                unknown = meta.find_undeclared_variables(env.parse(sources[path.name])) \
+                    - TEMPLATE_VARIABLES[name]
+                if unknown:
+                    raise PromptError(f"{path}: template uses undefined variable "
+                                      f"'{sorted(unknown)[0]}' (it is given: "
+                                      f"{', '.join(sorted(TEMPLATE_VARIABLES[name]))})")
+                template = env.get_template(path.name)
+                template.render(**{k: samples[k] for k in TEMPLATE_VARIABLES[name]})
             except jinja2.TemplateSyntaxError as exc:
                 raise PromptError(f"{path}:{exc.lineno}: template error: {exc.message}") from None
+            except jinja2.TemplateNotFound as exc:
+                raise PromptError(f"{path}: includes {exc.name!r}, which is not one of the "
+                                  "prompt templates") from None
+            except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError,
+                    ValueError, RecursionError) as exc:
+                if isinstance(exc, PromptError):
+                    raise
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise PromptError(f"{path}: template fails to render: {message}") from None
+            self._templates[name] = template
 
     def instruction_generation(self, tasks: Sequence[Task]) -> str:
         """The list-continuation prompt showing ``tasks`` numbered 1..len(tasks).

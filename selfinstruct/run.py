@@ -12,7 +12,6 @@ The manifest is the commit record: written when the run starts (status
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -26,14 +25,13 @@ from .config import Config, ConfigError, load_config
 from .engine import EngineError
 from .ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
 from .models import ModelError, ResolvedModel, resolve_model
-from .prompts import TEMPLATE_NAMES, PromptBuilder, PromptError
+from .prompts import PromptBuilder, PromptError
 from .seeds import SeedError, Task, default_seeds_dir, load_seed_tasks, seed_files
-from .shards import MANIFEST, ShardInfo, ShardWriter, file_digest, write_json
+from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError, read_manifest
+from .shards import ShardInfo, ShardWriter, file_digest, write_json
 
 EMPTY_TOKENIZE_WARNING = 0.05
 """Warn when the rouge tokenizer empties more than this fraction of seed instructions."""
-
-MANIFEST_FORMAT = "selfinstruct-shards/1"
 
 # Settings that may change between a run and its resumption: where it writes,
 # how far it goes, and how the engine is hosted (not what it is asked).
@@ -214,8 +212,7 @@ class GenerateJob:
             "model": {"name": self.model.name, "path": self.model.path,
                       "gguf_sha256": self.model.sha256},
             "seeds_sha256": [file_digest(p) for p in seed_files(self.seeds_path)],
-            "prompts_sha256": {name: file_digest(self.prompts.directory / f"{name}.jinja")
-                               for name in TEMPLATE_NAMES},
+            "prompts_sha256": dict(self.prompts.sha256),
         }
 
     def _check_output_dir(self) -> dict[str, Any] | None:
@@ -235,12 +232,10 @@ class GenerateJob:
             raise JobError(f"{output}: output directory is not empty and holds no "
                            "selfinstruct run; choose another --output")
         try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise JobError(f"{path}: damaged manifest ({exc}); cannot resume") from None
-        if previous.get("format") != MANIFEST_FORMAT or "identity" not in previous:
-            raise JobError(f"{path}: not a manifest of this selfinstruct version; "
-                           "choose another --output")
+            previous, checked = read_manifest(path, require=("identity",))
+        except ManifestError as exc:
+            raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
+                           "--output)") from None
         before, now = previous["identity"], self.identity()
         keys = set(_flatten(before)) | set(_flatten(now))
         for key in sorted(keys, key=lambda k: (not k.startswith("settings."), k)):
@@ -249,7 +244,7 @@ class GenerateJob:
                 raise JobError(f"{output}: holds a run made with {key} = {old!r}, not "
                                f"{new!r}; resume it with the same settings, or choose "
                                "another --output")
-        done = previous.get("stats", {}).get("tasks_written", 0)
+        done = checked.stats.get("tasks_written", 0)
         if self.config.num_instructions < done:
             raise JobError(f"{output}: the run already holds {done} tasks; "
                            f"--num-instructions {self.config.num_instructions} is smaller")
@@ -389,7 +384,8 @@ REFILTER_KEYS = ("filters.", "instances.max_instances", "instances.near_duplicat
 
 
 def refilter(source: Path, output: Path, overrides: dict[str, Any],
-             option_names: dict[str, str]) -> dict[str, Any]:
+             option_names: dict[str, str], seeds: Path | None = None,
+             prompts_dir: Path | None = None) -> tuple[dict[str, Any], list[str]]:
     """Re-derive a run's kept set under new filter settings, with no model call.
 
     Replays the source run's ledger: every recorded instruction-generation
@@ -404,27 +400,38 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         output: a new, empty directory for the shards, ledger and manifest.
         overrides: dotted keys (see :data:`REFILTER_KEYS`) to values; None = unchanged.
         option_names: dotted key -> CLI option, for error messages.
+        seeds: where the run's seed tasks are now, when not at the recorded path.
+        prompts_dir: where the run's templates are now, likewise.
+
+    Nothing recorded in the source's manifest is trusted as it is: seed files
+    and templates are used only when their sha256 equal the recorded ones (at
+    the given path, else the recorded one, else the bundled copy).
 
     Returns:
-        The new run's stats (as in the manifest).
+        ``(stats, warnings)``: the new run's stats (as in the manifest) and
+        remarks for the user (a source still in progress: only its committed
+        rounds are used).
 
     Raises:
-        JobError: not a run directory, a damaged ledger, changed seed files, a
-            setting that cannot change without new generations, a bad value, or
-            an output directory that is not empty.
+        JobError: not a run directory, a damaged manifest or ledger (missing
+            ledger, missing or damaged ``commit.json``), seed files or templates
+            that differ from the recorded ones, a setting that cannot change
+            without new generations, a bad value, or an output directory that
+            is not empty.
     """
     from .pipeline import LazyEngine, SelfInstruct
     from .report import RichReporter
 
+    if not source.is_dir():
+        raise JobError(f"{source}: not a directory; refilter takes a run directory")
     path = source / MANIFEST
+    if not path.is_file():
+        raise JobError(f"{source}: not a selfinstruct run directory (no {MANIFEST})")
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise JobError(f"{source}: not a selfinstruct run directory (no {MANIFEST})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise JobError(f"{path}: damaged manifest ({exc})") from None
-    if previous.get("format") != MANIFEST_FORMAT or "config" not in previous:
-        raise JobError(f"{path}: not a manifest of this selfinstruct version")
+        previous, checked = read_manifest(
+            path, require=("config", "seeds", "model", "prompts", "identity"))
+    except ManifestError as exc:
+        raise JobError(str(exc)) from None
     given = {k: v for k, v in overrides.items() if v is not None}
     for key in given:
         if not key.startswith(REFILTER_KEYS):
@@ -435,29 +442,24 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         config = load_config(None, {**_flatten(data), **given}, option_names)
     except ConfigError as exc:
         raise JobError(str(exc)) from None
-    seeds_path = Path(previous["seeds"]["path"])
-    try:
-        seed_tasks = load_seed_tasks(seeds_path)
-        recorded = [f["sha256"] for f in previous["seeds"]["files"]]
-        if [file_digest(p) for p in seed_files(seeds_path)] != recorded:
-            raise JobError(f"{seeds_path}: seed files changed since the run; refilter needs "
-                           "the seeds the run was made from")
-        prompts = PromptBuilder(Path(previous["prompts"]))
-    except (SeedError, PromptError) as exc:
-        raise JobError(str(exc)) from None
+    warnings = source_ledger_warnings(source, checked)
+    seeds_path, seed_tasks = _recorded_seeds(checked, path, seeds)
+    prompts = _recorded_prompts(checked, path, prompts_dir)
     if output.resolve() == source.resolve():
         raise JobError(f"{output}: refilter writes a new run; choose another --output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise JobError(f"{output}: output directory is not empty; choose another --output")
-    model = previous["model"]
+    model = checked.model or {}
+    if not isinstance(model.get("name"), str) or not isinstance(model.get("path"), str):
+        raise JobError(f"{path}: field 'model': needs the strings 'name' and 'path'")
     job = GenerateJob(config, seeds_path, seed_tasks, prompts,
-                      ResolvedModel(model["path"], model["name"], model["source"],
-                                    model.get("gguf_sha256")), [])
+                      ResolvedModel(model["path"], model["name"], str(model.get("source")),
+                                    model.get("gguf_sha256")), warnings)
     run_dir, writer = RunDirectory(output), ShardWriter(output, config.shards.shard_size,
                                                         config.shards.compression)
     run_dir.lock()
     try:
-        with RichReporter(previous.get("tasks", 0)) as reporter:
+        with RichReporter(checked.tasks) as reporter:
             loop = SelfInstruct(config, LazyEngine(None), prompts, seed_tasks, run_dir, writer,
                                 model["name"], reporter, verify_replay=False,
                                 replay_only=True, source=RunDirectory(source))
@@ -469,4 +471,86 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         raise JobError(str(exc)) from None
     finally:
         run_dir.unlock()
-    return manifest["stats"]
+    return manifest["stats"], warnings
+
+
+def source_ledger_warnings(source: Path, manifest: Manifest) -> list[str]:
+    """Check that a run's ledger can be replayed; say so if the run is still going.
+
+    Returns:
+        Warnings: the run is in progress (its lock is held, or its manifest is
+        not ``complete``), so only its committed rounds are used.
+
+    Raises:
+        JobError: no ledger; a round the manifest counts has no ``commit.json``;
+            a ``commit.json`` that is damaged or of the wrong shape.
+    """
+    ledger = RunDirectory(source)
+    if not ledger.has_ledger():
+        raise JobError(f"{source / LEDGER_DIR}: missing or empty; refilter re-derives a run "
+                       "from its ledger")
+    committed = ledger.committed_rounds()
+    try:
+        for number in range(1, committed + 1):
+            ledger.read_commit(number)
+    except LedgerError as exc:
+        raise JobError(str(exc)) from None
+    holder = ledger.lock_holder()
+    if holder is None and manifest.status == "complete" and committed < manifest.rounds:
+        raise JobError(f"{ledger.round_dir(committed + 1) / 'commit.json'}: missing, but the "
+                       f"manifest records {manifest.rounds} committed rounds; the ledger is "
+                       "incomplete")
+    if holder is not None:
+        return [f"{source}: the run is still in progress (pid {holder}); refilter uses the "
+                f"{committed} rounds committed so far"]
+    if manifest.status != "complete":
+        return [f"{source}: the run did not finish (status {manifest.status!r}); refilter "
+                f"uses its {committed} committed rounds"]
+    return []
+
+
+def _first_match(candidates: list[Path], digests: list[str]) -> Path | None:
+    for candidate in candidates:
+        try:
+            if candidate.exists() and [file_digest(p) for p in seed_files(candidate)] == digests:
+                return candidate
+        except (SeedError, OSError):
+            continue
+    return None
+
+
+def _recorded_seeds(manifest: Manifest, path: Path, given: Path | None) -> tuple[Path, list[Task]]:
+    """The seed tasks a run was made from: ``given``, else the recorded path, else the
+    bundled seeds, whichever has the recorded sha256s."""
+    record = manifest.seeds
+    digests = [f.get("sha256") for f in record.files]
+    if not digests or record.path is None:
+        raise JobError(f"{path}: field 'seeds.files': no seed hashes recorded, so the run's "
+                       "seeds cannot be verified")
+    candidates = [given] if given is not None else [Path(record.path), default_seeds_dir()]
+    found = _first_match(candidates, digests)
+    if found is None:
+        where = given if given is not None else record.path
+        raise JobError(f"{where}: seed files differ from the ones the run was made from "
+                       "(sha256); pass --seeds with the run's seeds")
+    try:
+        return found, load_seed_tasks(found)
+    except SeedError as exc:
+        raise JobError(str(exc)) from None
+
+
+def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None) -> PromptBuilder:
+    """The templates a run was made from (``given``, else the recorded directory, else
+    the bundled ones), verified against ``identity.prompts_sha256``."""
+    expected = manifest.identity.prompts_sha256
+    if not expected:
+        raise JobError(f"{path}: field 'identity.prompts_sha256': missing, so the run's "
+                       "templates cannot be verified")
+    candidates = [given] if given is not None else [Path(manifest.prompts), None]
+    first_error = None
+    for candidate in candidates:
+        try:
+            return PromptBuilder(candidate, expected_sha256=expected)
+        except PromptError as exc:
+            first_error = first_error or exc
+    raise JobError(f"{first_error}; pass --prompts with the run's templates")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from selfinstruct.dedup import rouge_l
-from selfinstruct.shards import MANIFEST, ShardWriter, messages_for, write_json
+from selfinstruct.shards import MANIFEST, ShardWriter, file_digest, messages_for, write_json
 
 SEEDS = [
     {"id": "seed_1", "name": "poem", "instruction": "Write a short poem about the ocean.",
@@ -92,7 +92,8 @@ def write_small_run(base: Path, name: str = "run", model_path: str | None = None
         "tasks": len(TASKS),
         "model": {"name": MODEL_NAME, "path": model_path or str(base / "no-such-model"),
                   "source": "directory", "gguf_sha256": None},
-        "seeds": {"path": str(seeds), "tasks": len(SEEDS), "files": []},
+        "seeds": {"path": str(seeds), "tasks": len(SEEDS),
+                  "files": [{"path": str(seeds), "sha256": file_digest(seeds)}]},
         "config": {"seed": 3, "num_instructions": 6,
                    "generation": {"prompt_tasks": 8, "temperature": 0.7, "top_p": 0.5},
                    "filters": {"min_words": 4, "max_words": 150, "rouge_threshold": 0.7,
