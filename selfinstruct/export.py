@@ -52,7 +52,9 @@ import pandas as pd
 
 from . import __version__
 from .inspection import RunData, TableData, distribution, tables
-from .shards import MANIFEST, SCHEMA, atomic_file, current_umask, messages_for, user_turn
+from .ledger import LEDGER_DIR
+from .shards import (MANIFEST, SCHEMA, atomic_file, current_umask, file_digest, messages_for,
+                     user_turn, write_json)
 
 FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
 
@@ -204,26 +206,107 @@ def _write_json(path: Path, data: Any, lines: bool) -> None:
             handle.write((json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
 
 
+EXPORT_MARKER = ".selfinstruct-export.json"
+"""Written last into every export: the files it wrote and their sha256. ``--overwrite``
+replaces a directory only when this record accounts for everything in it."""
+
+EXPORT_FORMAT = "selfinstruct-export/1"
+
+
+def _enclosing_run(path: Path) -> Path | None:
+    """``path`` or the nearest ancestor that is a selfinstruct run directory, or None."""
+    for directory in (path, *path.parents):
+        if (directory / MANIFEST).is_file() or (directory / LEDGER_DIR).is_dir():
+            return directory
+    return None
+
+
+def _tree_digests(directory: Path) -> dict[str, str | None]:
+    """Every entry below ``directory`` (relative POSIX path -> sha256; None for
+    anything that is not a regular file: a link, a device, an empty folder)."""
+    found: dict[str, str | None] = {}
+    for entry in sorted(directory.rglob("*")):
+        name = entry.relative_to(directory).as_posix()
+        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+            found[name] = None
+        elif entry.is_file():
+            found[name] = file_digest(entry)
+        elif not any(entry.iterdir()):
+            found[name] = None
+    return found
+
+
+def _previous_export_problem(output: Path) -> str | None:
+    """Why ``output`` is not an unchanged export of ours (None when it is one)."""
+    marker = output / EXPORT_MARKER
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "holds files that are not a selfinstruct export"
+    except (OSError, ValueError, RecursionError):
+        return f"its {EXPORT_MARKER} is damaged"
+    if not (isinstance(record, dict) and record.get("format") == EXPORT_FORMAT
+            and isinstance(record.get("files"), dict)):
+        return f"its {EXPORT_MARKER} is damaged"
+    on_disk = _tree_digests(output)
+    on_disk.pop(EXPORT_MARKER, None)
+    for name, digest in on_disk.items():
+        if name not in record["files"] and digest is not None:
+            return f"holds {name}, which the export did not write"
+        if digest is None and not any(f.startswith(name + "/") for f in record["files"]):
+            return f"holds {name}, which the export did not write"
+        if digest is not None and record["files"][name] != digest:
+            return f"{name} was changed after the export wrote it"
+    return None
+
+
 def _check_output(output: Path, overwrite: bool, source: Path) -> None:
-    if (output / MANIFEST).exists():
-        raise ExportError(f"{output}: holds a selfinstruct run; choose another --output")
+    """Refuse an output that is, or is inside, a run; contains the input; or holds
+    anything but an unchanged previous export (with ``overwrite``) or nothing."""
     resolved, src = output.resolve(), source.resolve()
+    run = _enclosing_run(resolved)
+    if run is not None:
+        where = "holds" if run == resolved else f"is inside {run}, which holds"
+        raise ExportError(f"{output}: {where} a selfinstruct run; choose another --output")
     if resolved == src or resolved in src.parents:
         raise ExportError(f"{output}: would contain the input {source}; choose another --output")
+    if output.is_symlink():
+        raise ExportError(f"{output}: is a symbolic link; give the directory itself")
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output}: exists and is not a directory")
-    if output.is_dir():
-        if any(output.iterdir()) and not overwrite:
-            raise ExportError(f"{output}: not empty (pass --overwrite to replace it)")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{output}: not empty (pass --overwrite to replace an "
+                              "earlier export)")
+        problem = _previous_export_problem(output)
+        if problem is not None:
+            raise ExportError(f"{output}: --overwrite only replaces an unchanged earlier "
+                              f"export, and this directory {problem}; remove it yourself or "
+                              "choose another --output")
+
+
+def _write_marker(staging: Path) -> None:
+    files = {name: digest for name, digest in _tree_digests(staging).items()
+             if digest is not None}
+    write_json(staging / EXPORT_MARKER, {"format": EXPORT_FORMAT, "selfinstruct": __version__,
+                                         "files": files})
 
 
 def _replace_dir(staging: Path, output: Path) -> None:
-    """Move the finished ``staging`` directory to ``output``, replacing it whole."""
+    """Move the finished ``staging`` directory to ``output``, replacing it whole.
+
+    The old export is renamed aside first and removed only once the new one is
+    in place, so ``output`` is always a whole export (or briefly absent).
+    """
     os.chmod(staging, 0o777 & ~current_umask())
     if output.exists():
         old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(output, old)
-        os.rename(staging, output)
+        try:
+            os.rename(staging, output)
+        except OSError:
+            os.rename(old, output)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, output)
@@ -237,13 +320,15 @@ def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, A
     Args:
         run: from :func:`selfinstruct.inspection.load_run`.
         fmt: one of :data:`FORMATS`.
-        output: the export directory (created; must be absent or empty unless
-            ``overwrite``; never a run directory or one containing the input).
+        output: the export directory (created; must be absent or empty, or with
+            ``overwrite`` an unchanged earlier export, recognised by its
+            :data:`EXPORT_MARKER`; never a run directory, a directory inside
+            one, or one containing the input).
         stats: :func:`selfinstruct.inspection.collect_statistics` output for
             the card (None: the card carries counts only).
         system_prompt: a system turn added to every example.
         train_split: fraction of tasks in ``train`` (see :func:`assign_splits`).
-        overwrite: replace a non-empty ``output``.
+        overwrite: replace an earlier export at ``output``.
 
     Returns:
         An :class:`ExportResult`.
@@ -274,6 +359,8 @@ def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, A
                             train_split=train_split)
         with atomic_file(staging / "README.md") as handle:
             handle.write(card.encode("utf-8"))
+        _write_marker(staging)
+        _check_output(output, overwrite, run.path)  # again: it may have changed meanwhile
         _replace_dir(staging, output)
     finally:
         if staging.exists():
@@ -489,7 +576,8 @@ def push_to_hub(directory: Path, repo: str, *, private: bool = False,
     try:
         url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo, folder_path=str(directory), repo_type="dataset",
-                          commit_message=f"Upload with selfinstruct {__version__}")
+                          commit_message=f"Upload with selfinstruct {__version__}",
+                          ignore_patterns=[EXPORT_MARKER])
     except Exception as exc:  # huggingface_hub raises HTTP, auth and validation errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"--push-to-hub {repo}: {first}") from None

@@ -171,19 +171,51 @@ def test_dataset_card_metadata_and_statistics(run_dir, stats, tmp_path):
         assert text in body, text
 
 
-def test_occupied_output_is_refused_and_overwrite_replaces(run_dir, tmp_path):
+def test_occupied_output_is_refused_and_overwrite_replaces_only_an_earlier_export(
+        run_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = cli("export", str(run_dir), "--format", "alpaca", "-o", str(out),
-                 "--tokenizer", "none")
+    args = ("export", str(run_dir), "--format", "alpaca", "-o", str(out), "--tokenizer", "none")
+    result = cli(*args)
     assert result.returncode == 2 and "not empty (pass --overwrite" in result.stderr
+    result = cli(*args, "--overwrite")  # a directory of someone else's files is never replaced
+    assert result.returncode == 2 and "holds files that are not a selfinstruct export" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    result = cli("export", str(run_dir), "--format", "alpaca", "-o", str(out),
-                 "--tokenizer", "none", "--overwrite")
+    (out / "keep.txt").unlink()
+    assert cli(*args).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == [".selfinstruct-export.json", "README.md",
+                                                      "train.json"]
+    result = cli("export", str(run_dir), "--format", "messages", "-o", str(out),
+                 "--tokenizer", "none", "--overwrite")  # an unchanged export of ours is replaced
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "train.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".selfinstruct-export.json", "README.md",
+                                                      "train.jsonl"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    (out / "README.md").write_text("my notes")  # edited after the export: not replaced
+    result = cli(*args, "--overwrite")
+    assert result.returncode == 2 and "README.md was changed after" in result.stderr
+    assert (out / "README.md").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("target", ["run", "data", "ledger", "other-run"])
+def test_overwrite_never_touches_a_run_directory(tmp_path, target):
+    base = tmp_path / "base"
+    run = write_small_run(base)
+    (run / "ledger").mkdir()
+    (run / "ledger" / "round-00001").mkdir()
+    other = write_small_run(tmp_path / "other")
+    out = {"run": run, "data": run / "data", "ledger": run / "ledger",
+           "other-run": other}[target]
+    before = sorted((p.relative_to(tmp_path).as_posix(), p.stat().st_size)
+                    for p in tmp_path.rglob("*"))
+    result = cli("export", str(run), "--format", "alpaca", "-o", str(out), "--tokenizer",
+                 "none", "--overwrite")
+    assert result.returncode == 2
+    assert "a selfinstruct run; choose another --output" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted((p.relative_to(tmp_path).as_posix(), p.stat().st_size)
+                  for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("make_args, expected", [
@@ -248,14 +280,16 @@ def test_push_to_hub_uploads_the_folder(monkeypatch, tmp_path):
             calls.append(("create", repo_id, repo_type, private, exist_ok))
             return f"https://huggingface.co/datasets/{repo_id}"
 
-        def upload_folder(self, repo_id, folder_path, repo_type, commit_message):
-            calls.append(("upload", repo_id, folder_path, repo_type))
+        def upload_folder(self, repo_id, folder_path, repo_type, commit_message,
+                          ignore_patterns=None):
+            calls.append(("upload", repo_id, folder_path, repo_type, ignore_patterns))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     url = push_to_hub(tmp_path, "me/data", private=True)
     assert url == "https://huggingface.co/datasets/me/data"
     assert calls[1:] == [("create", "me/data", "dataset", True, True),
-                         ("upload", "me/data", str(tmp_path), "dataset")]
+                         ("upload", "me/data", str(tmp_path), "dataset",
+                          [".selfinstruct-export.json"])]
 
 
 def test_shared_alpaca_file_exports_every_record(shared_data, tmp_path):
