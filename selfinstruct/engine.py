@@ -123,14 +123,20 @@ class Completion:
         text: the generated text, stop string excluded.
         prompt_tokens: tokens in the prompt as the engine saw it.
         output_tokens: tokens generated.
-        finish_reason: "stop" (a stop string or end of sequence) or "length"
-            (cut at ``max_tokens``).
+        finish_reason: "stop" (a stop string or end of sequence), "length"
+            (cut at ``max_tokens``) or :data:`PROMPT_TOO_LONG` (not sent: the
+            prompt alone fills the model's context; ``text`` is empty).
     """
 
     text: str
     prompt_tokens: int
     output_tokens: int
     finish_reason: str
+
+
+PROMPT_TOO_LONG = "prompt_too_long"
+"""Finish reason (and the pipeline's reason code) of a request whose prompt has at
+least as many tokens as the model's context (``max_model_len``): it is not sent."""
 
 
 @dataclass
@@ -222,6 +228,7 @@ class VLLMEngine:
                                                                   current_platform.is_cpu()))
         self._watchdog = _start_orphan_watchdog()
         self._tokenizer = self._llm.get_tokenizer()
+        self._max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         self.model_name = model_name
         self.version = vllm.__version__
 
@@ -230,27 +237,38 @@ class VLLMEngine:
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]:
-        """Complete a whole batch in one ``LLM.generate`` call; see :class:`Engine`."""
+        """Complete a whole batch in one ``LLM.generate`` call; see :class:`Engine`.
+
+        Prompts are measured with the model's tokenizer first: one that fills
+        the context is not sent, and its completion has finish reason
+        :data:`PROMPT_TOO_LONG` (vLLM would reject the whole batch for it).
+        """
         if not requests:
             return []
+        texts = [self._prompt_text(r) for r in requests]
+        lengths = [len(ids) for ids in self._tokenizer(texts)["input_ids"]]
+        sent = [k for k, n in enumerate(lengths) if n < self._max_model_len]
+        completions = [Completion("", n, 0, PROMPT_TOO_LONG) for n in lengths]
+        if progress is not None and len(sent) < len(requests):
+            progress(len(requests) - len(sent))
         params = [
             self._vllm.SamplingParams(
                 temperature=r.sampling.temperature, top_p=r.sampling.top_p,
                 max_tokens=r.sampling.max_tokens, stop=list(r.sampling.stop) or None,
                 seed=r.seed)
-            for r in requests
+            for r in (requests[k] for k in sent)
         ]
-        outputs = self._llm.generate([self._prompt_text(r) for r in requests], params,
-                                     use_tqdm=_progress_bar_factory(progress))
-        completions = []
-        for out in outputs:
+        outputs = (self._llm.generate([texts[k] for k in sent], params,
+                                      use_tqdm=_progress_bar_factory(progress))
+                   if sent else [])
+        for k, out in zip(sent, outputs):
             choice = out.outputs[0]
-            completions.append(Completion(
+            completions[k] = Completion(
                 text=choice.text,
                 prompt_tokens=len(out.prompt_token_ids or ()),
                 output_tokens=len(choice.token_ids),
                 finish_reason="length" if choice.finish_reason == "length" else "stop",
-            ))
+            )
         return completions
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .dedup import NearDuplicateIndex, RougeIndex
-from .engine import Completion, Engine, EngineStats, Request, Sampling
+from .engine import PROMPT_TOO_LONG, Completion, Engine, EngineStats, Request, Sampling
 from .filters import filter_instances, instruction_rejection
 from .ledger import LedgerError, RecordedRequest, RunDirectory, crash_point
 from .parsing import (parse_input_first, parse_instruction_list, parse_output_first,
@@ -326,7 +326,11 @@ class SelfInstruct:
                 continue
             first = len(record.prompt_task_ids) + 1
             items = parse_instruction_list(record.text, first, record.finish_reason == "length")
-            if not items:
+            if record.finish_reason == PROMPT_TOO_LONG:
+                candidate = Candidate(int(key), None, "", record.prompt_task_ids, record.text)
+                candidate.reject("instructions", PROMPT_TOO_LONG)
+                candidates.append(candidate)
+            elif not items:
                 candidate = Candidate(int(key), None, "", record.prompt_task_ids, record.text)
                 candidate.reject("instructions", "unparseable")
                 candidates.append(candidate)
@@ -404,6 +408,9 @@ class SelfInstruct:
             record = records.get(candidate.instruction)
             if record is None:
                 candidate.reject("instances", "not_generated")
+                continue
+            if record.finish_reason == PROMPT_TOO_LONG:
+                candidate.reject("instances", PROMPT_TOO_LONG)
                 continue
             parse = parse_output_first if candidate.is_classification else parse_input_first
             instances = parse(record.text)
