@@ -29,6 +29,17 @@ class UserError(click.ClickException):
     exit_code = EXIT_USAGE
 
 
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback refusing nan and ±inf for a float option, as a one-line
+    :class:`UserError` (``click.FloatRange`` lets nan through: every comparison
+    with it is false). None passes."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise UserError(f"option {param.opts[0]}: {value!r} is not a finite number")
+    return value
+
+
 # CLI option -> dotted key of selfinstruct.config.Config
 GENERATE_OPTIONS: dict[str, str] = {
     "model": "model",
@@ -241,25 +252,29 @@ REFILTER_OPTIONS = {
 @click.option("--field", default="instruction", show_default=True,
               help="Text column to deduplicate on.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
+              callback=finite,
               help="Drop a row when its ROUGE-L F1 to an earlier kept row exceeds this.")
 @click.option("--tokenizer", type=click.Choice(["rouge", "unicode"]), default="rouge",
               show_default=True,
               help="rouge = rouge_score's (exact parity, Latin only); unicode = any script, "
                    "CJK per character.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
-              help="Parquet file for the kept rows; dropped rows go to <stem>.dropped.parquet.")
+              help="File for the kept rows, in the format of its extension (.parquet, .jsonl, "
+                   ".ndjson or .json); dropped rows go to <stem>.dropped<ext> beside it.")
 def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output: Path) -> None:
     """Deduplicate a JSON / JSONL / Parquet dataset by ROUGE-L, exactly.
 
     Keeps row i iff its ROUGE-L F1 against every earlier kept row is at most
     the threshold (Self-Instruct §2.2, filtering), in input order. Dropped rows are written
-    with nearest_index, nearest_text and rouge_l columns.
+    with nearest_index, nearest_text and rouge_l columns. INPUT may be a directory: its
+    record files are read in name order. The output must not be (or lie inside) INPUT.
     """
     from .dedup import DedupInputError, dedup_file
+    from .safety import OutputPathError
 
     try:
         result = dedup_file(input_path, field, output, threshold=threshold, tokenizer=tokenizer)
-    except DedupInputError as exc:
+    except (DedupInputError, OutputPathError) as exc:
         raise UserError(str(exc)) from None
     click.echo(
         f"{result['input']} rows: kept {result['kept']}, dropped {result['dropped']} "
@@ -271,6 +286,10 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
 
 # selfinstruct.export.FORMATS (repeated so that --help imports no pandas)
 EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
+
+
+# What `inspect --report DIR` writes in DIR (selfinstruct.inspection.write_report).
+REPORT_FILES = ("*.png", "index.html", "stats.json")
 
 
 @main.command("inspect")
@@ -291,7 +310,7 @@ EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
               help="Print every statistic as one JSON object on stdout instead of tables.")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
               help="Also write PNG figures, a self-contained index.html and stats.json "
-                   "to this directory.")
+                   "to this directory (not RUN, nor inside it).")
 def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sample: int,
                 where: tuple[str, ...], as_json: bool, report: Path | None) -> None:
     """Statistics of a run, or of an Alpaca-style dataset file.
@@ -307,7 +326,15 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
 
     from .inspection import (InspectError, collect_statistics, load_run, render_console,
                              resolve_seeds, resolve_tokenizer, write_report)
+    from .safety import OutputPathError, check_output_apart, check_writable_dir
 
+    if report is not None:  # before any work: the report goes nowhere near the inputs
+        try:
+            check_writable_dir(report, "--report")
+            check_output_apart(report, {"RUN": run_path, "--seeds": seeds}, "--report",
+                               writes=REPORT_FILES)
+        except OutputPathError as exc:
+            raise UserError(str(exc)) from None
     try:
         run = load_run(run_path)
         stats = collect_statistics(run, resolve_seeds(run, seeds),

@@ -40,7 +40,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: nan and inf (TOML and float() accept both) are refused in every
+    # float field; nan would pass every range check, as all comparisons with it are false.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class GenerationConfig(_Section):

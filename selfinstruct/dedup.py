@@ -26,7 +26,7 @@ Public API: :func:`rouge_tokenize`, :func:`rouge_l`, :func:`empty_fraction`,
 :class:`RougeIndex` (incremental pool index) and :class:`Decision`,
 :func:`near_duplicates` / :class:`NearDuplicateIndex` (rapidfuzz character
 similarity over whole examples), :func:`dedup_records`, :func:`dedup_file`
-and :class:`DedupInputError`.
+(with :func:`dropped_path`, :func:`output_format`) and :class:`DedupInputError`.
 
 Importing this module is cheap: numpy and rapidfuzz are imported at module
 level; pandas / pyarrow only inside :func:`dedup_file`.  It never imports
@@ -53,6 +53,8 @@ from rapidfuzz.distance import LCSseq
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "INPUT_SUFFIXES",
+    "OUTPUT_FORMATS",
     "TOKENIZERS",
     "Decision",
     "DedupInputError",
@@ -64,6 +66,7 @@ __all__ = [
     "dedup_records",
     "empty_fraction",
     "near_duplicates",
+    "output_format",
     "rouge_l",
     "rouge_tokenize",
 ]
@@ -1078,23 +1081,107 @@ def _read_table(path: Path):
         raise DedupInputError(f"{path}: cannot read ({type(exc).__name__}: {first})") from exc
 
 
-def _atomic_write_parquet(df, path: Path) -> None:
-    """Write ``df`` to ``path`` as Parquet (zstd), atomically (see ``shards.atomic_file``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+#: Record files a directory INPUT of :func:`dedup_file` is read from (in name order).
+INPUT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq", ".csv")
 
-    from .shards import atomic_file
+#: Output extension -> format written by :func:`dedup_file` (the format follows the name).
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+                  ".ndjson": "jsonl", ".json": "json"}
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    with atomic_file(path) as handle:
-        pq.write_table(table, handle, compression="zstd")
+
+def output_format(output_path: str | os.PathLike[str]) -> str:
+    """The format :func:`dedup_file` writes to ``output_path``, from its extension.
+
+    Returns:
+        ``"parquet"`` (``.parquet``, ``.pq``), ``"jsonl"`` (``.jsonl``,
+        ``.ndjson``: one JSON object per line) or ``"json"`` (``.json``: a JSON
+        array of objects); case-insensitive.
+
+    Raises:
+        DedupInputError: any other extension (one line naming the path).
+    """
+    p = Path(output_path)
+    fmt = OUTPUT_FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise DedupInputError(
+            f"{p}: unknown output format {p.suffix or '(no extension)'!r}; the format follows "
+            "the extension: .parquet, .jsonl, .ndjson or .json")
+    return fmt
 
 
 def dropped_path(output_path: str | os.PathLike[str]) -> Path:
-    """Where :func:`dedup_file` writes dropped rows: ``<stem>.dropped.parquet``
-    next to ``output_path``."""
+    """Where :func:`dedup_file` writes dropped rows: ``<stem>.dropped<ext>`` next to
+    ``output_path``, with its extension (``kept.jsonl`` -> ``kept.dropped.jsonl``)."""
     p = Path(output_path)
-    return p.with_name(f"{p.stem}.dropped.parquet")
+    return p.with_name(f"{p.stem}.dropped{p.suffix}")
+
+
+def _input_files(path: Path) -> list[Path]:
+    """``[path]`` for a file; for a directory its record files (:data:`INPUT_SUFFIXES`,
+    regular files, not hidden), sorted by name."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir()
+                   if p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith(".")
+                   and p.is_file())
+    if not files:
+        raise DedupInputError(f"{path}: directory holds no record files "
+                              f"({', '.join(INPUT_SUFFIXES)})")
+    return files
+
+
+def _read_field(path: Path, field: str):
+    """:func:`_read_table` of one file, checked: ``field`` present, string values."""
+    df = _read_table(path)
+    if field not in df.columns:
+        cols = ", ".join(map(str, df.columns[:10]))
+        raise DedupInputError(f"{path}: no field {field!r} (columns: {cols or 'none'})")
+    for pos, v in enumerate(df[field].tolist()):
+        if not isinstance(v, str):
+            raise DedupInputError(
+                f"{path}: field {field!r} of row {pos} is {type(v).__name__}, not a string"
+            )
+    return df
+
+
+def _read_input(path: Path, field: str):
+    """One DataFrame of the file, or of a directory's record files concatenated in name
+    order (columns united; a column missing from a file is null there)."""
+    import pandas as pd
+
+    frames = [_read_field(f, field) for f in _input_files(path)]
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):  # dates and times from Parquet
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _encode(df, fmt: str) -> bytes:
+    """``df`` as the bytes of a ``fmt`` file (see :data:`OUTPUT_FORMATS`): Parquet with
+    zstd through pyarrow; JSON from pyarrow's Python rows (nulls as null, UTF-8)."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        return buffer.getvalue()
+    lines = [json.dumps(row, ensure_ascii=False, allow_nan=False, default=_json_default)
+             for row in table.to_pylist()]
+    if fmt == "jsonl":
+        text = "".join(line + "\n" for line in lines)
+    else:
+        text = "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
+    return text.encode("utf-8")
 
 
 def dedup_file(
@@ -1104,19 +1191,28 @@ def dedup_file(
     threshold: float = DEFAULT_THRESHOLD,
     tokenizer: str = "rouge",
 ) -> dict[str, Any]:
-    """ROUGE-L dedup of a dataset file on one text field.
+    """ROUGE-L dedup of a dataset file (or a directory of them) on one text field.
 
     Reads a JSON array (``.json``), JSON Lines (``.jsonl``/``.ndjson``, or a
     ``.json`` file not starting with ``[``) or Parquet (``.parquet``/``.pq``)
-    with pandas/pyarrow, applies :func:`dedup_records` (Self-Instruct filter:
-    rouge_score ROUGE-L F1 ``> threshold`` is dropped, in input order),
-    and writes atomically, as Parquet with zstd:
+    with pandas/pyarrow; a directory is read as its record files
+    (:data:`INPUT_SUFFIXES`) in name order, one after the other. Applies
+    :func:`dedup_records` (Self-Instruct filter: rouge_score ROUGE-L F1
+    ``> threshold`` is dropped, in input order), and writes, in the format of
+    ``output_path``'s extension (:func:`output_format`: Parquet with zstd,
+    JSON Lines or a JSON array):
 
     * ``output_path``: the kept rows, all columns, in input order;
-    * ``<stem>.dropped.parquet`` next to it (:func:`dropped_path`): the
+    * ``<stem>.dropped<ext>`` next to it (:func:`dropped_path`): the
       dropped rows plus ``nearest_index`` (int64, position in the input of
-      the kept row it duplicates), ``nearest_text`` and ``rouge_l``
-      (float64); existing columns with these names are overwritten.
+      the kept row it duplicates; for a directory, in the concatenation),
+      ``nearest_text`` and ``rouge_l`` (float64); existing columns with these
+      names are overwritten.
+
+    Both files are written together (:func:`selfinstruct.safety.atomic_files`:
+    temporary files, fsync, the dropped file renamed first, then the kept
+    one), so they appear as a pair or not at all. Every output check is made
+    before the input is read.
 
     Returns:
         ``{"input": rows read, "kept": n, "dropped": n, "output": str,
@@ -1124,35 +1220,56 @@ def dedup_file(
         "write_seconds": s, "seconds": total wall seconds}``.
 
     Raises:
-        DedupInputError: missing/unreadable file, unknown format, missing
-            field, or non-string values in the field.
+        DedupInputError: missing/unreadable file, unknown input or output
+            format, a directory without record files, missing field,
+            non-string values in the field, or rows the output format cannot
+            hold.
+        OutputPathError: (:mod:`selfinstruct.safety`) the output or its
+            dropped file is, lies inside or contains the input, or cannot be
+            written (an existing directory, a regular file on the path, a
+            read-only directory).
         ValueError: bad threshold or tokenizer.
     """
+    from .safety import OutputPathError, atomic_files, check_output_apart, check_writable_file
+
     _check_tokenizer(tokenizer)
+    if not (0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     t0 = time.perf_counter()
     src = Path(input_path)
-    df = _read_table(src)
-    if field not in df.columns:
-        cols = ", ".join(map(str, df.columns[:10]))
-        raise DedupInputError(f"{src}: no field {field!r} (columns: {cols or 'none'})")
+    out = Path(output_path)
+    drop_out = dropped_path(out)
+    check_writable_file(out, "--output")
+    check_writable_file(drop_out, "--output")
+    fmt = output_format(out)
+    check_output_apart(out, {"INPUT": src}, "--output")
+    check_output_apart(drop_out, {"INPUT": src}, "--output",
+                       name="the dropped-rows file of --output")
+    df = _read_input(src, field)
     values = df[field].tolist()
-    for pos, v in enumerate(values):
-        if not isinstance(v, str):
-            raise DedupInputError(
-                f"{src}: field {field!r} of row {pos} is {type(v).__name__}, not a string"
-            )
     t1 = time.perf_counter()
     kept, dropped = dedup_records([{field: v} for v in values], field, threshold, tokenizer)
     t2 = time.perf_counter()
-    out = Path(output_path)
-    drop_out = dropped_path(out)
     kept_df = df.iloc[kept].reset_index(drop=True)
     drop_df = df.iloc[[d.position for d in dropped]].reset_index(drop=True)
     drop_df["nearest_index"] = np.array([d.nearest_position for d in dropped], dtype=np.int64)
     drop_df["nearest_text"] = [d.nearest_text for d in dropped]
     drop_df["rouge_l"] = np.array([d.score for d in dropped], dtype=np.float64)
-    _atomic_write_parquet(kept_df, out)
-    _atomic_write_parquet(drop_df, drop_out)
+    encoded = []
+    for frame in (drop_df, kept_df):
+        try:
+            encoded.append(_encode(frame, fmt))
+        except Exception as exc:  # pyarrow / json raise many types
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise DedupInputError(f"{src}: rows cannot be written as {fmt} "
+                                  f"({type(exc).__name__}: {first})") from None
+    try:
+        with atomic_files(drop_out, out) as (drop_handle, kept_handle):
+            drop_handle.write(encoded[0])
+            kept_handle.write(encoded[1])
+    except OSError as exc:
+        raise OutputPathError(f"{out}: cannot write: {exc.strerror or exc}") from None
     t3 = time.perf_counter()
     return {
         "input": len(values),

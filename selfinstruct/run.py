@@ -28,7 +28,7 @@ from .models import ModelError, ResolvedModel, resolve_model
 from .prompts import PromptBuilder, PromptError
 from .seeds import SeedError, Task, default_seeds_dir, load_seed_tasks, seed_files
 from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError, read_manifest
-from .shards import ShardInfo, ShardWriter, file_digest, write_json
+from .shards import DATA_DIR, ShardInfo, ShardWriter, file_digest, write_json
 
 EMPTY_TOKENIZE_WARNING = 0.05
 """Warn when the rouge tokenizer empties more than this fraction of seed instructions."""
@@ -196,7 +196,7 @@ class GenerateJob:
                     "rouge tokenizer makes them empty and ROUGE-L dedup cannot fire on them; "
                     "use --rouge-tokenizer unicode for non-Latin text")
         job = cls(config, seeds_path, seed_tasks, prompts, model, warnings)
-        job.previous = job._check_output_dir()
+        job.previous = job._check_output_dir(config_file)
         if job.previous is not None:
             job.created = job.previous.get("created", job.created)
         return job
@@ -215,16 +215,31 @@ class GenerateJob:
             "prompts_sha256": dict(self.prompts.sha256),
         }
 
-    def _check_output_dir(self) -> dict[str, Any] | None:
+    def _check_output_dir(self, config_file: Path | None = None) -> dict[str, Any] | None:
         """None for a new run; the previous manifest for a run to resume.
 
         Raises:
-            JobError: the path is a file, a non-empty directory that is not a
-                run, a damaged manifest, or a run made with other settings.
+            JobError: the path is a file, cannot be created or written (a regular
+                file on the way, a read-only directory), is or lies inside an input
+                (seeds, templates, config file, local model), holds an input where
+                the run writes, is a non-empty directory that is not a run, holds a
+                damaged manifest, or a run made with other settings.
         """
+        from .safety import OutputPathError, check_output_apart, check_writable_dir
+
         output = self.config.output
         if output.exists() and not output.is_dir():
             raise JobError(f"{output}: output path exists and is not a directory")
+        model = Path(self.model.path) if self.model.source != "http" else None
+        try:
+            check_writable_dir(output, "--output")
+            check_output_apart(output, {
+                "the seeds": self.seeds_path, "the prompt templates": self.prompts.directory,
+                "the config file": config_file,
+                "the model": model if model is not None and model.exists() else None,
+            }, "--output", writes=(MANIFEST, DATA_DIR, LEDGER_DIR, LOCK_FILE))
+        except OutputPathError as exc:
+            raise JobError(str(exc)) from None
         if not output.is_dir() or not any(p.name != LOCK_FILE for p in output.iterdir()):
             return None
         path = output / MANIFEST
@@ -417,11 +432,20 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
             ledger, missing or damaged ``commit.json``), seed files or templates
             that differ from the recorded ones, a setting that cannot change
             without new generations, a bad value, or an output directory that
-            is not empty.
+            is not empty, cannot be written, or is, lies inside or contains the
+            source run (checked first, before any read).
     """
     from .pipeline import LazyEngine, SelfInstruct
     from .report import RichReporter
+    from .safety import OutputPathError, check_output_apart, check_writable_dir
 
+    try:
+        check_writable_dir(output, "--output")
+        check_output_apart(output, {"the source run": source}, "--output")
+    except OutputPathError as exc:
+        raise JobError(str(exc)) from None
+    if output.exists() and any(output.iterdir()):
+        raise JobError(f"{output}: output directory is not empty; choose another --output")
     if not source.is_dir():
         raise JobError(f"{source}: not a directory; refilter takes a run directory")
     path = source / MANIFEST
@@ -445,10 +469,6 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     warnings = source_ledger_warnings(source, checked)
     seeds_path, seed_tasks = _recorded_seeds(checked, path, seeds)
     prompts = _recorded_prompts(checked, path, prompts_dir)
-    if output.resolve() == source.resolve():
-        raise JobError(f"{output}: refilter writes a new run; choose another --output")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise JobError(f"{output}: output directory is not empty; choose another --output")
     model = checked.model or {}
     if not isinstance(model.get("name"), str) or not isinstance(model.get("path"), str):
         raise JobError(f"{path}: field 'model': needs the strings 'name' and 'path'")
