@@ -53,6 +53,7 @@ import pandas as pd
 from . import __version__
 from .inspection import RunData, TableData, distribution, tables
 from .ledger import LEDGER_DIR
+from .safety import OutputPathError, check_writable_dir
 from .shards import (MANIFEST, SCHEMA, atomic_file, current_umask, file_digest, messages_for,
                      user_turn, write_json)
 
@@ -216,7 +217,9 @@ EXPORT_FORMAT = "selfinstruct-export/1"
 def _enclosing_run(path: Path) -> Path | None:
     """``path`` or the nearest ancestor that is a selfinstruct run directory, or None."""
     for directory in (path, *path.parents):
-        if (directory / MANIFEST).is_file() or (directory / LEDGER_DIR).is_dir():
+        ledger = directory / LEDGER_DIR
+        if (directory / MANIFEST).is_file() or (ledger.is_dir()
+                                                and any(ledger.glob("round-*"))):
             return directory
     return None
 
@@ -274,6 +277,10 @@ def _check_output(output: Path, overwrite: bool, source: Path) -> None:
         raise ExportError(f"{output}: is a symbolic link; give the directory itself")
     if output.exists() and not output.is_dir():
         raise ExportError(f"{output}: exists and is not a directory")
+    try:
+        check_writable_dir(output, "--output")
+    except OutputPathError as exc:
+        raise ExportError(str(exc)) from None
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
             raise ExportError(f"{output}: not empty (pass --overwrite to replace an "
