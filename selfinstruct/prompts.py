@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from .inputs import InputFileError, check_regular_file
 from .seeds import Task
 
 TEMPLATE_NAMES = (
@@ -57,7 +58,8 @@ class PromptBuilder:
             None = the bundled templates.
 
     Raises:
-        PromptError: a template file is missing or is not valid Jinja2.
+        PromptError: a template file is missing, not a regular file
+            (:func:`selfinstruct.inputs.check_regular_file`) or not valid Jinja2.
     """
 
     def __init__(self, directory: Path | None = None):
@@ -74,6 +76,10 @@ class PromptBuilder:
         self._templates = {}
         for name in TEMPLATE_NAMES:
             path = self.directory / f"{name}.jinja"
+            try:
+                check_regular_file(path, missing="prompt template not found")
+            except InputFileError as exc:
+                raise PromptError(str(exc)) from None
             try:
                 self._templates[name] = env.get_template(path.name)
             except jinja2.TemplateNotFound:

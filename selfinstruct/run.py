@@ -13,6 +13,7 @@ The manifest is the commit record: written when the run starts (status
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -172,6 +173,16 @@ class GenerateJob:
             options: CLI option name -> value (None = not given).
             option_keys: CLI option name -> dotted config key.
 
+        Seed instructions must fit the model's context. With no tokenizer at hand
+        the bound is conservative: these tokenizers never give fewer tokens than
+        whitespace-separated words, so a seed instruction (as prompts show it,
+        ``prompts.one_line``) of more than ``engine.max_model_len -
+        generation.max_tokens`` words can never fit an instruction-generation
+        prompt and is an error naming its file, line and field. One over
+        ``filters.max_words`` only is allowed. No check when ``max_model_len``
+        is None (the model's own limit, unknown until it loads); the engine
+        checks each prompt's length in tokens as well.
+
         Raises:
             JobError: any user mistake, with a one-line message naming file,
                 line and field where there is one; an output directory holding
@@ -183,8 +194,20 @@ class GenerateJob:
         names = {key: "--" + name.replace("_", "-") for name, key in option_keys.items()}
         try:
             config = load_config(config_file, overrides, names)
-            seeds_path = Path(config.seeds or default_seeds_dir()).resolve()
-            seed_tasks = load_seed_tasks(seeds_path)
+            # realpath, not Path.resolve: Python 3.11 raises RuntimeError on a
+            # symlink loop there; load_seed_tasks reports it as one line.
+            seeds_path = Path(os.path.realpath(config.seeds or default_seeds_dir()))
+            context, max_tokens = config.engine.max_model_len, config.generation.max_tokens
+            room = None if context is None else context - max_tokens
+            if room is not None and room < 1:
+                raise JobError(f"generation.max_tokens {max_tokens} leaves no room for a "
+                               f"prompt in engine.max_model_len {context} (lower --max-tokens "
+                               "or raise --max-model-len)")
+            seed_tasks = load_seed_tasks(
+                seeds_path, room,
+                f"engine.max_model_len {context} - generation.max_tokens {max_tokens} leaves "
+                f"{room} tokens for the prompt and each word is at least one token, so it "
+                "cannot fit")
             prompts = PromptBuilder(config.prompts)
             model = resolve_engine_model(config)
         except (ConfigError, SeedError, PromptError, ModelError, EngineError) as exc:
