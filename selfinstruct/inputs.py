@@ -72,7 +72,7 @@ def check_regular_file(path: Path | str, *, missing: str = "no such file or dire
         raise InputFileError(path, missing) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise InputFileError(path, "symlink loop (the path cannot be resolved)") from None
+            raise InputFileError(path, "symlink loop") from None
         if exc.errno == errno.ENOTDIR:
             raise InputFileError(path, f"{missing} (a parent is not a directory)") from None
         raise InputFileError(path, f"cannot read: {exc.strerror}") from None

@@ -13,7 +13,6 @@ The manifest is the commit record: written when the run starts (status
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -194,20 +193,19 @@ class GenerateJob:
         names = {key: "--" + name.replace("_", "-") for name, key in option_keys.items()}
         try:
             config = load_config(config_file, overrides, names)
-            # realpath, not Path.resolve: Python 3.11 raises RuntimeError on a
-            # symlink loop there; load_seed_tasks reports it as one line.
-            seeds_path = Path(os.path.realpath(config.seeds or default_seeds_dir()))
+            given = Path(config.seeds or default_seeds_dir())
             context, max_tokens = config.engine.max_model_len, config.generation.max_tokens
             room = None if context is None else context - max_tokens
             if room is not None and room < 1:
                 raise JobError(f"generation.max_tokens {max_tokens} leaves no room for a "
                                f"prompt in engine.max_model_len {context} (lower --max-tokens "
                                "or raise --max-model-len)")
-            seed_tasks = load_seed_tasks(
-                seeds_path, room,
+            seed_tasks = load_seed_tasks(  # errors name the path as given
+                given, room,
                 f"engine.max_model_len {context} - generation.max_tokens {max_tokens} leaves "
                 f"{room} tokens for the prompt and each word is at least one token, so it "
                 "cannot fit")
+            seeds_path = given.resolve()  # after load_seed_tasks has refused symlink loops
             prompts = PromptBuilder(config.prompts)
             model = resolve_engine_model(config)
         except (ConfigError, SeedError, PromptError, ModelError, EngineError) as exc:
