@@ -173,14 +173,15 @@ class GenerateJob:
             option_keys: CLI option name -> dotted config key.
 
         Seed instructions must fit the model's context. With no tokenizer at hand
-        the bound is conservative: these tokenizers never give fewer tokens than
-        whitespace-separated words, so a seed instruction (as prompts show it,
-        ``prompts.one_line``) of more than ``engine.max_model_len -
-        generation.max_tokens`` words can never fit an instruction-generation
-        prompt and is an error naming its file, line and field. One over
-        ``filters.max_words`` only is allowed. No check when ``max_model_len``
-        is None (the model's own limit, unknown until it loads); the engine
-        checks each prompt's length in tokens as well.
+        the bound is conservative: the subword tokenizers of the models vLLM runs
+        never give fewer tokens than whitespace-separated words, so a seed
+        instruction (as prompts show it, ``prompts.one_line``) of more than
+        ``engine.max_model_len - generation.max_tokens`` words can never fit an
+        instruction-generation prompt and is an error naming its file, line and
+        field (``max_tokens`` leaving no room at all is an error too). One over
+        ``filters.max_words`` but within the bound is allowed. No check when
+        ``max_model_len`` is None (the model's own limit, unknown until it
+        loads); the engine checks each prompt's length in tokens as well.
 
         Raises:
             JobError: any user mistake, with a one-line message naming file,

@@ -366,3 +366,12 @@ def test_the_seed_length_bound_is_context_minus_output_tokens(tmp_path):
                  "--max-model-len", "256", "--max-tokens", "64", *NO_ENGINE)
     assert_one_line_exit_2(result, "seeds.jsonl:1: field 'instruction': 200 words, more than 192")
     assert not out.exists()
+
+
+def test_max_tokens_that_leave_no_room_for_a_prompt_are_refused(tmp_path):
+    out = tmp_path / "out"
+    result = cli("generate", "--output", str(out), "--max-model-len", "256",
+                 "--max-tokens", "256", *NO_ENGINE)
+    assert_one_line_exit_2(result, "generation.max_tokens 256 leaves no room for a prompt in "
+                                   "engine.max_model_len 256")
+    assert not out.exists()
