@@ -14,7 +14,11 @@ tables mirror the nested models below::
     rouge_threshold = 0.7
 
 Unknown keys and wrong types are errors (:class:`ConfigError`) naming the file,
-line and field.
+line and field. Types are strict (pydantic strict mode): ``prompt_tasks = true`` or
+``temperature = "0.7"`` is refused rather than coerced; an integer is accepted
+where a float is expected (``temperature = 1``). Values checked later by other
+libraries are checked here first: ``engine.dtype`` against the dtypes vLLM
+accepts and ``shards.compression`` against the Parquet codecs of pyarrow.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator, model_validator)
+
+from .inputs import InputFileError, check_regular_file
 
 # Self-Instruct §2.2, classification task identification, filtering, and the released code: instructions mentioning things a
 # text-only model cannot produce or see are dropped.
@@ -40,9 +46,22 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
+    # strict: no bool -> int or str -> number coercion; int -> float is still allowed.
     # allow_inf_nan=False: nan and inf (TOML and float() accept both) are refused in every
     # float field; nan would pass every range check, as all comparisons with it are false.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
+
+
+VLLMDType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+"""The ``dtype`` strings vLLM accepts: its ``vllm.config.model.ModelDType`` (vLLM is
+not imported here, so that loading a config stays cheap)."""
+VLLM_DTYPES = get_args(VLLMDType)
+
+PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
+"""Parquet compression names of ``pyarrow.parquet.write_table`` (its documented
+valid values, case-insensitive); each must also be built into the installed
+pyarrow (``pyarrow.Codec.is_available``)."""
 
 
 class GenerationConfig(_Section):
@@ -182,7 +201,7 @@ class EngineConfig(_Section):
         None, ge=1, description="vLLM replicas for --backend ray (one per GPU); None = one per "
                                 "GPU of the cluster, at least 1")
     ray_batch_size: int = Field(16, ge=1, description="requests per Ray Data batch")
-    dtype: str = "auto"
+    dtype: VLLMDType = Field("auto", description="model weights' dtype, one of VLLM_DTYPES")
     max_model_len: int | None = Field(2048, ge=128)
     enforce_eager: bool = Field(True, description="skip CUDA-graph / compile warm-up")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
@@ -218,16 +237,32 @@ class ShardConfig(_Section):
     """Parquet shard layout."""
 
     shard_size: int = Field(10_000, ge=1, description="rows per Parquet file at most")
-    compression: str = "zstd"
+    compression: str = Field("zstd", description="a Parquet codec, one of PARQUET_CODECS")
+
+    @field_validator("compression")
+    @classmethod
+    def _known_codec(cls, name: str) -> str:
+        if name.lower() not in PARQUET_CODECS:
+            raise ValueError(f"unknown Parquet compression {name!r} (use one of "
+                             f"{', '.join(PARQUET_CODECS)})")
+        if name.lower() != "none":
+            import pyarrow as pa
+
+            if not pa.Codec.is_available(name.lower()):
+                raise ValueError(f"compression {name!r} is not built into this pyarrow")
+        return name
 
 
 class Config(_Section):
     """Everything a ``selfinstruct generate`` run needs; see the module docstring."""
 
     model: str | None = Field(None, description="HF id, local directory or .gguf; None = embedded")
-    seeds: Path | None = Field(None, description="seed file or directory; None = the bundled seeds/")
-    prompts: Path | None = Field(None, description="template directory; None = the bundled prompts/")
-    output: Path = Path("outputs/run")
+    # Paths come as strings from TOML and manifests: not strict.
+    seeds: Path | None = Field(None, strict=False,
+                               description="seed file or directory; None = the bundled seeds/")
+    prompts: Path | None = Field(None, strict=False,
+                                 description="template directory; None = the bundled prompts/")
+    output: Path = Field(Path("outputs/run"), strict=False)
     num_instructions: int = Field(100, ge=1, description="new tasks (with instances) to produce")
     seed: int = Field(0, description="run seed: prompt sampling and per-request sampling seeds")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -294,14 +329,19 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         The validated :class:`Config`.
 
     Raises:
-        ConfigError: the file is missing, not UTF-8, not valid TOML, has an unknown
-            key, or a value of the wrong type or range. One line: file, line, field.
+        ConfigError: the file is missing or not a regular file, not UTF-8, not
+            valid TOML, has an unknown key, or a value of the wrong type (strict:
+            no coercion but int to float) or range, an unknown ``engine.dtype``
+            or ``shards.compression``. One line: file, line, field.
     """
     data: dict[str, Any] = {}
     text: str | None = None
     if path is not None:
         try:
+            check_regular_file(path, missing="config file not found")
             raw = Path(path).read_bytes()
+        except InputFileError as exc:
+            raise ConfigError(str(exc)) from None
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except OSError as exc:

@@ -35,6 +35,7 @@ vLLM or torch.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -1050,13 +1051,43 @@ def dedup_records(
     return kept, dropped
 
 
+def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """The first line of a JSON Lines file that the json module cannot parse, with
+    the reason; None when every line parses. Only used to name the line after
+    pandas has refused the file (its own errors give none)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                return number, f"invalid JSON: {exc.msg}"
+            except RecursionError:
+                return number, "invalid JSON: nested too deeply"
+    return None
+
+
 def _read_table(path: Path):
-    """Read JSON array / JSONL / Parquet into a pandas DataFrame."""
+    """Read JSON array / JSONL / Parquet into a pandas DataFrame.
+
+    Only a regular file is read (:func:`selfinstruct.inputs.check_regular_file`).
+
+    Raises:
+        DedupInputError: not a regular file (missing, a directory, a FIFO, a
+            device, a symlink loop), an unknown suffix, or a file pandas cannot
+            read (for JSON Lines, naming the first line that does not parse).
+    """
     import pandas as pd
 
-    if not path.is_file():
-        raise DedupInputError(f"{path}: no such file")
+    from .inputs import InputFileError, check_regular_file
+
+    try:
+        check_regular_file(path)
+    except InputFileError as exc:
+        raise DedupInputError(str(exc)) from None
     suffix = path.suffix.lower()
+    lines = False
     try:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
@@ -1077,6 +1108,9 @@ def _read_table(path: Path):
     except DedupInputError:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types
+        bad = _first_bad_json_line(path) if lines else None
+        if bad is not None:
+            raise DedupInputError(f"{path}:{bad[0]}: {bad[1]}") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DedupInputError(f"{path}: cannot read ({type(exc).__name__}: {first})") from exc
 
@@ -1137,6 +1171,8 @@ def _read_field(path: Path, field: str):
         cols = ", ".join(map(str, df.columns[:10]))
         raise DedupInputError(f"{path}: no field {field!r} (columns: {cols or 'none'})")
     for pos, v in enumerate(df[field].tolist()):
+        if v is None or (isinstance(v, float) and math.isnan(v)):  # JSON null reads as NaN
+            raise DedupInputError(f"{path}: field {field!r} of row {pos} is missing (null)")
         if not isinstance(v, str):
             raise DedupInputError(
                 f"{path}: field {field!r} of row {pos} is {type(v).__name__}, not a string"

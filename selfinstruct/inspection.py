@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from .filters import word_count
+from .inputs import InputFileError, check_regular_file, read_csv_records
 from .shards import DATA_DIR, MANIFEST, atomic_file, write_atomic
 
 STATS_FORMAT = "selfinstruct-inspect/1"
@@ -133,14 +134,13 @@ def load_run(path: Path | str) -> RunData:
 
     Raises:
         InspectError: missing path, a directory without ``manifest.json``, an
-            unreadable manifest or shard, a shard listed but missing, an
-            unknown file format, a missing column, or a non-string text value.
+            unreadable manifest or shard, a shard listed but missing, a file
+            that is not a regular file, an unknown file format, a missing
+            column, or a null or non-string text value.
     """
     path = Path(path)
     if path.is_dir():
         return _load_run_dir(path)
-    if not path.exists():
-        raise InspectError(f"{path}: no such file or directory")
     return _load_plain_file(path)
 
 
@@ -191,18 +191,43 @@ def _load_run_dir(path: Path) -> RunData:
     return RunData(path, "run", _normalize(frame, path.name), manifest, notes)
 
 
-def _read_records(path: Path) -> pd.DataFrame:
-    """A plain file as a DataFrame (no validation beyond the format)."""
+def _read_records(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
+    """A plain file as a DataFrame (no validation beyond the format).
+
+    Only a regular file is read (:func:`selfinstruct.inputs.check_regular_file`:
+    a FIFO or device is refused before it is opened). CSV is read by
+    :func:`selfinstruct.inputs.read_csv_records` (a row with more fields than the
+    header is an error naming its line; missing fields are NaN).
+
+    Returns:
+        ``(frame, where)``: ``where[k]`` names the place row ``k`` came from in
+        error messages (``"<path>:<line>"`` for JSON Lines and CSV, ``"<path>
+        (record k)"`` for a JSON array), or None for Parquet.
+
+    Raises:
+        InspectError: not a regular file, unsupported suffix, not UTF-8,
+            invalid or too deeply nested JSON (with its line for JSON Lines), a
+            CSV row with too many fields, a record that is not an object, or
+            no records.
+    """
+    try:
+        check_regular_file(path)
+    except InputFileError as exc:
+        raise InspectError(str(exc)) from None
     suffix = path.suffix.lower()
     if suffix not in PLAIN_SUFFIXES:
         raise InspectError(f"{path}: unsupported format '{suffix}' "
                            f"(use a run directory or {', '.join(PLAIN_SUFFIXES)})")
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            return pd.read_parquet(path), None
         if suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            columns, rows = read_csv_records(path)
+            return (pd.DataFrame.from_records(rows, columns=columns),
+                    [f"{path}:{k + 2}" for k in range(len(rows))])
         text = path.read_bytes().decode("utf-8-sig")
+    except InputFileError as exc:
+        raise InspectError(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise InspectError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable tables
@@ -210,12 +235,16 @@ def _read_records(path: Path) -> pd.DataFrame:
     if not text.strip():
         raise InspectError(f"{path}: file is empty")
     records: list[Any]
+    where: list[str] = []
     if suffix == ".json" and text.lstrip().startswith(("[", "{")) and not _looks_like_jsonl(text):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InspectError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise InspectError(f"{path}: invalid JSON: nested too deeply") from None
         records = data if isinstance(data, list) else [data]
+        where = [f"{path} (record {k})" for k in range(1, len(records) + 1)]
     else:
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -224,17 +253,21 @@ def _read_records(path: Path) -> pd.DataFrame:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise InspectError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-    for k, record in enumerate(records, start=1):
+                except RecursionError:
+                    raise InspectError(f"{path}:{number}: invalid JSON: nested too deeply"
+                                       ) from None
+                where.append(f"{path}:{number}")
+    for k, record in enumerate(records):
         if not isinstance(record, dict):
-            raise InspectError(f"{path} (record {k}): expected an object, "
-                               f"got {type(record).__name__}")
+            raise InspectError(f"{where[k]}: expected an object, got {type(record).__name__}")
     if not records:
         raise InspectError(f"{path}: no records")
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records), where
 
 
 def _looks_like_jsonl(text: str) -> bool:
-    """A ``.json`` file that is really JSON Lines: its first line parses alone."""
+    """A ``.json`` file that is really JSON Lines: its first line parses alone
+    (or nests too deeply to tell; reading it line by line then names the line)."""
     first = text.lstrip().split("\n", 1)[0].strip()
     if not first.startswith("{") or "\n" not in text.strip():
         return False
@@ -242,30 +275,48 @@ def _looks_like_jsonl(text: str) -> bool:
         json.loads(first)
     except json.JSONDecodeError:
         return False
+    except RecursionError:
+        return True
     return True
 
 
-def _explode_instances(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Self-Instruct records (``instances: [{input, output}]``) to one row per instance."""
-    rows = []
+def _explode_instances(frame: pd.DataFrame, path: Path, where: list[str] | None
+                       ) -> tuple[pd.DataFrame, list[str] | None]:
+    """Self-Instruct records (``instances: [{input, output}]``) to one row per instance;
+    ``where`` (see :func:`_read_records`) is expanded to match."""
+    rows, row_where = [], []
     for k, record in enumerate(frame.to_dict("records"), start=1):
+        place = where[k - 1] if where else f"{path} (record {k})"
         instances = record.pop("instances")
         if hasattr(instances, "tolist"):
             instances = instances.tolist()
         if not isinstance(instances, list):
-            raise InspectError(f"{path} (record {k}): field 'instances': expected a list")
+            raise InspectError(f"{place}: field 'instances': expected a list")
         for instance in instances:
             if not isinstance(instance, dict):
-                raise InspectError(f"{path} (record {k}): field 'instances': expected objects")
+                raise InspectError(f"{place}: field 'instances': expected objects")
             rows.append({**record, "task_id": record.get("id"),
                          "input": instance.get("input"), "output": instance.get("output")})
-    return pd.DataFrame.from_records(rows)
+            row_where.append(place)
+    return pd.DataFrame.from_records(rows), row_where
+
+
+def _is_null(value: Any) -> bool:
+    """JSON null, or the NaN pandas puts in a missing CSV field or Parquet/JSON cell."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _load_plain_file(path: Path) -> RunData:
-    frame = _read_records(path)
+    """A plain dataset file as a :class:`RunData` (see :func:`load_run`).
+
+    Raises:
+        InspectError: see :func:`_read_records`; also a missing ``instruction`` /
+            ``output`` column, a null (missing) ``instruction`` or ``output``, or a
+            text value that is not a string, naming file, line (or record) and field.
+    """
+    frame, where = _read_records(path)
     if "instances" in frame.columns and "output" not in frame.columns:
-        frame = _explode_instances(frame, path)
+        frame, where = _explode_instances(frame, path, where)
     for column in ("instruction", "output"):
         if column not in frame.columns:
             raise InspectError(f"{path}: field '{column}': missing column")
@@ -276,11 +327,13 @@ def _load_plain_file(path: Path) -> RunData:
         for k, value in enumerate(values):
             if isinstance(value, str):
                 continue
-            if not required and (value is None or (isinstance(value, float) and math.isnan(value))):
+            if _is_null(value) and not required:
                 values[k] = ""
                 continue
-            raise InspectError(f"{path} (record {k + 1}): field '{column}': expected a string, "
-                               f"got {type(value).__name__}")
+            place = where[k] if where else f"{path} (record {k + 1})"
+            problem = ("missing (null)" if _is_null(value)
+                       else f"expected a string, got {type(value).__name__}")
+            raise InspectError(f"{place}: field '{column}': {problem}")
         frame[column] = values
     return RunData(path, "file", _normalize(frame, path.stem), None, [])
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from .inputs import InputFileError, check_regular_file
 from .seeds import Task
 
 TEMPLATE_NAMES = (
@@ -78,10 +79,10 @@ class PromptBuilder:
         sha256: template name -> hex sha256 of the bytes in use.
 
     Raises:
-        PromptError: a template file is missing or not a regular file, is not
-            valid Jinja2, uses a variable it is not given, fails its sample
-            render (a sandbox violation included), or does not match
-            ``expected_sha256``.
+        PromptError: a template file is missing or not a regular file
+            (:func:`selfinstruct.inputs.check_regular_file`), is not valid
+            Jinja2, uses a variable it is not given, fails its sample render (a
+            sandbox violation included), or does not match ``expected_sha256``.
     """
 
     def __init__(self, directory: Path | None = None,
@@ -92,14 +93,19 @@ class PromptBuilder:
         from jinja2 import meta
         from jinja2.sandbox import SandboxedEnvironment
 
-        self.directory = (Path(directory).resolve() if directory is not None
-                          else default_prompts_dir())
+        try:
+            self.directory = (Path(directory).resolve() if directory is not None
+                              else default_prompts_dir())
+        except (RuntimeError, OSError):  # Path.resolve() on a symlink loop
+            raise PromptError(f"{directory}: symlink loop") from None
         sources: dict[str, str] = {}
         self.sha256: dict[str, str] = {}
         for name in TEMPLATE_NAMES:
             path = self.directory / f"{name}.jinja"
-            if not path.is_file():
-                raise PromptError(f"{path}: prompt template not found (or not a regular file)")
+            try:
+                check_regular_file(path, missing="prompt template not found")
+            except InputFileError as exc:
+                raise PromptError(str(exc)) from None
             data = path.read_bytes()
             self.sha256[name] = hashlib.sha256(data).hexdigest()
             if expected_sha256 is not None and expected_sha256.get(name) != self.sha256[name]:

@@ -170,6 +170,17 @@ class GenerateJob:
             options: CLI option name -> value (None = not given).
             option_keys: CLI option name -> dotted config key.
 
+        Seed instructions must fit the model's context. With no tokenizer at hand
+        the bound is conservative: the subword tokenizers of the models vLLM runs
+        never give fewer tokens than whitespace-separated words, so a seed
+        instruction (as prompts show it, ``prompts.one_line``) of more than
+        ``engine.max_model_len - generation.max_tokens`` words can never fit an
+        instruction-generation prompt and is an error naming its file, line and
+        field (``max_tokens`` leaving no room at all is an error too). One over
+        ``filters.max_words`` but within the bound is allowed. No check when
+        ``max_model_len`` is None (the model's own limit, unknown until it
+        loads); the engine checks each prompt's length in tokens as well.
+
         Raises:
             JobError: any user mistake, with a one-line message naming file,
                 line and field where there is one; an output directory holding
@@ -181,8 +192,19 @@ class GenerateJob:
         names = {key: "--" + name.replace("_", "-") for name, key in option_keys.items()}
         try:
             config = load_config(config_file, overrides, names)
-            seeds_path = Path(config.seeds or default_seeds_dir()).resolve()
-            seed_tasks = load_seed_tasks(seeds_path)
+            given = Path(config.seeds or default_seeds_dir())
+            context, max_tokens = config.engine.max_model_len, config.generation.max_tokens
+            room = None if context is None else context - max_tokens
+            if room is not None and room < 1:
+                raise JobError(f"generation.max_tokens {max_tokens} leaves no room for a "
+                               f"prompt in engine.max_model_len {context} (lower --max-tokens "
+                               "or raise --max-model-len)")
+            seed_tasks = load_seed_tasks(  # errors name the path as given
+                given, room,
+                f"engine.max_model_len {context} - generation.max_tokens {max_tokens} leaves "
+                f"{room} tokens for the prompt and each word is at least one token, so it "
+                "cannot fit")
+            seeds_path = given.resolve()  # after load_seed_tasks has refused symlink loops
             prompts = PromptBuilder(config.prompts)
             model = resolve_engine_model(config)
         except (ConfigError, SeedError, PromptError, ModelError, EngineError) as exc:

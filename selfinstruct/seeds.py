@@ -11,6 +11,10 @@ Accepted inputs (a file, or a directory of such files, read in name order):
   and ``output`` columns (optionally ``id``, ``name``, ``is_classification``);
   the same grouping applies, so selfinstruct's own shards load as seeds.
 
+Only regular files are read (:func:`selfinstruct.inputs.check_regular_file`): a
+FIFO, a device or a symlink loop is refused, in a directory as well. A CSV row with
+more fields than the header is an error naming its line.
+
 Every problem raises :class:`SeedError`, whose message is one line naming the file,
 the line (or row) and the field.
 """
@@ -23,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .inputs import InputFileError, check_regular_file, read_csv_records
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -159,14 +165,21 @@ def _decode(path: Path) -> str:
     return text
 
 
+NESTED_TOO_DEEPLY = "invalid JSON: nested too deeply"
+"""The message for a document whose nesting exhausts the json module's recursion."""
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(_decode(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SeedError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", number) from None
+        except RecursionError:
+            raise SeedError(path, NESTED_TOO_DEEPLY, number) from None
+        yield number, record
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -176,6 +189,8 @@ def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SeedError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    except RecursionError:
+        raise SeedError(path, NESTED_TOO_DEEPLY) from None
     if isinstance(data, dict):
         yield 1, data
         return
@@ -190,30 +205,43 @@ def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
             if text[pos] == "\n":
                 line += 1
             pos += 1
-        _, end = decoder.raw_decode(text, pos)
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            raise SeedError(path, NESTED_TOO_DEEPLY, line) from None
         yield line, record
         line += text.count("\n", pos, end)
         pos = end
 
 
 def _table_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a CSV or Parquet table, each with its line (CSV) or 1-based row (Parquet).
+
+    CSV goes through :func:`selfinstruct.inputs.read_csv_records`: a row with more
+    fields than the header is an error naming its line; a row with fewer has its
+    missing fields as NaN, which the field checks report as missing.
+    """
     import pandas as pd
 
+    csv = path.suffix.lower() == ".csv"
     try:
-        if path.suffix == ".csv":
+        if csv:
             _decode(path)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            columns, records = read_csv_records(path)
         else:
             frame = pd.read_parquet(path)
+            columns, records = list(frame.columns), frame.to_dict("records")
     except SeedError:
         raise
+    except InputFileError as exc:
+        raise SeedError(path, exc.reason, exc.line) from None
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable tables
         raise SeedError(path, f"cannot read {path.suffix[1:]} table: {exc}".splitlines()[0]) from None
-    if "instruction" not in frame.columns:
+    if "instruction" not in columns:
         raise SeedError(path, "missing column", None, "instruction")
     # CSV: header is line 1, so row k is line k + 2; Parquet rows are 1-based.
-    offset = 2 if path.suffix == ".csv" else 1
-    for k, record in enumerate(frame.to_dict("records")):
+    offset = 2 if csv else 1
+    for k, record in enumerate(records):
         yield k + offset, record
 
 
@@ -262,26 +290,46 @@ def default_seeds_dir() -> Path:
 def seed_files(path: Path | str) -> list[Path]:
     """The files :func:`load_seed_tasks` reads for ``path``, in reading order.
 
+    Every file, given or found in the directory by its suffix, must be a regular
+    file after following symlinks (:func:`selfinstruct.inputs.check_regular_file`).
+
     Raises:
-        SeedError: ``path`` does not exist, or is a directory with no seed files.
+        SeedError: ``path`` does not exist, is a symlink loop, is not a regular
+            file or directory, is a directory with no seed files, or a directory
+            with a seed-suffixed entry that is not a regular file.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
-        if not files:
+        try:
+            entries = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        except OSError as exc:
+            raise SeedError(path, f"cannot list directory: {exc.strerror}") from None
+        for entry in entries:
+            try:
+                check_regular_file(entry, missing="seed file not found (a dangling symlink?)")
+            except InputFileError as exc:
+                raise SeedError(entry, exc.reason) from None
+        if not entries:
             raise SeedError(path, f"no seed files ({', '.join(SUFFIXES)}) in directory")
-        return files
-    if not path.exists():
-        raise SeedError(path, "seed file not found")
+        return entries
+    try:
+        check_regular_file(path, missing="seed file not found")
+    except InputFileError as exc:
+        raise SeedError(path, exc.reason) from None
     return [path]
 
 
-def load_seed_tasks(path: Path | str) -> list[Task]:
+def load_seed_tasks(path: Path | str, max_instruction_words: int | None = None,
+                    too_long: str = "") -> list[Task]:
     """Load seed tasks from a file or a directory of files.
 
     Args:
         path: a ``.jsonl``/``.json``/``.parquet``/``.csv`` file, or a directory whose
             files with those suffixes are read in name order.
+        max_instruction_words: refuse a task whose instruction has more words
+            (whitespace-separated, as ``filters.word_count`` counts them and as
+            ``prompts.one_line`` shows them); None = no limit.
+        too_long: why the limit exists, appended to that error message.
 
     Returns:
         Tasks in file order, one per distinct instruction; ids are the records'
@@ -290,12 +338,18 @@ def load_seed_tasks(path: Path | str) -> list[Task]:
     Raises:
         SeedError: missing/empty/non-UTF-8/malformed file, a record without an
             instruction, an instance without an output, a duplicate id, or a
-            directory holding no seed files. The message names file, line and field.
+            directory holding no seed files, a file that is not a regular file,
+            or an instruction over ``max_instruction_words``. The message names
+            file, line and field.
     """
     tasks: list[Task] = []
     ids: dict[str, str] = {}
     for file in seed_files(path):
         for line, unit, task in _read_file(file):
+            words = len(task.instruction.split())
+            if max_instruction_words is not None and words > max_instruction_words:
+                raise SeedError(file, f"{words} words, more than {max_instruction_words}"
+                                + (f": {too_long}" if too_long else ""), line, "instruction", unit)
             if task.id in ids:
                 raise SeedError(file, f"duplicate id '{task.id}' (first at {ids[task.id]})",
                                 line, "id", unit)
