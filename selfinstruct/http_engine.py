@@ -181,8 +181,12 @@ def api_key(config: EngineConfig) -> str | None:
 
 def _one_line(text: str, limit: int = 300, redact: Callable[[str], str] | None = None
               ) -> str:
-    """``text`` on one line, redacted (when ``redact`` is given) and then cut to ``limit``."""
+    """``text`` on one line, redacted (when ``redact`` is given) and then cut to
+    ``limit``; characters that are not printable (terminal escapes) are escaped."""
     line = " ".join(str(text).split())
+    if not line.isprintable():
+        line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in line)
     if redact is not None:
         line = redact(line)  # before the cut: a cut key would no longer match
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -243,7 +247,7 @@ async def _read_body(resp, limit: int, truncate: bool = False) -> bytes:
     """
     length = resp.content_length
     if not truncate and length is not None and length > limit:
-        raise _TooLarge(f"the answer exceeded {_size(limit)} (Content-Length {length})")
+        raise _TooLarge(f"the answer exceeded {_size(limit)} (it announced {_size(length)})")
     body = bytearray()
     while True:
         chunk = await resp.content.read(min(1 << 16, limit + 1 - len(body)))
@@ -254,6 +258,15 @@ async def _read_body(resp, limit: int, truncate: bool = False) -> bytes:
             if truncate:
                 return bytes(body[:limit])  # the rest is never read; the connection closes
             raise _TooLarge(f"the answer exceeded {_size(limit)}")
+
+
+def _models_text(models: Sequence[str], redact: Callable[[str], str], most: int = 10) -> str:
+    """Served model ids for a message: the first ``most``, each on one line of 100
+    characters at most (a server's answer, so possibly long or hostile)."""
+    if not models:
+        return "none"
+    shown = ", ".join(_one_line(m, 100, redact) for m in models[:most])
+    return shown + (f", and {len(models) - most} more" if len(models) > most else "")
 
 
 def _connection_error(exc: BaseException) -> str:
@@ -401,7 +414,8 @@ async def _probe_requests(session, url: str, headers: dict[str, str], key_env: s
                                    timeout=aiohttp.ClientTimeout(total=left)) as resp:
                 if resp.status == 200:
                     text = await _read_body(resp, MODELS_BODY_LIMIT)
-                    version = str(json.loads(text).get("version")) or None
+                    reported = json.loads(text).get("version")
+                    version = _one_line(reported, 60, redact) if reported else None
         except Exception:  # servers other than vLLM have no /version
             version = None
     max_len = next((v for v in lengths.values() if isinstance(v, int)), None)
@@ -423,7 +437,7 @@ async def _probe_all(session, urls: Sequence[str], model: str | None, headers: d
     if model is None:
         first = servers[0]
         if len(first.models) != 1:
-            listed = ", ".join(first.models) or "none"
+            listed = _models_text(first.models, redact)
             raise EngineUnavailable(f"{display_url(first.url)}: serves {len(first.models)} "
                                     f"models ({listed}); choose one with --model")
         model = first.models[0]
@@ -431,7 +445,7 @@ async def _probe_all(session, urls: Sequence[str], model: str | None, headers: d
     if missing:
         raise EngineUnavailable("; ".join(
             f"{display_url(s.url)}: does not serve model {model!r} (it serves: "
-            f"{', '.join(s.models) or 'none'}); pass --model with a served name"
+            f"{_models_text(s.models, redact)}); pass --model with a served name"
             for s in missing))
     return ProbeResult(model, tuple(servers))
 

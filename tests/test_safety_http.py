@@ -357,3 +357,58 @@ def test_normal_answers_still_work_through_the_caps():
         finally:
             engine.close()
     assert [c.text for c in out] == [f"echo: prompt number {i}" for i in range(3)]
+
+
+def test_a_trickling_completion_fails_at_its_timeout_saying_so():
+    with HostileOpenAI({"/v1/completions": "trickle"}) as fake:
+        engine = HTTPEngine(config(fake.url, request_timeout=1.5))
+        try:
+            started = time.perf_counter()
+            with pytest.raises(EngineUnavailable) as err:
+                engine.generate(requests())
+            elapsed = time.perf_counter() - started
+        finally:
+            engine.close()
+    assert elapsed < 1.5 + 2.0, elapsed
+    assert "HTTP 200, but the answer did not finish in 1.5 s" in str(err.value), str(err.value)
+
+
+# -- what a server says is shown bounded, redacted and escaped -------------------------
+
+class _ModelsServer(FakeOpenAI):
+    """Lists ``models`` and answers ``/version`` with ``version``."""
+
+    def __init__(self, models, version):
+        super().__init__(models=models)
+        self.version = version
+
+    async def _version(self, request):
+        from aiohttp import web
+
+        return web.json_response({"version": self.version})
+
+
+def test_hostile_model_ids_and_version_are_cut_redacted_and_escaped(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    models = ["\x1b]0;pwned\x07" + "m" * 500, f"id-{KEY}", *(f"model-{i}" for i in range(200))]
+    with _ModelsServer(models, f"\x1b[2J{KEY}" + "9" * 10_000) as fake:
+        with pytest.raises(EngineUnavailable) as err:
+            probe_endpoints(config(fake.url), None)
+        message = str(err.value)
+        version = probe_endpoints(config(fake.url), "model-3").version
+    assert "\x1b" not in message and "\\x1b]0;pwned\\x07" in message
+    assert leaks(message) == [] and "and 192 more" in message and len(message) < 1500, message
+    assert "\x1b" not in version and leaks(version) == [] and len(version) <= 60, version
+
+
+def test_a_local_server_key_is_sent_while_starting_and_redacted_from_its_log(tmp_path):
+    from selfinstruct.local_server import LocalServer
+
+    log = tmp_path / "server.log"
+    log.write_text(f"INFO non-default args: {{'api_key': ['{KEY}']}}\nERROR it failed\n")
+    server = LocalServer("model-dir", "served", port=1, log_path=log,
+                         extra_args=("--api-key", KEY))
+    assert server.api_key() == KEY
+    assert server._models_request().get_header("Authorization") == f"Bearer {KEY}"
+    tail = server.log_tail()
+    assert "ERROR it failed" in tail and leaks(tail) == [], tail
