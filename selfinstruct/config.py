@@ -133,30 +133,91 @@ class FilterConfig(_Section):
         return self
 
 
+def display_url(url: str) -> str:
+    """A URL as it may be shown or stored: ``scheme://host[:port]/path``, nothing else.
+
+    The one renderer of URLs for people and files (error messages, logs, progress
+    lines, the manifest): a user name, password, query and fragment are never
+    part of it, whatever the input, and characters that are not printable
+    (controls, spaces) are percent-encoded so no terminal escape gets through.
+    Input that has no scheme and host (``user:secret@host:8000``) is shown as
+    ``(not a URL)``: its text may be anything, a secret included.
+
+    Args:
+        url: any text.
+
+    Returns:
+        The rendering; for a URL :func:`normalize_base_url` accepted, the URL itself.
+    """
+    from urllib.parse import quote, urlsplit
+
+    try:
+        parts = urlsplit(str(url).strip())
+        host = parts.hostname
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return "(not a URL)"
+    if not parts.scheme or not host:
+        return "(not a URL)"
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range: not shown
+        port = None
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    text = f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+    return "".join(c if c.isprintable() and not c.isspace() else quote(c, safe="")
+                   for c in text)
+
+
 def normalize_base_url(url: str) -> str:
     """An OpenAI-compatible server's base URL in canonical form, ending before ``/models``.
 
     ``http://host:8000`` and ``http://host:8000/`` become ``http://host:8000/v1``;
     a URL with a path (``http://host/v1``, ``https://proxy/llm/v1``) keeps it, less a
-    trailing slash.
+    trailing slash. The result is its own :func:`display_url`, so it can be shown
+    and stored as it is.
+
+    A URL holding credentials (``http://user:secret@host``) or a query
+    (``?api_key=...``) is refused, not used: a secret in a URL is in the shell
+    history and in ``ps`` output before this code sees it, and would be in the
+    run's manifest and every message naming the endpoint. vLLM's server takes a
+    Bearer token (``vllm serve --api-key``), so the key has one home, the
+    environment variable ``engine.api_key_env``, and is never displayed. The
+    refusal shows the URL through :func:`display_url`, without the secret.
 
     Raises:
-        ValueError: not http(s), no host, or credentials / a query in the URL
-            (API keys come from the environment variable ``engine.api_key_env``).
+        ValueError: not http(s), no host, a bad port, credentials, a query or a
+            fragment, or a space or control character in the URL.
     """
     from urllib.parse import urlsplit
 
-    text = url.strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("a base URL must not hold credentials; put the API key in the "
-                         "environment variable named by engine.api_key_env")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{text!r}: a base URL takes no query or fragment")
+    text = str(url).strip()
+    shown = display_url(text)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        what = shown if shown != "(not a URL)" else "a base URL"
+        raise ValueError(f"{what} is not an http:// or https:// URL with a host "
+                         "(e.g. http://127.0.0.1:8000/v1)")
+    if "@" in parts.netloc:
+        raise ValueError(f"{shown}: a base URL must not hold a user name or password; put "
+                         "the API key in the environment variable named by engine.api_key_env")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ValueError(f"{shown}: a base URL takes no query (?...) or fragment (#...); put "
+                         "an API key in the environment variable named by engine.api_key_env")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (parts.netloc.endswith(":") and port is None):
+        raise ValueError(f"{shown}: the port must be a number from 1 to 65535")
+    if any(not c.isprintable() or c.isspace() for c in text):
+        raise ValueError(f"{shown}: a base URL holds no space or control character")
     path = parts.path.rstrip("/") or "/v1"
-    return f"{parts.scheme}://{parts.netloc}{path}"
+    return display_url(f"{parts.scheme}://{parts.netloc}{path}")
 
 
 class EngineConfig(_Section):

@@ -25,7 +25,16 @@ A stage's whole batch is sent at once, asynchronously, to every endpoint given:
   only the stage in progress.
 * **Secrets.** The API key is read from the environment variable named by
   ``engine.api_key_env`` and sent as a Bearer token; it is never logged, stored
-  or put in an error message.
+  or put in an error message: every text taken from a server is redacted
+  (the key, and any run of 8 of its characters, become ``***``) before it is
+  cut to length, so a server that echoes the Authorization header shows
+  nothing of it. URLs are shown only as :func:`~selfinstruct.config.display_url`
+  renders them (no user name, password or query, which base URLs cannot hold).
+* **Bounded reads.** No answer is read past a cap: 1 MiB for ``GET /models``
+  and ``/version`` (:data:`MODELS_BODY_LIMIT`), 1 MiB + 256 bytes per
+  ``max_tokens`` for a completion (:func:`completion_body_limit`), 64 KiB of an
+  error answer (the rest is not read). An answer over its cap fails with one
+  line naming the URL and the cap; ``Content-Length`` is checked before reading.
 
 Start-up lists ``GET /models`` on every endpoint (:func:`probe_endpoints`): a
 server that is down, or does not serve the model, fails in seconds with one line
@@ -49,7 +58,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .config import EngineConfig, normalize_base_url
+from .config import EngineConfig, display_url, normalize_base_url
 from .engine import (Completion, EngineError, EngineRequestError, EngineUnavailable,
                      Progress, Request)
 
@@ -62,7 +71,25 @@ SUSPECT_SECONDS = 5.0
 """Seconds an endpoint that just failed is passed over while another has room."""
 
 PROBE_TIMEOUT = 10.0
-"""Seconds the start-up check may wait for one endpoint (connecting: 5)."""
+"""Seconds the start-up check of one endpoint may take in all, ``GET /models`` and
+``/version`` together, however slowly the server answers (connecting: 5)."""
+
+MODELS_BODY_LIMIT = 1024**2
+"""Bytes: the most read of a ``GET /models`` or ``/version`` answer (a list of
+model ids; vLLM's is a few hundred bytes per model)."""
+
+COMPLETION_BODY_BASE = 1024**2
+"""Bytes: the part of a completion answer's cap that does not depend on ``max_tokens``."""
+
+COMPLETION_BYTES_PER_TOKEN = 256
+"""Bytes of answer allowed per ``max_tokens``: a token is a few characters, at
+most 6 bytes each once JSON-escaped (``\\uXXXX``), with room to spare."""
+
+ERROR_BODY_LIMIT = 64 * 1024
+"""Bytes: the most read of an error answer; only its first 300 characters are shown."""
+
+SECRET_RUN = 8
+"""Characters: any run this long of the API key is redacted from shown text."""
 
 RETRY_STATUSES = frozenset({408, 429})
 """4xx statuses worth retrying (besides every 5xx)."""
@@ -152,24 +179,94 @@ def api_key(config: EngineConfig) -> str | None:
     return os.environ.get(config.api_key_env) or None
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def _one_line(text: str, limit: int = 300, redact: Callable[[str], str] | None = None
+              ) -> str:
+    """``text`` on one line, redacted (when ``redact`` is given) and then cut to
+    ``limit``; characters that are not printable (terminal escapes) are escaped."""
     line = " ".join(str(text).split())
+    if not line.isprintable():
+        line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in line)
+    if redact is not None:
+        line = redact(line)  # before the cut: a cut key would no longer match
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _error_text(body: bytes) -> str:
-    """The server's error message from an error response body (OpenAI / FastAPI shapes)."""
+def _error_text(body: bytes, redact: Callable[[str], str]) -> str:
+    """The server's error message from an error response body (OpenAI / FastAPI
+    shapes), redacted with ``redact``, then cut to one line of 300 characters."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _one_line(body.decode("utf-8", "replace")) or "(empty body)"
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _one_line(body.decode("utf-8", "replace"), redact=redact) or "(empty body)"
     if isinstance(data, dict):
         error = data.get("error", data.get("detail", data.get("message")))
         if isinstance(error, dict):
             error = error.get("message", error)
         if error is not None:
-            return _one_line(error if isinstance(error, str) else json.dumps(error))
-    return _one_line(json.dumps(data))
+            return _one_line(error if isinstance(error, str) else json.dumps(error),
+                             redact=redact)
+    return _one_line(json.dumps(data), redact=redact)
+
+
+def completion_body_limit(max_tokens: int) -> int:
+    """Bytes: the most read of a completion answer for ``max_tokens`` output tokens
+    (:data:`COMPLETION_BODY_BASE` + :data:`COMPLETION_BYTES_PER_TOKEN` x ``max_tokens``)."""
+    return COMPLETION_BODY_BASE + COMPLETION_BYTES_PER_TOKEN * max(int(max_tokens), 0)
+
+
+def _max_tokens(payload: bytes) -> Any:
+    """The ``max_tokens`` of a request body we made (for messages)."""
+    return json.loads(payload).get("max_tokens")
+
+
+def _size(n: int) -> str:
+    """A byte count for messages: "1 MiB", "1.2 MiB", "64 KiB"."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+class _TooLarge(Exception):
+    """An answer longer than its cap (internal); the message says by how much."""
+
+
+async def _read_body(resp, limit: int, truncate: bool = False) -> bytes:
+    """The body of ``resp``, read ``limit`` bytes at most.
+
+    Args:
+        resp: an aiohttp ClientResponse whose body has not been read.
+        limit: bytes.
+        truncate: return the first ``limit`` bytes of a longer body instead of
+            failing (error answers: only their start is shown).
+
+    Raises:
+        _TooLarge: the body (or its ``Content-Length``) exceeds ``limit``.
+        aiohttp.ClientError, asyncio.TimeoutError: as ``resp.content.read``.
+    """
+    length = resp.content_length
+    if not truncate and length is not None and length > limit:
+        raise _TooLarge(f"the answer exceeded {_size(limit)} (it announced {_size(length)})")
+    body = bytearray()
+    while True:
+        chunk = await resp.content.read(min(1 << 16, limit + 1 - len(body)))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > limit:
+            if truncate:
+                return bytes(body[:limit])  # the rest is never read; the connection closes
+            raise _TooLarge(f"the answer exceeded {_size(limit)}")
+
+
+def _models_text(models: Sequence[str], redact: Callable[[str], str], most: int = 10) -> str:
+    """Served model ids for a message: the first ``most``, each on one line of 100
+    characters at most (a server's answer, so possibly long or hostile)."""
+    if not models:
+        return "none"
+    shown = ", ".join(_one_line(m, 100, redact) for m in models[:most])
+    return shown + (f", and {len(models) - most} more" if len(models) > most else "")
 
 
 def _connection_error(exc: BaseException) -> str:
@@ -208,59 +305,127 @@ def _run_in_fresh_loop(coro: Coroutine[Any, Any, _T]) -> _T:
 
 
 class _Redactor:
+    """Replaces the API key in text, whole or in part, with ``***``.
+
+    Every run of :data:`SECRET_RUN` characters of the key (of the whole key, when
+    shorter) is removed, so a key cut by truncation, split by a proxy or quoted
+    in part is caught too; the key as JSON-escaped and URL-quoted text is
+    covered the same way. A key shorter than 4 characters is no secret and is
+    left alone (redacting it would garble every message).
+    """
+
     def __init__(self, secret: str | None):
-        self._secret = secret if secret and len(secret) >= 4 else None
+        from urllib.parse import quote
+
+        self._runs: tuple[str, ...] = ()
+        if not secret or len(secret) < 4:
+            return
+        runs = set()
+        for form in {secret, json.dumps(secret)[1:-1], quote(secret, safe="")}:
+            n = min(SECRET_RUN, len(form))
+            runs.update(form[i:i + n] for i in range(len(form) - n + 1))
+        self._runs = tuple(runs)
 
     def __call__(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        if not self._runs or not text:
+            return text
+        hidden = bytearray(len(text))  # 1 where a character belongs to a run of the key
+        for run in self._runs:
+            start = text.find(run)
+            while start >= 0:
+                hidden[start:start + len(run)] = b"\x01" * len(run)
+                start = text.find(run, start + 1)
+        if not any(hidden):
+            return text
+        out, i = [], 0
+        while i < len(text):
+            if hidden[i]:
+                while i < len(text) and hidden[i]:
+                    i += 1
+                out.append("***")
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out)
 
 
 async def _probe_one(session, url: str, headers: dict[str, str], key_env: str,
-                     has_key: bool) -> ServerInfo:
-    """``GET /models`` (and ``/version``) of one endpoint; raises EngineUnavailable."""
+                     has_key: bool, redact: Callable[[str], str]) -> ServerInfo:
+    """``GET /models`` (and ``/version``) of one endpoint, :data:`PROBE_TIMEOUT`
+    seconds in all; raises EngineUnavailable (one line, redacted)."""
+    deadline = time.monotonic() + PROBE_TIMEOUT
+    try:
+        return await asyncio.wait_for(
+            _probe_requests(session, url, headers, key_env, has_key, redact, deadline),
+            PROBE_TIMEOUT + 1.0)  # a backstop: the requests' own timeouts end sooner
+    except asyncio.TimeoutError:
+        raise EngineUnavailable(f"{display_url(url)}: the start-up check did not finish in "
+                                f"{PROBE_TIMEOUT:g} s") from None
+
+
+async def _probe_requests(session, url: str, headers: dict[str, str], key_env: str,
+                          has_key: bool, redact: Callable[[str], str],
+                          deadline: float) -> ServerInfo:
     import aiohttp
 
+    shown = display_url(url)
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT, sock_connect=min(5.0, PROBE_TIMEOUT))
+    status = None
     try:
         async with session.get(f"{url}/models", headers=headers, timeout=timeout) as resp:
-            body = await resp.read()
             status = resp.status
+            body = await _read_body(resp, MODELS_BODY_LIMIT if status == 200
+                                    else ERROR_BODY_LIMIT, truncate=status != 200)
+    except _TooLarge as exc:
+        raise EngineUnavailable(f"{shown}: GET /models: {exc}, the most read; is this an "
+                                "OpenAI-compatible server?") from None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        if status is not None:  # it answered, then stalled or broke off
+            why = (f"did not finish in {PROBE_TIMEOUT:g} s"
+                   if isinstance(exc, asyncio.TimeoutError)
+                   else f"broke off ({_connection_error(exc)})")
+            raise EngineUnavailable(f"{shown}: GET /models answered HTTP {status}, but the "
+                                    f"answer {why}") from None
         reason = _connection_error(exc)
         if isinstance(exc, asyncio.TimeoutError):
             reason = f"no answer in {PROBE_TIMEOUT:g} s"
-        raise EngineUnavailable(f"{url}: cannot reach the server ({reason}); is it running "
+        raise EngineUnavailable(f"{shown}: cannot reach the server ({reason}); is it running "
                                 "and is the URL right?") from None
     if status in (401, 403):
         why = (f"the API key in ${key_env} was refused" if has_key
                else f"it needs an API key (set ${key_env})")
-        raise EngineUnavailable(f"{url}: HTTP {status} from GET /models: {why}")
+        raise EngineUnavailable(f"{shown}: HTTP {status} from GET /models: {why}")
     if status != 200:
-        raise EngineUnavailable(f"{url}: not an OpenAI-compatible server (GET /models: "
-                                f"HTTP {status}: {_error_text(body)})")
+        raise EngineUnavailable(f"{shown}: not an OpenAI-compatible server (GET /models: "
+                                f"HTTP {status}: {_error_text(body, redact)})")
     try:
         data = json.loads(body)["data"]
         models = tuple(str(m["id"]) for m in data)
         lengths = {str(m["id"]): m.get("max_model_len") for m in data}
-    except (ValueError, KeyError, TypeError):
-        raise EngineUnavailable(f"{url}: not an OpenAI-compatible server (GET /models "
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise EngineUnavailable(f"{shown}: not an OpenAI-compatible server (GET /models "
                                 "did not list models)") from None
     version = None
     root = url[: -len("/v1")] if url.endswith("/v1") else url
-    try:
-        async with session.get(f"{root}/version", headers=headers, timeout=timeout) as resp:
-            if resp.status == 200:
-                version = str((await resp.json(content_type=None)).get("version")) or None
-    except Exception:  # optional: servers other than vLLM have no /version
-        version = None
+    left = deadline - time.monotonic()
+    if left > 0.1:  # optional, within what is left of the check's time
+        try:
+            async with session.get(f"{root}/version", headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=left)) as resp:
+                if resp.status == 200:
+                    text = await _read_body(resp, MODELS_BODY_LIMIT)
+                    reported = json.loads(text).get("version")
+                    version = _one_line(reported, 60, redact) if reported else None
+        except Exception:  # servers other than vLLM have no /version
+            version = None
     max_len = next((v for v in lengths.values() if isinstance(v, int)), None)
     return ServerInfo(url, models, version, max_len)
 
 
 async def _probe_all(session, urls: Sequence[str], model: str | None, headers: dict[str, str],
-                     key_env: str, has_key: bool) -> ProbeResult:
+                     key_env: str, has_key: bool, redact: Callable[[str], str]) -> ProbeResult:
     results = await asyncio.gather(
-        *(_probe_one(session, u, headers, key_env, has_key) for u in urls),
+        *(_probe_one(session, u, headers, key_env, has_key, redact) for u in urls),
         return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     for failure in failures:
@@ -272,15 +437,15 @@ async def _probe_all(session, urls: Sequence[str], model: str | None, headers: d
     if model is None:
         first = servers[0]
         if len(first.models) != 1:
-            listed = ", ".join(first.models) or "none"
-            raise EngineUnavailable(f"{first.url}: serves {len(first.models)} models "
-                                    f"({listed}); choose one with --model")
+            listed = _models_text(first.models, redact)
+            raise EngineUnavailable(f"{display_url(first.url)}: serves {len(first.models)} "
+                                    f"models ({listed}); choose one with --model")
         model = first.models[0]
     missing = [s for s in servers if model not in s.models]
     if missing:
         raise EngineUnavailable("; ".join(
-            f"{s.url}: does not serve model {model!r} (it serves: "
-            f"{', '.join(s.models) or 'none'}); pass --model with a served name"
+            f"{display_url(s.url)}: does not serve model {model!r} (it serves: "
+            f"{_models_text(s.models, redact)}); pass --model with a served name"
             for s in missing))
     return ProbeResult(model, tuple(servers))
 
@@ -298,14 +463,17 @@ def probe_endpoints(config: EngineConfig, model: str | None) -> ProbeResult:
 
     Raises:
         EngineUnavailable: an endpoint is unreachable (connection refused, no
-            answer within 10 s), refuses the key, is not OpenAI-compatible, or
-            does not serve ``model``. One line naming the URL(s), no secret.
+            answer within 10 s), refuses the key, is not OpenAI-compatible (its
+            ``/models`` answer over :data:`MODELS_BODY_LIMIT` included), or does
+            not serve ``model``. One line naming the URL(s), no secret.
     """
     import aiohttp
 
     key = api_key(config)
     redact = _Redactor(key)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"Accept-Encoding": "identity"}  # uncompressed: the caps count real bytes
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     urls = [normalize_base_url(u) for u in config.base_urls]
     if not urls:
         raise EngineUnavailable("no base URL given (--base-url)")
@@ -313,7 +481,7 @@ def probe_endpoints(config: EngineConfig, model: str | None) -> ProbeResult:
     async def run() -> ProbeResult:
         async with aiohttp.ClientSession() as session:
             return await _probe_all(session, urls, model, headers, config.api_key_env,
-                                    key is not None)
+                                    key is not None, redact)
 
     try:
         return _run_in_fresh_loop(run())
@@ -347,7 +515,7 @@ class HTTPEngine:
         self.config = config
         key = api_key(config)
         self._redact = _Redactor(key)
-        self._headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
         urls = [normalize_base_url(u) for u in config.base_urls]
@@ -435,7 +603,7 @@ class HTTPEngine:
             "model": self.model_name,
             "server_version": self.version,
             "max_in_flight_per_endpoint": self.config.max_in_flight,
-            "endpoints": [vars(s) for s in self.endpoint_stats()],
+            "endpoints": [{**vars(s), "url": display_url(s.url)} for s in self.endpoint_stats()],
         }
 
     # -- internals (run on the private loop) ----------------------------------
@@ -449,10 +617,10 @@ class HTTPEngine:
         # uvicorn (vllm serve) closes idle connections after 5 s: reuse them for less.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0)
         self._session = aiohttp.ClientSession(connector=connector)
-        probe_headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
+        probe_headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         try:
             return await _probe_all(self._session, urls, model, probe_headers,
-                                    self.config.api_key_env, has_key)
+                                    self.config.api_key_env, has_key, self._redact)
         except EngineError as exc:
             raise type(exc)(self._redact(str(exc))) from None
 
@@ -494,6 +662,7 @@ class HTTPEngine:
 
         path, body = self._body(request)
         payload = json.dumps(body).encode()
+        limit = completion_body_limit(request.sampling.max_tokens)
         last_url = self._endpoints[0].url
         try:
             async for attempt in AsyncRetrying(
@@ -503,13 +672,13 @@ class HTTPEngine:
                     endpoint = await self._acquire()
                     last_url = endpoint.url
                     try:
-                        return await self._post(endpoint, path, payload, request.chat)
+                        return await self._post(endpoint, path, payload, request.chat, limit)
                     finally:
                         await self._release(endpoint)
         except _Transient as exc:
             raise EngineUnavailable(self._redact(
-                f"{last_url}: request failed {self.config.max_retries + 1} times, last: "
-                f"{exc}")) from None
+                f"{display_url(last_url)}: request failed {self.config.max_retries + 1} "
+                f"times, last: {exc}")) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _body(self, request: Request) -> tuple[str, dict[str, Any]]:
@@ -541,7 +710,8 @@ class HTTPEngine:
                 if not live:
                     raise EngineUnavailable(self._redact(
                         "every endpoint stopped answering: " + "; ".join(
-                            f"{e.url} ({e.stats.last_error})" for e in self._endpoints)))
+                            f"{display_url(e.url)} ({e.stats.last_error})"
+                            for e in self._endpoints)))
                 free = [e for e in live if e.in_flight < self.config.max_in_flight]
                 if free:
                     # an endpoint that just failed gets work only when the others are full
@@ -588,24 +758,32 @@ class HTTPEngine:
             then = (f"continuing on {left} other endpoint(s)" if left
                     else "no endpoint left")
             log.warning("%s", self._redact(
-                f"{endpoint.url} answered nothing for {now - endpoint.failing_since:.0f} s "
-                f"({error}); {then}"))
+                f"{display_url(endpoint.url)} answered nothing for "
+                f"{now - endpoint.failing_since:.0f} s ({error}); {then}"))
             assert self._slots is not None
             async with self._slots:
                 self._slots.notify_all()
 
-    async def _post(self, endpoint: _Endpoint, path: str, payload: bytes, chat: bool
-                    ) -> Completion:
-        """One attempt at one endpoint."""
+    async def _post(self, endpoint: _Endpoint, path: str, payload: bytes, chat: bool,
+                    limit: int) -> Completion:
+        """One attempt at one endpoint; an answer over ``limit`` bytes is a failure."""
         aiohttp = self._aiohttp
+        status = None
         try:
             async with self._session.post(endpoint.url + path, data=payload,
                                           headers=self._headers, timeout=self._timeout) as resp:
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
-                body = await resp.read()
+                body = await _read_body(resp, limit if status == 200 else ERROR_BODY_LIMIT,
+                                        truncate=status != 200)
+        except _TooLarge as exc:  # a broken or hostile server: maybe another does better
+            error = f"POST {path}: {exc}, the most read for max_tokens={_max_tokens(payload)}"
+            await self._mark(endpoint, error, unreachable=False)
+            raise _Transient(error) from None
         except asyncio.TimeoutError:
-            error = f"no answer in {self.config.request_timeout:g} s"
+            error = (f"no answer in {self.config.request_timeout:g} s" if status is None else
+                     f"HTTP {status}, but the answer did not finish in "
+                     f"{self.config.request_timeout:g} s")
             await self._mark(endpoint, error, unreachable=True)
             raise _Transient(error, unreachable=True) from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -613,22 +791,24 @@ class HTTPEngine:
             await self._mark(endpoint, error, unreachable=True)
             raise _Transient(error, unreachable=True) from None
         if status >= 500 or status in RETRY_STATUSES:
-            error = f"HTTP {status}: {_error_text(body)}"
+            error = f"HTTP {status}: {_error_text(body, self._redact)}"
             await self._mark(endpoint, error, unreachable=False)
             raise _Transient(error, retry_after=retry_after)
         if status != 200:
             await self._mark(endpoint, f"HTTP {status}", unreachable=False)
             hint = (f" (check ${self.config.api_key_env})" if status in (401, 403) else "")
             raise EngineRequestError(self._redact(
-                f"{endpoint.url}{path}: HTTP {status}: {_error_text(body)}{hint}"))
+                f"{display_url(endpoint.url + path)}: HTTP {status}: "
+                f"{_error_text(body, self._redact)}{hint}"))
         try:
             data = json.loads(body)
             choice = data["choices"][0]
             text = choice["message"]["content"] if chat else choice["text"]
             reason = choice.get("finish_reason")
             usage = data.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError):
-            error = "malformed response: " + _one_line(body.decode("utf-8", "replace"), 120)
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            error = "malformed response: " + _one_line(body.decode("utf-8", "replace"), 120,
+                                                       self._redact)
             await self._mark(endpoint, error, unreachable=False)
             raise _Transient(error) from None
         if reason not in ("stop", "length", None):  # "abort", "error": the server gave up

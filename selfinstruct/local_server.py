@@ -8,6 +8,10 @@ KV cache, no chunked prefill: see :class:`~selfinstruct.engine.VLLMEngine`).
 
 The server runs in its own session; :meth:`LocalServer.stop` kills its whole
 process group (vLLM's EngineCore and workers included).
+
+A server started with an API key (``--api-key`` in ``extra_args``, or
+``$VLLM_API_KEY``) is asked with that key while it starts, and the key is
+redacted from the log lines quoted in errors (vLLM may log its arguments).
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class LocalServer:
                 raise RuntimeError(f"vLLM server exited with status {self.process.returncode}: "
                                    f"{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as resp:
+                with urllib.request.urlopen(self._models_request(), timeout=2) as resp:
                     if resp.status == 200:
                         self.startup_seconds = time.perf_counter() - started
                         return self
@@ -122,6 +126,22 @@ class LocalServer:
         self.stop()
         raise RuntimeError(f"vLLM server did not answer in {self.startup_timeout:g} s: "
                            f"{self.log_tail()}")
+
+    def api_key(self) -> str | None:
+        """The key the server requires: the value of ``--api-key`` in its command,
+        else ``$VLLM_API_KEY`` (what vLLM reads), else None."""
+        for i, arg in enumerate(self.command):
+            if arg == "--api-key" and i + 1 < len(self.command):
+                return self.command[i + 1]
+            if arg.startswith("--api-key="):
+                return arg.split("=", 1)[1]
+        return os.environ.get("VLLM_API_KEY") or None
+
+    def _models_request(self) -> urllib.request.Request:
+        """``GET /models`` with the server's key, if it has one (only the status is read)."""
+        key = self.api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return urllib.request.Request(f"{self.url}/models", headers=headers)
 
     def stop(self) -> None:
         """Kill the server's whole process group (SIGTERM, then SIGKILL after 20 s)."""
@@ -149,12 +169,15 @@ class LocalServer:
                 break
 
     def log_tail(self, lines: int = 15) -> str:
-        """The last lines of the server's log, joined with " | "."""
+        """The last lines of the server's log, joined with " | ", the API key redacted."""
+        from .http_engine import _Redactor
+
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
-        return " | ".join(line.strip() for line in text[-lines:] if line.strip())
+        tail = " | ".join(line.strip() for line in text[-lines:] if line.strip())
+        return _Redactor(self.api_key())(tail)
 
     def __enter__(self) -> "LocalServer":
         return self.start()

@@ -91,8 +91,10 @@ def build_engine(config: Config, model: ResolvedModel):
 def _starting_message(config: Config, model_name: str) -> str:
     engine = config.engine
     if engine.backend == "http":
+        from .config import display_url  # the one renderer of URLs: never a secret
+
         return (f"Sending requests for {model_name} to {len(engine.base_urls)} endpoint(s): "
-                f"{', '.join(engine.base_urls)}")
+                f"{', '.join(display_url(u) for u in engine.base_urls)}")
     if engine.backend == "ray":
         return f"Starting Ray Data jobs for {model_name} ..."
     return f"Loading {model_name} with vLLM ..."

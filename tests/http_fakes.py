@@ -298,3 +298,83 @@ def by_prompt(bodies: list[dict]) -> dict[str, list[dict]]:
 
 def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+class HostileOpenAI(FakeOpenAI):
+    """A :class:`FakeOpenAI` that answers chosen paths as a hostile or broken server.
+
+    Args:
+        behaviours: path (``/v1/models``, ``/version``, ``/v1/completions``,
+            ``/v1/chat/completions``) -> one of
+
+            * ``"endless"``: HTTP 200, a chunked body that never ends, written as
+              fast as the client reads it;
+            * ``"endless_error"``: the same with HTTP 500;
+            * ``"trickle"``: HTTP 200, then one byte a second, never ending;
+            * ``"huge_length"``: HTTP 200 announcing a 10 GiB body
+              (``Content-Length``), then a few bytes and silence;
+            * ``"echo_auth"``: HTTP ``status`` with an OpenAI-shaped error whose
+              message is ``padding`` x's, then the request's Authorization header
+              (a server that echoes what it got, as some proxies do).
+        status: the status of ``echo_auth`` answers.
+        padding: characters before the echoed header (to place the key across
+            the point where an error message is cut).
+        **kwargs: passed to :class:`FakeOpenAI` (paths without a behaviour answer
+            as it does).
+
+    Attributes:
+        sent: path -> body bytes written to clients so far.
+    """
+
+    def __init__(self, behaviours: dict[str, str], status: int = 500, padding: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.behaviours = dict(behaviours)
+        self.status = status
+        self.padding = padding
+        self.sent: Counter = Counter()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        normal = {"/v1/models": ("GET", self._models), "/version": ("GET", self._version),
+                  "/v1/completions": ("POST", self._complete),
+                  "/v1/chat/completions": ("POST", self._complete)}
+        for path, (method, handler) in normal.items():
+            if path in self.behaviours:
+                handler = self._hostile
+            app.router.add_route(method, path, handler)
+        return app
+
+    async def _hostile(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            await request.read()
+        self.authorizations.append(request.headers.get("Authorization"))
+        behaviour = self.behaviours[request.path]
+        if behaviour == "echo_auth":
+            message = "x" * self.padding + f"{request.headers.get('Authorization')}"
+            return web.json_response({"error": {"message": message, "code": self.status}},
+                                     status=self.status)
+        response = web.StreamResponse(
+            status=500 if behaviour == "endless_error" else 200,
+            headers={"Content-Type": "application/json"})
+        if behaviour == "huge_length":
+            response.content_length = 10 * 1024**3
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b'{"data": [' + b" " * (64 * 1024 - 10)
+        try:
+            if behaviour == "huge_length":
+                await response.write(b'{"data": [')
+                await asyncio.sleep(3600)
+            while True:
+                if behaviour == "trickle":
+                    await asyncio.sleep(1.0)
+                    data = b" "
+                else:
+                    data = chunk
+                await response.write(data)
+                self.sent[request.path] += len(data)
+        except (ConnectionError, RuntimeError):  # the client hung up
+            pass
+        return response
