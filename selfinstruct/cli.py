@@ -24,9 +24,35 @@ EXIT_ENGINE = 1
 
 
 class UserError(click.ClickException):
-    """A user mistake: printed as ``Error: <one line>``, exit status 2."""
+    """A user mistake: printed as ``Error: <one line>``, exit status 2.
+
+    The message often quotes user data (a path, a field's value, a server's
+    answer): it is printed through :func:`~selfinstruct.terminal.terminal_safe`
+    with line breaks escaped, so it stays one line and no control character or
+    bidi override in it reaches the terminal.
+    """
 
     exit_code = EXIT_USAGE
+
+    def format_message(self) -> str:
+        from .terminal import terminal_safe
+
+        return terminal_safe(self.message, newlines=False)
+
+
+class _Group(click.Group):
+    """The command group: click's own error messages (which quote the command line)
+    are terminal-safe."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .terminal import terminal_safe
+
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if not isinstance(exc, UserError):
+                exc.message = terminal_safe(exc.message)
+            raise
 
 
 # CLI option -> dotted key of selfinstruct.config.Config
@@ -65,7 +91,7 @@ GENERATE_OPTIONS: dict[str, str] = {
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="selfinstruct")
 def main() -> None:
     """Generate instruction-tuning data from seed tasks with Self-Instruct on vLLM."""
@@ -154,6 +180,7 @@ def generate(config_file: Path | None, **options: Any) -> None:
     """
     from .engine import EngineError
     from .run import GenerateJob, JobError
+    from .terminal import terminal_safe
 
     options["base_url"] = list(options["base_url"]) or None
     try:
@@ -165,13 +192,16 @@ def generate(config_file: Path | None, **options: Any) -> None:
     except JobError as exc:
         raise UserError(str(exc)) from None
     except EngineError as exc:
-        click.echo(f"Error: {exc}. The run stopped; its checkpoint in {job.config.output} "
-                   "is intact (finished stages are saved): run the same command again to "
-                   "resume.", err=True)
+        click.echo(terminal_safe(
+            f"Error: {exc}. The run stopped; its checkpoint in {job.config.output} "
+            "is intact (finished stages are saved): run the same command again to "
+            "resume.", newlines=False), err=True)
         sys.exit(EXIT_ENGINE)
     except KeyboardInterrupt:
-        click.echo(f"Interrupted. Committed rounds and finished stages are saved in "
-                   f"{job.config.output}; run the same command again to resume.", err=True)
+        click.echo(terminal_safe(
+            f"Interrupted. Committed rounds and finished stages are saved in "
+            f"{job.config.output}; run the same command again to resume.", newlines=False),
+            err=True)
         sys.exit(130)
 
 
@@ -198,6 +228,7 @@ def refilter(run_dir: Path, output: Path, **options: Any) -> None:
     """
     from .report import console
     from .run import JobError, refilter as run_refilter
+    from .terminal import rich_safe, terminal_safe
 
     keys = {name: REFILTER_OPTIONS[name] for name in options}
     names = {key: "--" + name.replace("_", "-") for name, key in keys.items()}
@@ -208,8 +239,8 @@ def refilter(run_dir: Path, output: Path, **options: Any) -> None:
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items(),
                                                          key=lambda kv: -kv[1])[:6])
     console.print(f"{stats['tasks_written']} tasks, {stats['rows_written']} rows kept "
-                  f"from {stats['rounds']} recorded rounds; rejected: {rejected}")
-    click.echo(f"Shards and manifest in {output}/")
+                  f"from {stats['rounds']} recorded rounds; rejected: {rich_safe(rejected)}")
+    click.echo(terminal_safe(f"Shards and manifest in {output}/"))
 
 
 REFILTER_OPTIONS = {
@@ -243,6 +274,7 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
     with nearest_index, nearest_text and rouge_l columns.
     """
     from .dedup import DedupInputError, dedup_file
+    from .terminal import terminal_safe
 
     try:
         result = dedup_file(input_path, field, output, threshold=threshold, tokenizer=tokenizer)
@@ -252,8 +284,8 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
         f"{result['input']} rows: kept {result['kept']}, dropped {result['dropped']} "
         f"(ROUGE-L > {threshold}, {tokenizer} tokenizer) in {result['seconds']:.2f} s "
         f"(dedup {result['dedup_seconds']:.2f} s)")
-    click.echo(f"kept    -> {result['output']}")
-    click.echo(f"dropped -> {result['dropped_output']}")
+    click.echo(terminal_safe(f"kept    -> {result['output']}"))
+    click.echo(terminal_safe(f"dropped -> {result['dropped_output']}"))
 
 
 # selfinstruct.export.FORMATS (repeated so that --help imports no pandas)
@@ -294,6 +326,7 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
 
     from .inspection import (InspectError, collect_statistics, load_run, render_console,
                              resolve_seeds, resolve_tokenizer, write_report)
+    from .terminal import terminal_safe
 
     try:
         run = load_run(run_path)
@@ -302,7 +335,9 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
     except InspectError as exc:
         raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+        # json.dumps escapes C0 controls; terminal_safe escapes the C1 controls, DEL,
+        # bidi overrides and lone surrogates it leaves raw, as JSON \u escapes
+        click.echo(terminal_safe(json.dumps(stats, indent=2, ensure_ascii=False)))
     else:
         render_console(stats)
     if report is not None:
@@ -312,7 +347,7 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
             raise UserError("--report needs matplotlib (pip install matplotlib)") from None
         except OSError as exc:
             raise UserError(f"{report}: cannot write report: {exc.strerror}") from None
-        click.echo(f"report -> {written['index']}", err=as_json)
+        click.echo(terminal_safe(f"report -> {written['index']}"), err=as_json)
 
 
 @main.command()
@@ -361,6 +396,7 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
                          resolve_template_model)
     from .inspection import (InspectError, collect_statistics, load_run, resolve_seeds,
                              resolve_tokenizer)
+    from .terminal import terminal_safe
 
     if fmt is None and template_model is None:
         raise UserError("give --format and --output (or --check-template [MODEL])")
@@ -385,9 +421,11 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
                                  train_split=train_split, overwrite=overwrite)
             splits = ", ".join(f"{name} {rows} rows ({written.files[name]})"
                                for name, rows in written.rows.items())
-            click.echo(f"{fmt} export -> {written.output}/: {splits}; card README.md")
+            click.echo(terminal_safe(f"{fmt} export -> {written.output}/: {splits}; "
+                                     "card README.md"))
             if repo is not None:
-                click.echo(f"pushed -> {push_to_hub(written.output, repo, private=private)}")
+                click.echo(terminal_safe(
+                    f"pushed -> {push_to_hub(written.output, repo, private=private)}"))
     except (InspectError, ExportError) as exc:
         raise UserError(str(exc)) from None
     if problems:
