@@ -41,18 +41,28 @@ class UserError(click.ClickException):
 
 
 class _Group(click.Group):
-    """The command group: click's own error messages (which quote the command line)
-    are terminal-safe."""
+    """The command group: SIGTERM stops any command like Ctrl-C, with exit status 143,
+    and click's own error messages (which quote the command line) are terminal-safe.
+
+    A command with a stop message of its own (``generate``, ``refilter``) catches
+    :class:`~selfinstruct.signals.Terminated` itself; for the others one line
+    ``Stopped (SIGTERM).`` is printed here.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .signals import EXIT_SIGTERM, Terminated, graceful_stop
         from .terminal import terminal_safe
 
-        try:
-            return super().invoke(ctx)
-        except click.ClickException as exc:
-            if not isinstance(exc, UserError):
-                exc.message = terminal_safe(exc.message)
-            raise
+        with graceful_stop():
+            try:
+                return super().invoke(ctx)
+            except click.ClickException as exc:
+                if not isinstance(exc, UserError):
+                    exc.message = terminal_safe(exc.message)
+                raise
+            except Terminated:
+                click.echo("Stopped (SIGTERM).", err=True)
+                sys.exit(EXIT_SIGTERM)
 
 
 # CLI option -> dotted key of selfinstruct.config.Config
@@ -180,6 +190,7 @@ def generate(config_file: Path | None, **options: Any) -> None:
     """
     from .engine import EngineError
     from .run import GenerateJob, JobError
+    from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
     from .terminal import terminal_safe
 
     options["base_url"] = list(options["base_url"]) or None
@@ -197,12 +208,13 @@ def generate(config_file: Path | None, **options: Any) -> None:
             "is intact (finished stages are saved): run the same command again to "
             "resume.", newlines=False), err=True)
         sys.exit(EXIT_ENGINE)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): see selfinstruct.signals
+        how = "Stopped (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
         click.echo(terminal_safe(
-            f"Interrupted. Committed rounds and finished stages are saved in "
+            f"{how}. Committed rounds and finished stages are saved in "
             f"{job.config.output}; run the same command again to resume.", newlines=False),
             err=True)
-        sys.exit(130)
+        sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
 
 
 @main.command()
@@ -228,19 +240,52 @@ def refilter(run_dir: Path, output: Path, **options: Any) -> None:
     """
     from .report import console
     from .run import JobError, refilter as run_refilter
+    from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
     from .terminal import rich_safe, terminal_safe
 
     keys = {name: REFILTER_OPTIONS[name] for name in options}
     names = {key: "--" + name.replace("_", "-") for name, key in keys.items()}
+    absent = not output.exists() and not output.is_symlink()
+    try:
+        occupied = not absent and (output.is_symlink() or not output.is_dir()
+                                   or any(output.iterdir()))
+    except OSError:  # unreadable: never touched on interrupt (refilter refuses it anyway)
+        occupied = True
     try:
         stats = run_refilter(run_dir, output, {keys[n]: v for n, v in options.items()}, names)
     except JobError as exc:
         raise UserError(str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        how = "Stopped (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+        if not occupied:  # everything in it was written by this call: remove it
+            _remove_partial_output(output, absent)
+        click.echo(terminal_safe(f"{how}; no output was kept in {output}: run the same "
+                                 "command again.", newlines=False), err=True)
+        sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items(),
                                                          key=lambda kv: -kv[1])[:6])
     console.print(f"{stats['tasks_written']} tasks, {stats['rows_written']} rows kept "
                   f"from {stats['rounds']} recorded rounds; rejected: {rich_safe(rejected)}")
     click.echo(terminal_safe(f"Shards and manifest in {output}/"))
+
+
+def _remove_partial_output(output: Path, absent: bool) -> None:
+    """Remove what an interrupted ``refilter`` wrote to ``output``, which was ``absent``
+    or an empty directory when it started (an empty directory is kept)."""
+    import shutil
+
+    if not output.is_dir() or output.is_symlink():
+        return
+    for child in output.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if absent:
+        try:
+            output.rmdir()
+        except OSError:
+            pass
 
 
 REFILTER_OPTIONS = {

@@ -6,6 +6,10 @@
   never obeyed (selfinstruct.terminal.terminal_safe), by ``inspect`` (tables and
   ``--json``), ``export --check-template``, ``generate``'s summary and every
   ``Error:`` line.
+* SIGTERM (``timeout``, Slurm, Kubernetes) stops ``generate`` like Ctrl-C: the
+  checkpoint is kept, one line says how to resume, exit status 143, no
+  traceback, and the same command resumes. The fast test runs ``generate``
+  against a slow fake OpenAI server; the engine-marked one against vLLM.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,9 +31,11 @@ import pytest
 from selfinstruct.shards import MANIFEST, ShardWriter, messages_for, write_json
 from selfinstruct.terminal import rich_safe, terminal_safe
 
+from .http_fakes import FakeOpenAI
 from .small_run import write_small_run
 
 BIN = Path(sys.executable).parent / "selfinstruct"
+REPO = Path(__file__).resolve().parent.parent
 
 # What a hostile row may hold: clear screen, set the window title, a C1 CSI,
 # DEL, a right-to-left override and an isolate, rich markup (a closing tag with
@@ -219,3 +228,302 @@ def test_progress_status_line_shows_markup_in_reasons_as_text():
     from rich.text import Text
 
     assert Text.from_markup(text).plain == "blacklist:[/]\\u001b[2J 1"
+
+
+# -- SIGTERM ------------------------------------------------------------------------------------
+
+
+MAX_ROUNDS = 8
+
+
+def generate_args(seeds: Path, out: Path, url: str) -> list[str]:
+    # the fake server echoes prompts: nearly every instruction is a ROUGE-L duplicate, so
+    # the run goes to --max-rounds, two instruction requests a round
+    return [str(BIN), "generate", "--seeds", str(seeds), "--base-url", url, "-n", "6",
+            "--prompts-per-round", "2", "--max-rounds", str(MAX_ROUNDS), "--seed", "5",
+            "-o", str(out)]
+
+
+@pytest.fixture
+def seeds12(tmp_path) -> Path:
+    from selfinstruct.seeds import default_seeds_dir
+
+    path = tmp_path / "seeds.jsonl"
+    with open(default_seeds_dir() / "seed_tasks.jsonl", encoding="utf-8") as source:
+        path.write_text("".join(source.readlines()[:12]), encoding="utf-8")
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def committed(out: Path) -> dict[str, str]:
+    """commit.json of each committed round -> its sha256."""
+    return {p.parent.name: sha256(p) for p in sorted((out / "ledger").glob("*/commit.json"))}
+
+
+def check_stopped_cleanly(result_code: int, stderr: str, out: Path) -> None:
+    """Exit 143, no traceback, the resume line last and alone, a consistent checkpoint."""
+    assert result_code == 143, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    resume = [ln for ln in lines if "run the same command again" in ln]
+    assert len(resume) == 1 and resume[0] == lines[-1], stderr
+    assert resume[0] == (f"Stopped (SIGTERM). Committed rounds and finished stages are saved "
+                         f"in {out}; run the same command again to resume.")
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["status"] == "running"
+    rounds = len(committed(out))
+    assert rounds - 1 <= manifest["rounds"] <= rounds  # the manifest follows each commit
+    for f in manifest["files"]:  # the commit record names only complete shards
+        assert sha256(out / f["path"]) == f["sha256"]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["process", "process-group"])
+def test_sigterm_mid_stage_keeps_the_checkpoint_and_resumes(tmp_path, seeds12, whole_group):
+    out = tmp_path / "run"
+    with FakeOpenAI(delay=0.4) as slow:
+        proc = subprocess.Popen(generate_args(seeds12, out, slow.url), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            # let round 1 commit, then stop with requests of a later round in flight
+            wait_for(lambda: committed(out) and len(slow.bodies) > 4 and slow.concurrent > 0,
+                     90, "requests in flight after round 1")
+            if whole_group:  # Slurm, Kubernetes: the whole process group
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:  # `timeout`, `kill`: our process only
+                proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    check_stopped_cleanly(proc.returncode, stderr, out)
+    before = committed(out)
+    assert 1 <= len(before) < MAX_ROUNDS
+
+    with FakeOpenAI() as fast:  # the same command, against another endpoint
+        again = subprocess.run(generate_args(seeds12, out, fast.url), capture_output=True,
+                               text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming the run in" in again.stderr
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["status"] == "complete" and manifest["rounds"] == MAX_ROUNDS
+    after = committed(out)
+    assert {k: after[k] for k in before} == before  # committed rounds were not redone
+    assert len(after) == MAX_ROUNDS
+
+
+def test_a_second_signal_while_stopping_prints_no_traceback(tmp_path, seeds12):
+    out = tmp_path / "run"
+    with FakeOpenAI(delay=0.4) as slow:
+        proc = subprocess.Popen(generate_args(seeds12, out, slow.url), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: slow.concurrent > 0, 90, "a request in flight")
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)  # Ctrl-C while it stops: ignored
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    check_stopped_cleanly(proc.returncode, stderr, out)
+
+
+def test_a_third_signal_ends_a_hanging_stop_at_once():
+    script = textwrap.dedent("""
+        import sys, time
+        from selfinstruct import signals
+
+        with signals.graceful_stop():
+            try:
+                print("ready", flush=True)
+                time.sleep(60)
+            except signals.Terminated:
+                print("stopping", flush=True)
+                time.sleep(60)  # a clean-up that hangs
+        print("not reached", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == "stopping\n"
+        proc.send_signal(signal.SIGTERM)  # ignored
+        time.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)  # the third: out at once
+        stdout, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and stdout == ""
+    assert stderr == "Stopped at once (third signal); run the same command again to resume.\n"
+
+
+def test_sigterm_in_refilter_leaves_no_partial_output(tmp_path):
+    """refilter is stopped by SIGTERM before its end: its half-made output is removed."""
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from pathlib import Path
+        import selfinstruct.run as run
+
+        def slow_refilter(source, output, overrides, names):
+            (output / "ledger").mkdir(parents=True)
+            (output / "ledger" / "partial").write_text("x")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not stop refilter")
+
+        run.refilter = slow_refilter
+        from selfinstruct.cli import main
+        sys.argv = ["selfinstruct", "refilter", sys.argv[1], "-o", sys.argv[2]]
+        main()
+    """)
+    out = tmp_path / "new"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "src"), str(out)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Stopped (SIGTERM); no output was kept in {out}: run the same command again."]
+    assert not out.exists()
+
+
+def test_sigterm_in_another_command_is_one_line_and_143(tmp_path):
+    script = textwrap.dedent("""
+        import os, signal, sys
+        import selfinstruct.inspection as inspection
+
+        def load_run(path):
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not stop inspect")
+
+        inspection.load_run = load_run
+        from selfinstruct.cli import main
+        sys.argv = ["selfinstruct", "inspect", "anything.jsonl"]
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip() == "Stopped (SIGTERM)."
+
+
+def test_engine_output_is_relayed_until_a_stop_then_discarded(tmp_path):
+    """The offline engine's processes write into relay pipes: copied to our stderr while
+    running, dropped once SIGTERM has started the stop (their shutdown tracebacks)."""
+    script = textwrap.dedent("""
+        import subprocess, sys, time
+        from selfinstruct import signals
+        from selfinstruct.engine import _EngineOutput
+
+        child = ("import sys, time\\n"
+                 "print('engine says hello', file=sys.stderr, flush=True)\\n"
+                 "time.sleep(1.5)\\n"
+                 "print('Traceback (most recent call last): noise', file=sys.stderr, "
+                 "flush=True)\\n"
+                 "print('RuntimeError: cancelled', flush=True)\\n")
+        output = _EngineOutput()
+        with signals.graceful_stop():
+            with output.capture():  # as vllm.LLM() starts EngineCore
+                proc = subprocess.Popen([sys.executable, "-c", child])
+            print("parent after start", file=sys.stderr, flush=True)
+            time.sleep(0.8)
+            try:
+                signals._handler(15, None)  # what SIGTERM does
+            except signals.Terminated:
+                pass
+            proc.wait()
+            time.sleep(0.3)
+            print("parent done", file=sys.stderr, flush=True)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["engine says hello", "parent after start",
+                                          "parent done"] or \
+        result.stderr.splitlines() == ["parent after start", "engine says hello",
+                                       "parent done"], result.stderr
+    assert result.stdout == ""
+
+
+def test_engine_watchdog_survives_sigterm_to_the_group():
+    from selfinstruct.engine import _WATCHDOG
+
+    assert "signal.signal(signal.SIGTERM, signal.SIG_IGN)" in _WATCHDOG
+
+
+# -- the real engine (run by the lead; never in the fast tier) ------------------------------------
+
+
+def engine_started(pid: int) -> bool:
+    """Whether ``generate`` (pid) has its vLLM engine up: the orphan watchdog, started
+    right after ``vllm.LLM()`` returns, is among its children."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return False
+    for child in children:
+        try:
+            if "getppid" in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("whole_group", [True, False], ids=["process-group", "process"])
+def test_sigterm_to_a_vllm_run_is_one_line_and_resumes(tmp_path, seeds12, whole_group):
+    """SIGTERM to a vLLM run in its first stage (to the process group as Slurm and
+    Kubernetes send it, or to the process alone): exit 143, the resume line, no
+    traceback from us or from vLLM's EngineCore/workers, no engine process left;
+    the same command then resumes and completes."""
+    import psutil
+
+    out = tmp_path / "run"
+    args = [str(BIN), "generate", "--seeds", str(seeds12), "-n", "2",
+            "--prompts-per-round", "2", "--max-tokens", "64", "--seed", "5", "-o", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: engine_started(proc.pid) or proc.poll() is not None, 900,
+                 "the engine to start")
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(2)  # into the first stage's requests
+        engine = psutil.Process(proc.pid).children(recursive=True)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    check_stopped_cleanly(proc.returncode, stderr, out)
+    assert "Traceback" not in stdout, stdout
+    assert "RuntimeError" not in stdout + stderr, stdout + stderr
+    gone, alive = psutil.wait_procs(engine, timeout=30)
+    assert not alive, f"engine processes left: {alive}"
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming the run in" in again.stderr
+    assert json.loads((out / MANIFEST).read_text())["status"] == "complete"
