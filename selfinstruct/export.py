@@ -735,7 +735,14 @@ def resolve_template_model(model: str | None) -> tuple[Any, str]:
 
 
 def describe_check(result: dict[str, Any]) -> list[str]:
-    """The check's findings as short lines for the terminal."""
+    """The check's findings as short lines for the terminal.
+
+    Each line is passed through :func:`~selfinstruct.terminal.terminal_safe`
+    (line breaks escaped too): row ids, the model name and the template's error
+    message come from data and may hold control characters.
+    """
+    from .terminal import terminal_safe
+
     lines = [f"{result['examples']} examples rendered with {result['model']}'s chat template; "
              f"tokens per example: median {result['lengths']['p50']}, p99 "
              f"{result['lengths']['p99']}, max {result['lengths']['max']}"]
@@ -755,7 +762,7 @@ def describe_check(result: dict[str, Any]) -> list[str]:
         lines.append(f"special tokens / template markup inside the text: none "
                      f"({len(result['markers'])} markers searched)")
     lines.append("OK" if result["ok"] else "PROBLEMS FOUND")
-    return lines
+    return [terminal_safe(line, newlines=False) for line in lines]
 
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "assign_splits", "alpaca_records",

@@ -1297,15 +1297,20 @@ def _clip(text: Any, limit: int = 300) -> str:
 
 
 def render_console(stats: dict[str, Any], console: Any = None) -> None:
-    """Print the statistics as rich tables, then the notes."""
-    from rich.console import Console
-    from rich.markup import escape
+    """Print the statistics as rich tables, then the notes.
+
+    Every title, cell and note is passed through
+    :func:`~selfinstruct.terminal.rich_safe`: control characters and bidi
+    overrides in the data are shown as escapes and rich markup in it as text.
+    """
     from rich.table import Table
 
-    console = console or Console()
+    from .terminal import rich_safe, safe_console
+
+    console = console or safe_console()
     for data in tables(stats):
         # Title and note as lines of their own: rich would wrap them to the table's width.
-        console.print(f"[bold]{escape(data.title)}[/bold]")
+        console.print(f"[bold]{rich_safe(data.title)}[/bold]")
         table = Table(header_style="bold")
         for k, header in enumerate(data.headers):
             numeric = header in ("count", "n", "mean", "median", "p90", "max", "instructions",
@@ -1314,13 +1319,13 @@ def render_console(stats: dict[str, Any], console: Any = None) -> None:
             table.add_column(header, justify="right" if numeric else "left",
                              overflow="fold", max_width=None if k < 1 else 70)
         for row in data.rows:
-            table.add_row(*(escape(cell) for cell in row))
+            table.add_row(*(rich_safe(cell) for cell in row))
         console.print(table)
         if data.note:
-            console.print(escape(data.note), style="dim")
+            console.print(rich_safe(data.note), style="dim")
         console.print()
     for note in stats["notes"]:
-        console.print(f"note: {escape(note)}", style="dim")
+        console.print(f"note: {rich_safe(note)}", style="dim")
 
 
 # -- figures ---------------------------------------------------------------------

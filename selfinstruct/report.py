@@ -1,18 +1,24 @@
-"""Terminal output of a run: live progress bars and the closing summary table (rich)."""
+"""Terminal output of a run: live progress bars and the closing summary table (rich).
+
+Text from data (rejection reasons built from config words, paths, model
+names) is printed through :func:`~selfinstruct.terminal.rich_safe`, and both
+consoles escape control characters in whatever else they render
+(:func:`~selfinstruct.terminal.safe_console`).
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn)
 from rich.table import Table
 
 from .pipeline import RunStats
+from .terminal import rich_safe, safe_console
 
-console = Console(stderr=True)
+console = safe_console(stderr=True)
 """Progress, warnings and errors go to stderr; the summary table to stdout."""
 
 _STAGE_NAMES = {
@@ -24,7 +30,8 @@ _STAGE_NAMES = {
 
 def _top_reasons(stats: RunStats, n: int = 3) -> str:
     common = stats.rejections.most_common(n)
-    return ", ".join(f"{reason} {count}" for reason, count in common) or "none"
+    return rich_safe(", ".join(f"{reason} {count}" for reason, count in common) or "none",
+                     newlines=False)
 
 
 class RichReporter:
@@ -78,7 +85,7 @@ def print_summary(stats: RunStats, output: Path, startup_seconds: float,
 
     ``backend`` (e.g. "http: 2 endpoints") is shown when given.
     """
-    out = Console()
+    out = safe_console()
     table = Table(title="selfinstruct generate", show_header=True, header_style="bold")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -104,10 +111,10 @@ def print_summary(stats: RunStats, output: Path, startup_seconds: float,
     if backend:
         rows.insert(6, ("engine backend", backend))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, rich_safe(value))
     for reason, count in stats.rejections.most_common():
-        table.add_row(f"rejected: {reason}", f"{count}")
+        table.add_row(f"rejected: {rich_safe(reason)}", f"{count}")
     for reason, count in stats.instance_rejections.most_common():
-        table.add_row(f"instances dropped: {reason}", f"{count}")
+        table.add_row(f"instances dropped: {rich_safe(reason)}", f"{count}")
     out.print(table)
-    out.print(f"Shards and manifest in {output}/")
+    out.print(f"Shards and manifest in {rich_safe(output)}/")

@@ -301,9 +301,10 @@ class GenerateJob:
         """
         from .pipeline import LazyEngine, SelfInstruct
         from .report import RichReporter, console, print_summary
+        from .terminal import rich_safe
 
         for warning in self.warnings:
-            console.print(f"[yellow]Warning:[/] {warning}")
+            console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
         config = self.config
         run_dir = RunDirectory(config.output)
         try:
@@ -328,10 +329,10 @@ class GenerateJob:
             return engine
 
         engine = LazyEngine(start_engine, on_start=lambda: console.print(
-            _starting_message(config, self.model.name)))
+            rich_safe(_starting_message(config, self.model.name))))
         writer = ShardWriter(config.output, config.shards.shard_size, config.shards.compression)
         if self.previous is not None:
-            console.print(f"Resuming the run in {config.output} "
+            console.print(f"Resuming the run in {rich_safe(config.output)} "
                           f"({self.previous.get('rounds', 0)} rounds committed)")
         try:
             if self.previous is None:
@@ -354,7 +355,7 @@ class GenerateJob:
             engine.close()
             run_dir.unlock()
         for warning in run_dir.warnings:
-            console.print(f"[yellow]Warning:[/] {warning}")
+            console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
         print_summary(stats, config.output, startup["seconds"], _backend_label(config))
 
     def manifest(self, shards: list[ShardInfo], loop, status: str,
