@@ -401,7 +401,8 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
 
     from .inspection import (InspectError, collect_statistics, load_run, render_console,
                              resolve_seeds, resolve_tokenizer, write_report)
-    from .safety import OutputPathError, check_output_apart, check_writable_dir
+    from .safety import (OutputPathError, check_not_in_run, check_output_apart,
+                         check_writable_dir)
     from .terminal import terminal_safe
 
     if report is not None:  # before any work: the report goes nowhere near the inputs
@@ -409,6 +410,7 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
             check_writable_dir(report, "--report")
             check_output_apart(report, {"RUN": run_path, "--seeds": seeds}, "--report",
                                writes=REPORT_FILES)
+            check_not_in_run(report, "--report")
         except OutputPathError as exc:
             raise UserError(str(exc)) from None
     try:

@@ -1266,7 +1266,9 @@ def dedup_file(
             read-only directory).
         ValueError: bad threshold or tokenizer.
     """
-    from .safety import OutputPathError, atomic_files, check_output_apart, check_writable_file
+    from .inputs import InputFileError, check_regular_file
+    from .safety import (OutputPathError, atomic_files, check_not_in_run, check_output_apart,
+                         check_writable_file)
 
     _check_tokenizer(tokenizer)
     if not (0.0 <= threshold <= 1.0):
@@ -1275,8 +1277,14 @@ def dedup_file(
     src = Path(input_path)
     out = Path(output_path)
     drop_out = dropped_path(out)
+    if not src.is_dir():  # the input's own mistakes first (a loop, a FIFO, nothing there)
+        try:
+            check_regular_file(src)
+        except InputFileError as exc:
+            raise DedupInputError(str(exc)) from None
     check_writable_file(out, "--output")
     check_writable_file(drop_out, "--output")
+    check_not_in_run(out, "--output")
     fmt = output_format(out)
     check_output_apart(out, {"INPUT": src}, "--output")
     check_output_apart(drop_out, {"INPUT": src}, "--output",

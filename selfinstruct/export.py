@@ -52,9 +52,8 @@ import pandas as pd
 
 from . import __version__
 from .inspection import RunData, TableData, distribution, tables
-from .ledger import LEDGER_DIR
-from .safety import OutputPathError, check_writable_dir
-from .shards import (MANIFEST, SCHEMA, atomic_file, current_umask, file_digest, messages_for,
+from .safety import OutputPathError, check_writable_dir, enclosing_run
+from .shards import (SCHEMA, atomic_file, current_umask, file_digest, messages_for,
                      user_turn, write_json)
 
 FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
@@ -214,16 +213,6 @@ replaces a directory only when this record accounts for everything in it."""
 EXPORT_FORMAT = "selfinstruct-export/1"
 
 
-def _enclosing_run(path: Path) -> Path | None:
-    """``path`` or the nearest ancestor that is a selfinstruct run directory, or None."""
-    for directory in (path, *path.parents):
-        ledger = directory / LEDGER_DIR
-        if (directory / MANIFEST).is_file() or (ledger.is_dir()
-                                                and any(ledger.glob("round-*"))):
-            return directory
-    return None
-
-
 def _tree_digests(directory: Path) -> dict[str, str | None]:
     """Every entry below ``directory`` (relative POSIX path -> sha256; None for
     anything that is not a regular file: a link, a device, an empty folder)."""
@@ -267,7 +256,7 @@ def _check_output(output: Path, overwrite: bool, source: Path) -> None:
     """Refuse an output that is, or is inside, a run; contains the input; or holds
     anything but an unchanged previous export (with ``overwrite``) or nothing."""
     resolved, src = output.resolve(), source.resolve()
-    run = _enclosing_run(resolved)
+    run = enclosing_run(resolved)
     if run is not None:
         where = "holds" if run == resolved else f"is inside {run}, which holds"
         raise ExportError(f"{output}: {where} a selfinstruct run; choose another --output")

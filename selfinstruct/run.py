@@ -249,7 +249,8 @@ class GenerateJob:
                 the run writes, is a non-empty directory that is not a run, holds a
                 damaged manifest, or a run made with other settings.
         """
-        from .safety import OutputPathError, check_output_apart, check_writable_dir
+        from .safety import (OutputPathError, check_not_in_run, check_output_apart,
+                         check_writable_dir)
 
         output = self.config.output
         if output.exists() and not output.is_dir():
@@ -257,6 +258,7 @@ class GenerateJob:
         model = Path(self.model.path) if self.model.source != "http" else None
         try:
             check_writable_dir(output, "--output")
+            check_not_in_run(output, "--output", allow_run=True)
             check_output_apart(output, {
                 "the seeds": self.seeds_path, "the prompt templates": self.prompts.directory,
                 "the config file": config_file,
@@ -462,11 +464,13 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     """
     from .pipeline import LazyEngine, SelfInstruct
     from .report import RichReporter
-    from .safety import OutputPathError, check_output_apart, check_writable_dir
+    from .safety import (OutputPathError, check_not_in_run, check_output_apart,
+                         check_writable_dir)
 
     try:
         check_writable_dir(output, "--output")
         check_output_apart(output, {"the source run": source}, "--output")
+        check_not_in_run(output, "--output")
     except OutputPathError as exc:
         raise JobError(str(exc)) from None
     if output.exists() and any(output.iterdir()):

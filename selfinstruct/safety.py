@@ -34,6 +34,8 @@ from typing import IO
 __all__ = [
     "OutputPathError",
     "atomic_files",
+    "enclosing_run",
+    "check_not_in_run",
     "check_output_apart",
     "check_writable_dir",
     "check_writable_file",
@@ -85,9 +87,14 @@ def overlap(output: str | os.PathLike[str], source: str | os.PathLike[str],
         (the source lies inside the output, where the command writes), or None.
 
     Raises:
-        OutputPathError: a symlink loop in either path.
+        OutputPathError: a symlink loop in the output path (one in the source
+            is left to the command's reader, which names it as an input).
     """
-    out, src = resolved(output), resolved(source, "input")
+    out = resolved(output)
+    try:
+        src = resolved(source, "input")
+    except OutputPathError:  # an input that cannot be resolved is its reader's error
+        return None
     if out == src or _same_file(out, src):
         return "is"
     if src in out.parents:
@@ -141,6 +148,40 @@ def check_output_apart(output: str | os.PathLike[str],
         if relation is not None:
             raise OutputPathError(f"{output}: {name or option} {_RELATION[relation]} {label} "
                                   f"{source}; choose another {option}")
+
+
+def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
+    """``path`` or its nearest ancestor that is a selfinstruct run directory, or None.
+
+    A run directory holds a ``manifest.json``, or a ``ledger/`` with ``round-*``
+    records (a run that crashed before its first manifest).
+    """
+    from .ledger import LEDGER_DIR
+    from .manifest import MANIFEST
+
+    start = resolved(path)
+    for directory in (start, *start.parents):
+        ledger = directory / LEDGER_DIR
+        if (directory / MANIFEST).is_file() or (ledger.is_dir() and any(ledger.glob("round-*"))):
+            return directory
+    return None
+
+
+def check_not_in_run(output: str | os.PathLike[str], option: str = "--output",
+                     allow_run: bool = False) -> None:
+    """Refuse an output inside a run directory: only ``generate`` writes a run, and only
+    the one it is resuming (``allow_run``: ``output`` itself may be a run).
+
+    Raises:
+        OutputPathError: ``output`` is a run directory (unless ``allow_run``), or lies
+            inside one.
+    """
+    run = enclosing_run(output)
+    if run is None or (allow_run and run == resolved(output)):
+        return
+    where = "is" if run == resolved(output) else f"lies inside {run}, which is"
+    raise OutputPathError(f"{output}: {option} {where} a selfinstruct run directory; "
+                          f"choose another {option}")
 
 
 def _nearest_existing(path: Path) -> Path:

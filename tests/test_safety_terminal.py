@@ -382,7 +382,7 @@ def test_sigterm_in_refilter_leaves_no_partial_output(tmp_path):
         from pathlib import Path
         import selfinstruct.run as run
 
-        def slow_refilter(source, output, overrides, names):
+        def slow_refilter(source, output, overrides, names, **paths):
             (output / "ledger").mkdir(parents=True)
             (output / "ledger" / "partial").write_text("x")
             os.kill(os.getpid(), signal.SIGTERM)
