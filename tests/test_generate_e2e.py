@@ -82,3 +82,18 @@ def test_shards_load_with_datasets(run_dir):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert data.num_rows == manifest["rows"] >= 2
     assert set(data.column_names) == set(SCHEMA.names)
+
+
+def test_no_command_changes_a_real_run_directory(run_dir, tmp_path):
+    """Issue 10: every command, whatever its flags, leaves a real vLLM run as it was."""
+    import shutil
+
+    from .test_safety_runs import assert_commands_change_nothing, tree_digests
+
+    copy = tmp_path / "copy" / "run"
+    shutil.copytree(run_dir.parent, copy.parent, symlinks=True)
+    before = tree_digests(copy)
+    results = assert_commands_change_nothing(copy, tmp_path / "elsewhere")
+    assert tree_digests(copy) == before
+    assert all(result.returncode == 0 for args, result in results
+               if args[0] in ("inspect", "export") and str(copy) not in " ".join(args[2:]))
