@@ -13,7 +13,9 @@ A stage's whole batch is sent at once, asynchronously, to every endpoint given:
 * **Retries.** A connection error, a timeout (``engine.request_timeout``), a 429
   or a 5xx is retried up to ``engine.max_retries`` times after an exponential
   backoff with full jitter (``Retry-After`` is honoured), possibly on another
-  endpoint. Any other 4xx fails the batch at once (:class:`EngineRequestError`).
+  endpoint. A 400 saying the prompt does not fit the context is answered as a
+  ``prompt_too_long`` completion; any other 4xx fails the batch at once
+  (:class:`EngineRequestError`).
   A request has one result slot, filled once: a retried request is never
   counted or kept twice, even when the server finishes the abandoned attempt.
 * **Dead servers.** An endpoint that just failed is passed over for a few
@@ -52,6 +54,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -59,7 +62,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .config import EngineConfig, display_url, normalize_base_url
-from .engine import (Completion, EngineError, EngineRequestError, EngineUnavailable,
+from .engine import (PROMPT_TOO_LONG, Completion, EngineError, EngineRequestError,
+                     EngineUnavailable,
                      Progress, Request)
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,14 @@ SECRET_RUN = 8
 """Characters: any run this long of the API key is redacted from shown text."""
 
 RETRY_STATUSES = frozenset({408, 429})
+
+CONTEXT_LENGTH_ERROR = re.compile(
+    r"maximum context length|longer than the maximum model length|max_model_len",
+    re.IGNORECASE)
+"""How an HTTP 400 says the prompt (with its ``max_tokens``) does not fit the model's
+context: the wording of vLLM's OpenAI server (and of OpenAI's API). Such a request is
+answered with finish reason :data:`~selfinstruct.engine.PROMPT_TOO_LONG`, as the
+offline engine does, instead of failing the run."""
 """4xx statuses worth retrying (besides every 5xx)."""
 
 _T = TypeVar("_T")
@@ -794,6 +806,8 @@ class HTTPEngine:
             error = f"HTTP {status}: {_error_text(body, self._redact)}"
             await self._mark(endpoint, error, unreachable=False)
             raise _Transient(error, retry_after=retry_after)
+        if status == 400 and CONTEXT_LENGTH_ERROR.search(_error_text(body, self._redact)):
+            return Completion("", 0, 0, PROMPT_TOO_LONG)
         if status != 200:
             await self._mark(endpoint, f"HTTP {status}", unreachable=False)
             hint = (f" (check ${self.config.api_key_env})" if status in (401, 403) else "")

@@ -475,8 +475,8 @@ def resolve_tokenizer(run: RunData, override: str | None = None) -> TokenizerSou
 
     Args:
         override: a local model/tokenizer directory, or ``"none"`` for words
-            only; when None, the run's model (``manifest["model"]["path"]``)
-            if it loads from local files.
+            only; when None, the run's model if :func:`trusted_model_path`
+            finds it and it loads from local files.
 
     Raises:
         InspectError: ``override`` names a tokenizer that cannot be loaded (a
@@ -487,14 +487,37 @@ def resolve_tokenizer(run: RunData, override: str | None = None) -> TokenizerSou
             return TokenizerSource(None, None, "word lengths only (--tokenizer none)")
         return TokenizerSource(load_tokenizer(override), override)
     model = (run.manifest or {}).get("model") or {}
-    name = model.get("path")
-    if not name:
-        return TokenizerSource(None, None,
-                               "word lengths only: no model recorded; pass --tokenizer DIR")
+    name = trusted_model_path(model)
+    if name is None:
+        why = ("no model recorded" if not model.get("path") else
+               "the run's model path comes from manifest.json and is not followed")
+        return TokenizerSource(None, None, f"word lengths only: {why}; pass --tokenizer DIR")
     try:
         return TokenizerSource(load_tokenizer(name), name, label=model.get("name"))
     except InspectError as exc:
         return TokenizerSource(None, None, f"word lengths only: {exc}")
+
+
+def trusted_model_path(model: dict[str, Any]) -> str | None:
+    """Where to load a run's tokenizer from without following a path its manifest names.
+
+    A manifest is untrusted (issue 10): its ``model.path`` is not opened as it
+    is. A GGUF model (the embedded one included) is found where ``generate``
+    converts it, a cache path derived from the recorded ``gguf_sha256``; a Hub
+    model by its id, from the local Hub cache only; any other (a local model
+    directory, an HTTP endpoint's served name) gives None: the user passes
+    ``--tokenizer DIR``.
+    """
+    from .models import cache_dir
+
+    source, path, sha = model.get("source"), model.get("path"), model.get("gguf_sha256")
+    if source in ("embedded", "gguf") and isinstance(sha, str) \
+            and re.fullmatch(r"[0-9a-f]{64}", sha):
+        return str(cache_dir() / "models" / sha[:16])
+    if source == "hub" and isinstance(path, str) and re.fullmatch(
+            r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) and ".." not in path:
+        return path
+    return None
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,13 @@ class FakeOpenAI(_BackgroundApp):
                 headers = {"Retry-After": self.retry_after} if status == 429 else None
                 return web.json_response({"error": {"message": message, "code": status}},
                                          status=status, headers=headers)
+            if action == "context":  # the wording of vLLM's OpenAI server
+                return web.json_response({"error": {
+                    "message": "This model's maximum context length is 2048 tokens. However, "
+                               "you requested 4000 tokens (3900 in the messages, 100 in the "
+                               "completion). Please reduce the length of the messages or "
+                               "completion.", "type": "BadRequestError", "code": 400}},
+                    status=400)
             if action == "malformed":
                 return web.Response(text="{not json", content_type="application/json")
             if model := body.get("model"):

@@ -140,6 +140,17 @@ def test_a_request_answered_after_its_timeout_is_not_kept_twice(engines):
         assert engine.endpoint_stats()[0].requests == 4
 
 
+def test_a_prompt_over_the_context_is_a_prompt_too_long_completion(engines):
+    from selfinstruct.engine import PROMPT_TOO_LONG
+
+    with FakeOpenAI(fault=lambda body, attempt: "context" if "1" in body["prompt"]
+                    else None) as fake:
+        engine = engines(config(fake.url))
+        out = engine.generate(requests(3))
+        assert [c.finish_reason for c in out] == ["stop", PROMPT_TOO_LONG, "stop"]
+        assert out[1].text == "" and sum(fake.attempts.values()) == 3  # not retried
+
+
 @pytest.mark.parametrize("status", ["400", "401"])
 def test_other_4xx_fail_at_once_without_retry(status, engines):
     with FakeOpenAI(fault=lambda body, attempt: status) as fake:

@@ -52,9 +52,9 @@ def test_inspect_json_returns_the_expected_counts(run_dir):
     assert [(r["round"], r["tasks_written"], r["rows"], r["classification_tasks"], r["kept_rate"])
             for r in stats["rounds"]["rows"]] == [(1, 3, 5, 1, None), (2, 3, 4, 1, None)]
     assert any("ledger not available" in n for n in stats["notes"])
-    # the run's model directory does not exist: words only, said in a note
+    # the run's model directory is a path from the manifest: not followed, said in a note
     assert stats["lengths"]["tokens"] is None
-    assert any("tokenizer directory does not exist" in n for n in stats["notes"])
+    assert any("comes from manifest.json and is not followed" in n for n in stats["notes"])
     words = stats["lengths"]["words"]
     assert (words["instruction"]["count"], words["input"]["count"], words["output"]["count"]) \
         == (6, 5, 9)
@@ -104,6 +104,21 @@ def test_token_lengths_use_the_embedded_models_tokenizer(run_dir):
     assert tokens["output"]["count"] == 9 and tokens["output"]["max"] > 10
     assert token_counts(source.tokenizer, ["Bonjour."]) == [
         len(source.tokenizer("Bonjour.", add_special_tokens=False)["input_ids"])]
+
+
+def test_the_run_model_is_found_by_its_recorded_hash_not_its_recorded_path():
+    from selfinstruct.inspection import trusted_model_path
+    from selfinstruct.models import cache_dir, resolve_model
+
+    embedded = resolve_model(None)
+    recorded = {"path": "/etc", "source": "embedded", "gguf_sha256": embedded.sha256}
+    assert trusted_model_path(recorded) == str(cache_dir() / "models" / embedded.sha256[:16])
+    assert trusted_model_path(recorded) == embedded.path
+    assert trusted_model_path({"path": "/some/dir", "source": "directory"}) is None
+    assert trusted_model_path({"path": "HuggingFaceTB/SmolLM2-135M", "source": "hub"}) \
+        == "HuggingFaceTB/SmolLM2-135M"
+    assert trusted_model_path({"path": "/abs/../x", "source": "hub"}) is None
+    assert trusted_model_path({"path": "x", "source": "gguf", "gguf_sha256": "../.."}) is None
 
 
 @pytest.mark.parametrize("writer", ["json", "jsonl", "parquet", "csv"])
