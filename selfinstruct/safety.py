@@ -35,6 +35,7 @@ __all__ = [
     "OutputPathError",
     "atomic_files",
     "enclosing_run",
+    "fsync_dir",
     "check_not_in_run",
     "check_output_apart",
     "check_writable_dir",
@@ -244,7 +245,8 @@ def check_writable_dir(path: str | os.PathLike[str], option: str = "--output") -
     _check_creatable(path, option)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory, so that renames into it survive a crash."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -298,7 +300,7 @@ def atomic_files(*paths: Path, mode: str = "wb") -> Iterator[list[IO]]:
             except FileNotFoundError:
                 pass
     for directory in {p.parent for p in paths}:
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
 
 def _rename_all(temps: list[Path], targets: list[Path]) -> None:

@@ -30,6 +30,8 @@ from typing import IO, Any
 
 import pyarrow as pa
 
+from .safety import fsync_dir
+
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
 
@@ -85,7 +87,7 @@ def atomic_file(path: Path, mode: str = "wb"):
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def current_umask() -> int:
@@ -93,14 +95,6 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> str:
