@@ -30,9 +30,9 @@ from typing import IO, Any
 
 import pyarrow as pa
 
+from .manifest import MANIFEST as MANIFEST  # defined once, in manifest.py
 from .safety import fsync_dir
 
-MANIFEST = "manifest.json"
 DATA_DIR = "data"
 
 SCHEMA = pa.schema([

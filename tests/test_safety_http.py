@@ -253,6 +253,20 @@ def test_the_starting_message_shows_display_urls():
 
 # -- unbounded and slow answers ------------------------------------------------------
 
+def unavailable_after(behaviours: dict[str, str], batch=None, **settings) -> tuple[float, str]:
+    """Generate ``batch`` against a hostile fake; return (seconds, message) of the
+    EngineUnavailable it must end in."""
+    with HostileOpenAI(behaviours) as fake:
+        engine = HTTPEngine(config(fake.url, **settings))
+        try:
+            started = time.perf_counter()
+            with pytest.raises(EngineUnavailable) as err:
+                engine.generate(batch or requests())
+            return time.perf_counter() - started, str(err.value)
+        finally:
+            engine.close()
+
+
 def test_an_endless_models_answer_fails_fast_naming_url_and_cap():
     with HostileOpenAI({"/v1/models": "endless"}) as fake:
         started = time.perf_counter()
@@ -335,17 +349,9 @@ def test_the_completion_cap_grows_with_max_tokens():
 
 
 def test_an_endless_error_body_is_cut_and_the_status_reported():
-    with HostileOpenAI({"/v1/completions": "endless_error"}) as fake:
-        engine = HTTPEngine(config(fake.url, request_timeout=30.0))
-        try:
-            started = time.perf_counter()
-            with pytest.raises(EngineUnavailable) as err:
-                engine.generate(requests())
-            elapsed = time.perf_counter() - started
-        finally:
-            engine.close()
+    elapsed, message = unavailable_after({"/v1/completions": "endless_error"},
+                                         request_timeout=30.0)
     assert elapsed < 10, elapsed
-    message = str(err.value)
     assert "HTTP 500" in message and "no answer" not in message and len(message) < 600, message
 
 
@@ -360,17 +366,9 @@ def test_normal_answers_still_work_through_the_caps():
 
 
 def test_a_trickling_completion_fails_at_its_timeout_saying_so():
-    with HostileOpenAI({"/v1/completions": "trickle"}) as fake:
-        engine = HTTPEngine(config(fake.url, request_timeout=1.5))
-        try:
-            started = time.perf_counter()
-            with pytest.raises(EngineUnavailable) as err:
-                engine.generate(requests())
-            elapsed = time.perf_counter() - started
-        finally:
-            engine.close()
+    elapsed, message = unavailable_after({"/v1/completions": "trickle"}, request_timeout=1.5)
     assert elapsed < 1.5 + 2.0, elapsed
-    assert "HTTP 200, but the answer did not finish in 1.5 s" in str(err.value), str(err.value)
+    assert "HTTP 200, but the answer did not finish in 1.5 s" in message, message
 
 
 # -- what a server says is shown bounded, redacted and escaped -------------------------
