@@ -15,11 +15,11 @@ tokens at most and fixed per-request seeds.
 Each backend runs in its own child process, one after the other, so never two
 engines at once:
 
-* ``offline``: :class:`selfinstruct.engine.VLLMEngine` (``vllm.LLM`` in process).
+* ``offline``: :class:`selfinstruct.engines.offline.VLLMEngine` (``vllm.LLM`` in process).
 * ``http``: a local vLLM OpenAI-compatible server started by the child (the CPU
-  flags of :mod:`selfinstruct.local_server`, ``--max-num-seqs`` 256 as the
-  offline engine), then :class:`selfinstruct.http_engine.HTTPEngine` against it.
-* ``ray``: :class:`selfinstruct.ray_engine.RayEngine` on a local Ray instance;
+  flags of :mod:`selfinstruct.testing.local_server`, ``--max-num-seqs`` 256 as the
+  offline engine), then :class:`selfinstruct.engines.http.HTTPEngine` against it.
+* ``ray``: :class:`selfinstruct.engines.ray_data.RayEngine` on a local Ray instance;
   reported as skipped (with the reason) where it cannot run.
 
 Every backend first completes a warm-up batch (8 requests, not timed); then the
@@ -48,7 +48,7 @@ BACKENDS = ("offline", "http", "ray")
 
 def build_requests(n: int, max_tokens: int, seed: int = 0):
     """``n`` round-1 instruction-generation requests from the bundled seeds."""
-    from selfinstruct.engine import Request, Sampling
+    from selfinstruct.engines.base import Request, Sampling
     from selfinstruct.pipeline import request_seed
     from selfinstruct.prompts import PromptBuilder, instruction_stop, sample_prompt_tasks
     from selfinstruct.seeds import default_seeds_dir, load_seed_tasks
@@ -139,7 +139,7 @@ def run_backend(name: str, args) -> dict:
     config = EngineConfig(max_model_len=2048)
     started = time.perf_counter()
     if name == "offline":
-        from selfinstruct.engine import VLLMEngine
+        from selfinstruct.engines.offline import VLLMEngine
 
         engine = VLLMEngine(model.path, model.name, config, seed=0)
         startup = time.perf_counter() - started
@@ -148,8 +148,8 @@ def run_backend(name: str, args) -> dict:
         finally:
             engine.close()
     elif name == "http":
-        from selfinstruct.http_engine import HTTPEngine
-        from selfinstruct.local_server import LocalServer
+        from selfinstruct.engines.http import HTTPEngine
+        from selfinstruct.testing.local_server import LocalServer
 
         with LocalServer(model.path, served, max_num_seqs=args.max_num_seqs) as server:
             startup = time.perf_counter() - started
@@ -160,7 +160,7 @@ def run_backend(name: str, args) -> dict:
             finally:
                 engine.close()
     elif name == "ray":
-        from selfinstruct.ray_engine import RayEngine, RayUnavailable
+        from selfinstruct.engines.ray_data import RayEngine, RayUnavailable
 
         try:
             engine = RayEngine(model.path, model.name,

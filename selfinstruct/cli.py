@@ -199,7 +199,7 @@ def generate(config_file: Path | None, **options: Any) -> None:
     (--backend ray), and writes Parquet shards and a manifest.json to the
     output directory.
     """
-    from .engine import EngineError
+    from .engines.base import EngineError
     from .run import GenerateJob, JobError
     from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
     from .terminal import terminal_safe
@@ -256,7 +256,7 @@ def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path 
     Settings not given keep the run's values; with none given the result
     equals the original run.
     """
-    from .report import console
+    from .progress import console
     from .run import JobError, refilter as run_refilter
     from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
     from .terminal import rich_safe, terminal_safe
@@ -359,11 +359,11 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
     click.echo(terminal_safe(f"dropped -> {result['dropped_output']}"))
 
 
-# selfinstruct.export.FORMATS (repeated so that --help imports no pandas)
+# selfinstruct.analysis.export.FORMATS (repeated so that --help imports no pandas)
 EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
 
 
-# What `inspect --report DIR` writes in DIR (selfinstruct.inspection.write_report).
+# What `inspect --report DIR` writes in DIR (selfinstruct.analysis.inspection.write_report).
 REPORT_FILES = ("*.png", "index.html", "stats.json")
 
 
@@ -399,8 +399,9 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
     """
     import json
 
-    from .inspection import (InspectError, collect_statistics, load_run, render_console,
-                             resolve_seeds, resolve_tokenizer, write_report)
+    from .analysis.inspection import (InspectError, collect_statistics, load_run,
+                                      render_console, resolve_seeds, resolve_tokenizer,
+                                      write_report)
     from .safety import (OutputPathError, check_not_in_run, check_output_apart,
                          check_writable_dir)
     from .terminal import terminal_safe
@@ -477,10 +478,10 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
     --check-template, checks the examples against a chat template first;
     --check-template alone only checks.
     """
-    from .export import (ExportError, check_template, describe_check, export_run, push_to_hub,
-                         resolve_template_model)
-    from .inspection import (InspectError, collect_statistics, load_run, resolve_seeds,
-                             resolve_tokenizer)
+    from .analysis.export import (ExportError, check_template, describe_check, export_run,
+                                  push_to_hub, resolve_template_model)
+    from .analysis.inspection import (InspectError, collect_statistics, load_run,
+                                      resolve_seeds, resolve_tokenizer)
     from .terminal import terminal_safe
 
     if fmt is None and template_model is None:

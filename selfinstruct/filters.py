@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .config import FilterConfig
-from .seeds import Instance
+from .tasks import Instance
 
 
 def word_count(text: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .seeds import Instance
+from .tasks import Instance
 
 _ITEM = re.compile(r"^\s*(\d{1,3})\s*[.)]\s*(.*)$")
 _LABEL_PREFIX = re.compile(r"^(?:task|instruction)\s*\d*\s*:\s*", re.IGNORECASE)

@@ -41,14 +41,14 @@ from typing import Any, Protocol
 
 from .config import Config
 from .dedup import NearDuplicateIndex, RougeIndex
-from .engine import PROMPT_TOO_LONG, Completion, Engine, EngineStats, Request, Sampling
+from .engines.base import PROMPT_TOO_LONG, Completion, Engine, EngineStats, Request, Sampling
 from .filters import filter_instances, instruction_rejection
-from .ledger import LedgerError, RecordedRequest, RunDirectory, crash_point
+from .storage.ledger import LedgerError, RecordedRequest, RunDirectory, crash_point
 from .parsing import (parse_input_first, parse_instruction_list, parse_output_first,
                       parse_yes_no)
 from .prompts import INSTANCE_STOP, PromptBuilder, instruction_stop, sample_prompt_tasks
-from .seeds import Instance, Task
-from .shards import ShardWriter, messages_for
+from .tasks import Instance, Task
+from .storage.shards import ShardWriter, messages_for
 
 
 class Reporter(Protocol):

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .inputs import InputFileError, check_regular_file
-from .seeds import Task
+from .tasks import Task
 
 TEMPLATE_NAMES = (
     "instruction_generation",

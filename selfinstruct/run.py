@@ -22,13 +22,15 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
-from .engine import EngineError
-from .ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
+from .engines.base import EngineError
+from .storage.ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
 from .models import ModelError, ResolvedModel, resolve_model
 from .prompts import PromptBuilder, PromptError
-from .seeds import SeedError, Task, default_seeds_dir, load_seed_tasks, seed_files
-from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError, read_manifest
-from .shards import DATA_DIR, ShardInfo, ShardWriter, file_digest, write_json
+from .seeds import SeedError, default_seeds_dir, load_seed_tasks, seed_files
+from .tasks import Task
+from .storage.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError, read_manifest
+from .storage.shards import DATA_DIR, ShardInfo, ShardWriter
+from .storage.files import file_digest, write_json
 
 EMPTY_TOKENIZE_WARNING = 0.05
 """Warn when the rouge tokenizer empties more than this fraction of seed instructions."""
@@ -66,9 +68,9 @@ def build_engine(config: Config, model: ResolvedModel):
     """Start the engine of ``config.engine.backend`` for ``model``.
 
     Returns:
-        A :class:`~selfinstruct.engine.VLLMEngine` (``vllm``), an
-        :class:`~selfinstruct.http_engine.HTTPEngine` (``http``) or a
-        :class:`~selfinstruct.ray_engine.RayEngine` (``ray``).
+        A :class:`~selfinstruct.engines.offline.VLLMEngine` (``vllm``), an
+        :class:`~selfinstruct.engines.http.HTTPEngine` (``http``) or a
+        :class:`~selfinstruct.engines.ray_data.RayEngine` (``ray``).
 
     Raises:
         EngineError: endpoints unreachable or not serving the model; Ray missing.
@@ -76,14 +78,14 @@ def build_engine(config: Config, model: ResolvedModel):
     """
     backend = config.engine.backend
     if backend == "http":
-        from .http_engine import HTTPEngine
+        from .engines.http import HTTPEngine
 
         return HTTPEngine(config.engine, model.name)
     if backend == "ray":
-        from .ray_engine import RayEngine
+        from .engines.ray_data import RayEngine
 
         return RayEngine(model.path, model.name, config.engine, config.seed)
-    from .engine import VLLMEngine
+    from .engines.offline import VLLMEngine
 
     return VLLMEngine(model.path, model.name, config.engine, config.seed)
 
@@ -123,12 +125,12 @@ def resolve_engine_model(config: Config) -> ResolvedModel:
     """
     engine = config.engine
     if engine.backend == "http":
-        from .http_engine import probe_endpoints
+        from .engines.http import probe_endpoints
 
         name = probe_endpoints(engine, config.model).model
         return ResolvedModel(path=name, name=name, source="http")
     if engine.backend == "ray":
-        from .ray_engine import check_ray_installed
+        from .engines.ray_data import check_ray_installed
 
         check_ray_installed()
     return resolve_model(config.model)
@@ -302,7 +304,7 @@ class GenerateJob:
             KeyboardInterrupt: after the run directory is left consistent.
         """
         from .pipeline import LazyEngine, SelfInstruct
-        from .report import RichReporter, console, print_summary
+        from .progress import RichReporter, console, print_summary
         from .terminal import rich_safe
 
         for warning in self.warnings:
@@ -463,7 +465,7 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
             source run (checked first, before any read).
     """
     from .pipeline import LazyEngine, SelfInstruct
-    from .report import RichReporter
+    from .progress import RichReporter
     from .safety import (OutputPathError, check_not_in_run, check_output_apart,
                          check_writable_dir)
 

@@ -157,8 +157,8 @@ def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
     A run directory holds a ``manifest.json``, or a ``ledger/`` with ``round-*``
     records (a run that crashed before its first manifest).
     """
-    from .ledger import LEDGER_DIR
-    from .manifest import MANIFEST
+    from .storage.ledger import LEDGER_DIR
+    from .storage.manifest import MANIFEST
 
     start = resolved(path)
     for directory in (start, *start.parents):
@@ -259,7 +259,7 @@ def atomic_files(*paths: Path, mode: str = "wb") -> Iterator[list[IO]]:
     """Write several files that belong together: all of them, or none.
 
     Yields one open handle per path, on a temporary sibling (``.<name>.*.tmp``,
-    as :func:`selfinstruct.shards.atomic_file` names them). When the block
+    as :func:`selfinstruct.storage.files.atomic_file` names them). When the block
     ends without an exception every file is flushed and fsynced, then they
     are renamed over their targets *in the order given*, so pass the file
     readers look at first (the primary) last: it appears only once its
@@ -273,7 +273,7 @@ def atomic_files(*paths: Path, mode: str = "wb") -> Iterator[list[IO]]:
     Raises:
         OSError: from creating, writing or renaming; nothing is left behind.
     """
-    from .shards import current_umask
+    from .storage.files import current_umask
 
     paths = tuple(Path(p) for p in paths)
     temps: list[Path] = []

@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .inputs import InputFileError, check_regular_file, read_csv_records
+from .tasks import Instance, Task
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -50,33 +50,6 @@ class SeedError(ValueError):
             where += f" ({unit} {line})"
         prefix = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {prefix}{message}")
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One (input, output) pair of a task; ``input`` is "" when the task takes none."""
-
-    input: str
-    output: str
-
-
-@dataclass(frozen=True)
-class Task:
-    """A task of the pool: an instruction with its instances.
-
-    Attributes:
-        id: unique within the pool.
-        name: a short label (seed tasks) or "" (machine-generated).
-        instruction: the task's instruction text.
-        instances: at least one for seed tasks.
-        is_classification: True/False, or None when the source does not say.
-    """
-
-    id: str
-    name: str
-    instruction: str
-    instances: tuple[Instance, ...]
-    is_classification: bool | None = None
 
 
 def _clean_text(value: Any, path: Path, line: int, field: str, unit: str,

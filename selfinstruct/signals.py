@@ -18,7 +18,7 @@ printed either: they are the engine's threads and objects noticing the stop.
 
 :func:`stopping` says whether a stop has begun: the offline engine reads it to
 discard what its worker processes print from then on (see
-:mod:`selfinstruct.engine`).
+:mod:`selfinstruct.engines.base`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from selfinstruct.dedup import rouge_l
-from selfinstruct.shards import MANIFEST, ShardWriter, file_digest, messages_for, write_json
+from selfinstruct.storage.manifest import MANIFEST
+from selfinstruct.storage.shards import ShardWriter, messages_for
+from selfinstruct.storage.files import file_digest, write_json
 
 SEEDS = [
     {"id": "seed_1", "name": "poem", "instruction": "Write a short poem about the ocean.",

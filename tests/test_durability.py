@@ -12,9 +12,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from selfinstruct import ledger as ledger_module
+from selfinstruct.storage import ledger as ledger_module
 from selfinstruct import pipeline as pipeline_module
-from selfinstruct.ledger import LedgerError, RunDirectory, RunLocked
+from selfinstruct.storage.ledger import LedgerError, RunDirectory, RunLocked
 
 from .test_pipeline import ScriptedEngine, make_loop
 
@@ -143,7 +143,7 @@ def refiltered(source, target, **overrides):
     from selfinstruct.config import Config
     from selfinstruct.pipeline import LazyEngine, SelfInstruct
     from selfinstruct.prompts import PromptBuilder
-    from selfinstruct.shards import ShardWriter
+    from selfinstruct.storage.shards import ShardWriter
 
     from .test_pipeline import SEEDS
 

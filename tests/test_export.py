@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfinstruct.export import (ExportError, assign_splits, check_template, export_run,
-                                 push_to_hub, split_key)
-from selfinstruct.inspection import collect_statistics, load_run, resolve_seeds
-from selfinstruct.shards import messages_for
+from selfinstruct.analysis.export import (ExportError, assign_splits, check_template,
+                                          export_run, push_to_hub, split_key)
+from selfinstruct.analysis.inspection import collect_statistics, load_run, resolve_seeds
+from selfinstruct.storage.shards import messages_for
 from tests.small_run import TASKS, rows, write_small_run
 
 BIN = Path(sys.executable).parent / "selfinstruct"
@@ -235,7 +235,7 @@ def test_export_user_mistakes_exit_2(run_dir, tmp_path, make_args, expected):
 
 @pytest.fixture(scope="module")
 def embedded_tokenizer():
-    from selfinstruct.export import resolve_template_model
+    from selfinstruct.analysis.export import resolve_template_model
 
     return resolve_template_model(None)
 

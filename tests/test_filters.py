@@ -6,7 +6,7 @@ import pytest
 
 from selfinstruct.config import FilterConfig
 from selfinstruct.filters import filter_instances, instruction_rejection
-from selfinstruct.seeds import Instance
+from selfinstruct.tasks import Instance
 
 CONFIG = FilterConfig()
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from selfinstruct.seeds import default_seeds_dir, load_seed_tasks
-from selfinstruct.shards import SCHEMA
+from selfinstruct.storage.shards import SCHEMA
 
 BIN = Path(sys.executable).parent / "selfinstruct"
 

@@ -1,4 +1,4 @@
-"""The HTTP backend (selfinstruct.http_engine).
+"""The HTTP backend (selfinstruct.engines.http).
 
 Fast tests run against a fake OpenAI-compatible server in this process
 (tests/http_fakes.py): request shape, order, concurrency bound, spreading over
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from selfinstruct.config import EngineConfig, load_config
-from selfinstruct.engine import EngineRequestError, EngineUnavailable, Request, Sampling
-from selfinstruct.http_engine import HTTPEngine, probe_endpoints
-from selfinstruct.local_server import free_port
+from selfinstruct.engines.base import EngineRequestError, EngineUnavailable, Request, Sampling
+from selfinstruct.engines.http import HTTPEngine, probe_endpoints
+from selfinstruct.testing.local_server import free_port
 
 from .http_fakes import FakeOpenAI, by_prompt
 
@@ -144,7 +144,7 @@ def test_a_request_answered_after_its_timeout_is_not_kept_twice(engines):
 
 
 def test_a_prompt_over_the_context_is_a_prompt_too_long_completion(engines):
-    from selfinstruct.engine import PROMPT_TOO_LONG
+    from selfinstruct.engines.base import PROMPT_TOO_LONG
 
     with FakeOpenAI(fault=lambda body, attempt: "context" if "1" in body["prompt"]
                     else None) as fake:

@@ -1,7 +1,7 @@
 """The HTTP backend against a real vLLM OpenAI-compatible server (CPU, embedded model).
 
 One server for the module, on a free loopback port
-(``python -m vllm.entrypoints.openai.api_server``, see selfinstruct.local_server),
+(``python -m vllm.entrypoints.openai.api_server``, see selfinstruct.testing.local_server),
 killed with its process group at the end. In front of it, proxies from
 tests/http_fakes.py: two plain ones (two endpoints), and one that injects 500s,
 429s, delays past the client's timeout and dropped connections into 20% of the
@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from selfinstruct.local_server import LocalServer, free_port
+from selfinstruct.testing.local_server import LocalServer, free_port
 from selfinstruct.models import resolve_model
 from selfinstruct.seeds import default_seeds_dir
 

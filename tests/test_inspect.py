@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from selfinstruct.dedup import rouge_l
-from selfinstruct.inspection import (InspectError, collect_statistics, filter_rows,
-                                     heuristic_verb_object, load_run, resolve_seeds,
-                                     resolve_tokenizer, rouge_to_seeds, token_counts,
-                                     verb_statistics)
+from selfinstruct.analysis.inspection import (InspectError, collect_statistics, filter_rows,
+                                              heuristic_verb_object, load_run, resolve_seeds,
+                                              resolve_tokenizer, rouge_to_seeds, token_counts,
+                                              verb_statistics)
 from tests.small_run import SEEDS, TASKS, write_small_run
 
 BIN = Path(sys.executable).parent / "selfinstruct"
@@ -107,7 +107,7 @@ def test_token_lengths_use_the_embedded_models_tokenizer(run_dir):
 
 
 def test_the_run_model_is_found_by_its_recorded_hash_not_its_recorded_path():
-    from selfinstruct.inspection import trusted_model_path
+    from selfinstruct.analysis.inspection import trusted_model_path
     from selfinstruct.models import cache_dir, resolve_model
 
     embedded = resolve_model(None)
@@ -206,7 +206,7 @@ def test_verb_statistics_use_a_parser_when_given():
 def ledger_run(tmp_path_factory):
     """A real run with a ledger: the pipeline on the scripted engine of test_pipeline.py,
     with a manifest carrying its stats (as run.py writes it)."""
-    from selfinstruct.shards import write_json
+    from selfinstruct.storage.files import write_json
     from tests.test_pipeline import make_loop
 
     path = tmp_path_factory.mktemp("ledger")
@@ -296,7 +296,7 @@ def test_a_run_without_rows_still_inspects_and_reports(tmp_path):
     run = load_run(run_dir)
     stats = collect_statistics(run, resolve_seeds(run), None, verb_parser=None)
     assert stats["counts"]["rows"] == 0 and stats["rouge_to_seeds"]["count"] == 0
-    from selfinstruct.inspection import write_report
+    from selfinstruct.analysis.inspection import write_report
 
     written = write_report(stats, tmp_path / "report")
     assert {"index", "stats", "lengths_words", "rejections"} <= set(written)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from selfinstruct.parsing import (parse_input_first, parse_instruction_list, parse_output_first,
                                   parse_yes_no)
-from selfinstruct.seeds import Instance
+from selfinstruct.tasks import Instance
 
 
 def test_list_continuation_starts_inside_the_prompts_last_item():

@@ -11,12 +11,12 @@ import re
 import pyarrow.parquet as pq
 
 from selfinstruct.config import Config
-from selfinstruct.engine import Completion
-from selfinstruct.ledger import RunDirectory
+from selfinstruct.engines.base import Completion
+from selfinstruct.storage.ledger import RunDirectory
 from selfinstruct.pipeline import Candidate, LazyEngine, SelfInstruct, request_seed
 from selfinstruct.prompts import PromptBuilder
-from selfinstruct.seeds import Instance, Task
-from selfinstruct.shards import ShardWriter
+from selfinstruct.tasks import Instance, Task
+from selfinstruct.storage.shards import ShardWriter
 
 SEEDS = [Task(f"s{i}", "", text, (Instance("", "x"),), False) for i, text in enumerate([
     "Name three fruits that are red.", "Explain how a bicycle stays upright.",

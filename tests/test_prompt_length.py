@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfinstruct.engine import PROMPT_TOO_LONG, Completion
+from selfinstruct.engines.base import PROMPT_TOO_LONG, Completion
 
 from .test_pipeline import ScriptedEngine, make_loop
 
@@ -46,7 +46,8 @@ def test_requests_over_the_context_are_rejected_with_a_reason_code(tmp_path, mon
 @pytest.mark.engine
 def test_the_offline_engine_does_not_send_a_prompt_over_its_context():
     from selfinstruct.config import EngineConfig
-    from selfinstruct.engine import Request, Sampling, VLLMEngine
+    from selfinstruct.engines.base import Request, Sampling
+    from selfinstruct.engines.offline import VLLMEngine
     from selfinstruct.models import resolve_model
 
     model = resolve_model(None)

@@ -8,7 +8,7 @@ import pytest
 
 from selfinstruct.prompts import (PromptBuilder, PromptError, instruction_stop,
                                   sample_prompt_tasks)
-from selfinstruct.seeds import Instance, Task
+from selfinstruct.tasks import Instance, Task
 
 
 def task(i: int, prefix: str = "h") -> Task:

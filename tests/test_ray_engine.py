@@ -1,4 +1,4 @@
-"""The Ray backend (selfinstruct.ray_engine): configuration, a missing Ray, and a real
+"""The Ray backend (selfinstruct.engines.ray_data): configuration, a missing Ray, and a real
 Ray Data LLM job with the CPU vLLM engine on a local Ray instance (marked ``engine``)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from selfinstruct.config import ConfigError, EngineConfig, load_config
-from selfinstruct.engine import Request, Sampling
-from selfinstruct.ray_engine import RayEngine, RayUnavailable
+from selfinstruct.engines.base import Request, Sampling
+from selfinstruct.engines.ray_data import RayEngine, RayUnavailable
 
 
 def test_ray_backend_takes_no_base_urls():

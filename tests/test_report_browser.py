@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from selfinstruct.inspection import collect_statistics, load_run, resolve_seeds, write_report
+from selfinstruct.analysis.inspection import (collect_statistics, load_run, resolve_seeds,
+                                              write_report)
 from tests.small_run import write_small_run
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from selfinstruct.ledger import CRASH_ENV, RunDirectory
+from selfinstruct.storage.ledger import CRASH_ENV, RunDirectory
 from selfinstruct.seeds import default_seeds_dir
 
 BIN = Path(sys.executable).parent / "selfinstruct"

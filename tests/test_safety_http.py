@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from selfinstruct import http_engine
+from selfinstruct.engines import http as http_engine
 from selfinstruct.config import ConfigError, EngineConfig, display_url, load_config
-from selfinstruct.engine import EngineRequestError, EngineUnavailable, Request, Sampling
-from selfinstruct.http_engine import HTTPEngine, probe_endpoints
+from selfinstruct.engines.base import EngineRequestError, EngineUnavailable, Request, Sampling
+from selfinstruct.engines.http import HTTPEngine, probe_endpoints
 
 from .http_fakes import FakeOpenAI, HostileOpenAI
 
@@ -400,7 +400,7 @@ def test_hostile_model_ids_and_version_are_cut_redacted_and_escaped(monkeypatch)
 
 
 def test_a_local_server_key_is_sent_while_starting_and_redacted_from_its_log(tmp_path):
-    from selfinstruct.local_server import LocalServer
+    from selfinstruct.testing.local_server import LocalServer
 
     log = tmp_path / "server.log"
     log.write_text(f"INFO non-default args: {{'api_key': ['{KEY}']}}\nERROR it failed\n")

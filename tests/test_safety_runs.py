@@ -271,7 +271,7 @@ def test_refilter_refuses_a_source_with_a_broken_ledger(run_copy, tmp_path, dama
 
 
 def test_refilter_of_a_run_in_progress_uses_its_committed_rounds_and_says_so(run_copy, tmp_path):
-    from selfinstruct.ledger import RunDirectory
+    from selfinstruct.storage.ledger import RunDirectory
 
     (run_copy / "ledger" / "round-00002" / "commit.json").unlink()
     edit_manifest(run_copy, lambda m: m.update(status="running", rounds=1))

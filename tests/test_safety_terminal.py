@@ -28,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from selfinstruct.shards import MANIFEST, ShardWriter, messages_for, write_json
+from selfinstruct.storage.manifest import MANIFEST
+from selfinstruct.storage.shards import ShardWriter, messages_for
+from selfinstruct.storage.files import write_json
 from selfinstruct.terminal import rich_safe, terminal_safe
 
 from .http_fakes import FakeOpenAI
@@ -189,7 +191,7 @@ def test_click_usage_errors_quoting_arguments_stay_escaped(args):
 
 
 def test_describe_check_lines_are_escaped():
-    from selfinstruct.export import describe_check
+    from selfinstruct.analysis.export import describe_check
 
     result = {"examples": 2, "model": "m\x1b]0;pwned\x07",
               "lengths": {"p50": 1, "p99": 2, "max": 3}, "max_length": 10,
@@ -204,7 +206,7 @@ def test_describe_check_lines_are_escaped():
 
 
 def test_generate_summary_shows_hostile_reasons_and_paths_as_text(capsys):
-    from selfinstruct import report
+    from selfinstruct import progress as report
     from selfinstruct.pipeline import RunStats
 
     stats = RunStats(rounds=1, candidates=3, kept_instructions=1, tasks_written=1,
@@ -219,7 +221,7 @@ def test_generate_summary_shows_hostile_reasons_and_paths_as_text(capsys):
 
 
 def test_progress_status_line_shows_markup_in_reasons_as_text():
-    from selfinstruct import report
+    from selfinstruct import progress as report
     from selfinstruct.pipeline import RunStats
 
     stats = RunStats(rejections=Counter({"blacklist:[/]\x1b[2J": 1}))
@@ -407,7 +409,7 @@ def test_sigterm_in_refilter_leaves_no_partial_output(tmp_path):
 def test_sigterm_in_another_command_is_one_line_and_143(tmp_path):
     script = textwrap.dedent("""
         import os, signal, sys
-        import selfinstruct.inspection as inspection
+        import selfinstruct.analysis.inspection as inspection
 
         def load_run(path):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -430,7 +432,7 @@ def test_engine_output_is_relayed_until_a_stop_then_discarded(tmp_path):
     script = textwrap.dedent("""
         import subprocess, sys, time
         from selfinstruct import signals
-        from selfinstruct.engine import _EngineOutput
+        from selfinstruct.engines.offline import _EngineOutput
 
         child = ("import sys, time\\n"
                  "print('engine says hello', file=sys.stderr, flush=True)\\n"
@@ -463,7 +465,7 @@ def test_engine_output_is_relayed_until_a_stop_then_discarded(tmp_path):
 
 
 def test_engine_watchdog_survives_sigterm_to_the_group():
-    from selfinstruct.engine import _WATCHDOG
+    from selfinstruct.engines.offline import _WATCHDOG
 
     assert "signal.signal(signal.SIGTERM, signal.SIG_IGN)" in _WATCHDOG
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from selfinstruct.shards import SCHEMA, ShardWriter, atomic_file, messages_for
+from selfinstruct.storage.shards import SCHEMA, ShardWriter, messages_for
+from selfinstruct.storage.files import atomic_file
 
 
 def row(k: int, input_text: str = "") -> dict:

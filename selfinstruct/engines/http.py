@@ -61,10 +61,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .config import EngineConfig, display_url, normalize_base_url
-from .engine import (PROMPT_TOO_LONG, Completion, EngineError, EngineRequestError,
-                     EngineUnavailable,
-                     Progress, Request)
+from ..config import EngineConfig, display_url, normalize_base_url
+from .base import (PROMPT_TOO_LONG, Completion, EngineError, EngineRequestError,
+                   EngineUnavailable, Progress, Request)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ CONTEXT_LENGTH_ERROR = re.compile(
     re.IGNORECASE)
 """How an HTTP 400 says the prompt (with its ``max_tokens``) does not fit the model's
 context: the wording of vLLM's OpenAI server (and of OpenAI's API). Such a request is
-answered with finish reason :data:`~selfinstruct.engine.PROMPT_TOO_LONG`, as the
+answered with finish reason :data:`~selfinstruct.engines.base.PROMPT_TOO_LONG`, as the
 offline engine does, instead of failing the run."""
 """4xx statuses worth retrying (besides every 5xx)."""
 
@@ -502,7 +501,7 @@ def probe_endpoints(config: EngineConfig, model: str | None) -> ProbeResult:
 
 
 class HTTPEngine:
-    """:class:`~selfinstruct.engine.Engine` over OpenAI-compatible HTTP endpoints.
+    """:class:`~selfinstruct.engines.base.Engine` over OpenAI-compatible HTTP endpoints.
 
     Args:
         config: ``backend``, ``base_urls``, ``api_key_env``, ``max_in_flight`` (per
@@ -555,7 +554,7 @@ class HTTPEngine:
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]:
-        """Complete a whole batch over all endpoints; see :class:`~selfinstruct.engine.Engine`.
+        """Complete a whole batch over all endpoints; see :class:`~selfinstruct.engines.base.Engine`.
 
         Returns:
             One completion per request, in request order; token counts from the

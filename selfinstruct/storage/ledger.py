@@ -33,7 +33,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .shards import SCHEMA, file_digest, write_atomic, write_json
+from .shards import SCHEMA
+from .files import file_digest, write_atomic, write_json
 
 LEDGER_DIR = "ledger"
 LOCK_FILE = ".lock"

@@ -4,7 +4,7 @@
 fails before it starts (it looks up the package metadata of "vllm"), so the
 server is started as ``python -m vllm.entrypoints.openai.api_server``, which is
 the same server. On CPU it gets the flags the in-process engine uses (a fixed
-KV cache, no chunked prefill: see :class:`~selfinstruct.engine.VLLMEngine`).
+KV cache, no chunked prefill: see :class:`~selfinstruct.engines.offline.VLLMEngine`).
 
 The server runs in its own session; :meth:`LocalServer.stop` kills its whole
 process group (vLLM's EngineCore and workers included).
@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .engine import CPU_KV_CACHE_BYTES, is_cpu_vllm
+from ..engines.offline import CPU_KV_CACHE_BYTES, is_cpu_vllm
 
 
 def free_port() -> int:
@@ -170,7 +170,7 @@ class LocalServer:
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of the server's log, joined with " | ", the API key redacted."""
-        from .http_engine import _Redactor
+        from ..engines.http import _Redactor
 
         try:
             text = self.log_path.read_text(errors="replace").splitlines()

@@ -50,11 +50,11 @@ from typing import Any
 
 import pandas as pd
 
-from . import __version__
+from .. import __version__
 from .inspection import RunData, TableData, distribution, tables
-from .safety import OutputPathError, check_writable_dir, enclosing_run
-from .shards import (SCHEMA, atomic_file, current_umask, file_digest, messages_for,
-                     user_turn, write_json)
+from ..safety import OutputPathError, check_writable_dir, enclosing_run
+from ..storage.shards import SCHEMA, messages_for, user_turn
+from ..storage.files import atomic_file, current_umask, file_digest, write_json
 
 FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
 
@@ -136,7 +136,7 @@ def assign_splits(instructions: Sequence[str], train_fraction: float | None) -> 
 
 def messages_column(frame: pd.DataFrame, system_prompt: str | None = None
                     ) -> list[list[dict[str, str]]]:
-    """Every row's chat form (:func:`selfinstruct.shards.messages_for`), with a
+    """Every row's chat form (:func:`selfinstruct.storage.shards.messages_for`), with a
     leading system turn when ``system_prompt`` is set."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [system + messages_for(i, x, o) for i, x, o in
@@ -314,13 +314,13 @@ def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, A
     """Write ``run`` to ``output`` in format ``fmt`` with a dataset card.
 
     Args:
-        run: from :func:`selfinstruct.inspection.load_run`.
+        run: from :func:`selfinstruct.analysis.inspection.load_run`.
         fmt: one of :data:`FORMATS`.
         output: the export directory (created; must be absent or empty, or with
             ``overwrite`` an unchanged earlier export, recognised by its
             :data:`EXPORT_MARKER`; never a run directory, a directory inside
             one, or one containing the input).
-        stats: :func:`selfinstruct.inspection.collect_statistics` output for
+        stats: :func:`selfinstruct.analysis.inspection.collect_statistics` output for
             the card (None: the card carries counts only).
         system_prompt: a system turn added to every example.
         train_split: fraction of tasks in ``train`` (see :func:`assign_splits`).
@@ -440,7 +440,7 @@ def _md_cell(text: str) -> str:
 
 
 def markdown_table(data: TableData) -> str:
-    """A :class:`~selfinstruct.inspection.TableData` as a Markdown table."""
+    """A :class:`~selfinstruct.analysis.inspection.TableData` as a Markdown table."""
     out = [f"**{data.title}**", "", "| " + " | ".join(data.headers) + " |",
            "| " + " | ".join("---" for _ in data.headers) + " |"]
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in data.rows]
@@ -711,7 +711,7 @@ def resolve_template_model(model: str | None) -> tuple[Any, str]:
         ExportError: the model cannot be resolved or its tokenizer loaded offline.
     """
     from .inspection import InspectError, load_tokenizer
-    from .models import ModelError, resolve_model
+    from ..models import ModelError, resolve_model
 
     try:
         resolved = resolve_model(None if model in (None, "embedded") else model)
@@ -730,7 +730,7 @@ def describe_check(result: dict[str, Any]) -> list[str]:
     (line breaks escaped too): row ids, the model name and the template's error
     message come from data and may hold control characters.
     """
-    from .terminal import terminal_safe
+    from ..terminal import terminal_safe
 
     lines = [f"{result['examples']} examples rendered with {result['model']}'s chat template; "
              f"tokens per example: median {result['lengths']['p50']}, p99 "

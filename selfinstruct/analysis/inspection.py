@@ -13,7 +13,7 @@ Table 1, applied to the user's own run):
 * counts per stage (candidates, kept after the instruction filters, tasks with
   instances, tasks and rows written) and rejections by reason code;
 * candidates, kept rate and tasks per round (candidates and kept rate from the
-  run's ledger, :mod:`selfinstruct.ledger`; runs without one get tasks and rows
+  run's ledger, :mod:`selfinstruct.storage.ledger`; runs without one get tasks and rows
   per round from the shards' ``round`` column and rejection totals from the
   manifest);
 * the classification share (Table 1);
@@ -51,9 +51,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .filters import word_count
-from .inputs import InputFileError, check_regular_file, read_csv_records
-from .shards import DATA_DIR, MANIFEST, atomic_file, write_atomic
+from ..filters import word_count
+from ..inputs import InputFileError, check_regular_file, read_csv_records
+from ..storage.shards import DATA_DIR
+from ..storage.manifest import MANIFEST
+from ..storage.files import atomic_file, write_atomic
 
 STATS_FORMAT = "selfinstruct-inspect/1"
 
@@ -148,8 +150,9 @@ def _load_run_dir(path: Path) -> RunData:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .manifest import ManifestError, read_manifest, shard_path
-    from .shards import SCHEMA, file_digest
+    from ..storage.manifest import ManifestError, read_manifest, shard_path
+    from ..storage.shards import SCHEMA
+    from ..storage.files import file_digest
 
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -394,8 +397,8 @@ def resolve_seeds(run: RunData, override: Path | str | None = None) -> SeedSourc
         InspectError: ``override`` is given but cannot be loaded (a missing
             manifest seed file is a note, not an error).
     """
-    from .seeds import SeedError, load_seed_tasks, seed_files
-    from .shards import file_digest
+    from ..seeds import SeedError, load_seed_tasks, seed_files
+    from ..storage.files import file_digest
 
     if override is not None:
         try:
@@ -508,7 +511,7 @@ def trusted_model_path(model: dict[str, Any]) -> str | None:
     directory, an HTTP endpoint's served name) gives None: the user passes
     ``--tokenizer DIR``.
     """
-    from .models import cache_dir
+    from ..models import cache_dir
 
     source, path, sha = model.get("source"), model.get("path"), model.get("gguf_sha256")
     if source in ("embedded", "gguf") and isinstance(sha, str) \
@@ -570,7 +573,7 @@ def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = Non
     """Rejections and per-round counts from the run's candidate ledger.
 
     Reads ``ledger/round-NNNNN/candidates.parquet`` of every committed round
-    (one with a ``commit.json``; see :mod:`selfinstruct.ledger`), each checked
+    (one with a ``commit.json``; see :mod:`selfinstruct.storage.ledger`), each checked
     against the sha256 its ``commit.json`` records. One row per candidate
     instruction: ``stage`` is where it stopped (``instructions``, ``instances``
     or ``written``), ``reason`` why (null when written), ``instance_rejections``
@@ -585,8 +588,8 @@ def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = Non
     """
     import pyarrow.parquet as pq
 
-    from .ledger import LEDGER_DIR, LedgerError, RunDirectory
-    from .shards import file_digest
+    from ..storage.ledger import LEDGER_DIR, LedgerError, RunDirectory
+    from ..storage.files import file_digest
 
     ledger = RunDirectory(run_dir)
     if not ledger.has_ledger():
@@ -720,7 +723,7 @@ def rouge_to_seeds(instructions: Sequence[str], seeds: Sequence[str], threshold:
         :data:`ROUGE_BIN`-wide bins over [0, 1], ``above_threshold``, and
         ``closest``: ``[{"instruction", "seed", "rouge_l"}]``, highest first.
     """
-    from .dedup import RougeIndex
+    from ..dedup import RougeIndex
 
     index = RougeIndex(threshold=threshold, tokenizer=tokenizer)
     index.extend(seeds)
@@ -1328,7 +1331,7 @@ def render_console(stats: dict[str, Any], console: Any = None) -> None:
     """
     from rich.table import Table
 
-    from .terminal import rich_safe, safe_console
+    from ..terminal import rich_safe, safe_console
 
     console = console or safe_console()
     for data in tables(stats):
