@@ -78,6 +78,15 @@ class GenerationConfig(_Section):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.5, gt=0.0, le=1.0)
     max_tokens: int = Field(1024, ge=16, description="output token limit per prompt")
+    presence_penalty: float = Field(
+        2.0, ge=-2.0, le=2.0,
+        description="penalty on tokens already generated (the reference implementation's 2)")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0,
+                                     description="penalty per earlier occurrence of a token")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\n\n"],
+        description="stop strings besides the one before item max_list_items+1 (the "
+                    "reference stops at a blank line)")
     max_rounds: int = Field(
         1000, ge=1, description="give up after this many rounds even if short of the target"
     )
@@ -109,7 +118,14 @@ class InstanceConfig(_Section):
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=16)
+    max_tokens: int = Field(350, ge=16, description="output token limit, input-first "
+                            "(the reference implementation's 350)")
+    output_first_max_tokens: int = Field(
+        300, ge=16, description="output token limit, output-first (classification tasks; "
+                                "the reference implementation's 300)")
+    presence_penalty: float = Field(
+        1.5, ge=-2.0, le=2.0, description="the reference implementation's 1.5")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
 
 
 class FilterConfig(_Section):

@@ -46,7 +46,7 @@ from .filters import filter_instances, instruction_rejection
 from .storage.ledger import LedgerError, RecordedRequest, RunDirectory, crash_point
 from .parsing import (parse_input_first, parse_instruction_list, parse_output_first,
                       parse_yes_no)
-from .prompts import INSTANCE_STOP, PromptBuilder, instruction_stop, sample_prompt_tasks
+from .prompts import PromptBuilder, instance_stop, instruction_stop, sample_prompt_tasks
 from .tasks import Instance, Task
 from .storage.shards import ShardWriter, messages_for
 
@@ -311,7 +311,8 @@ class SelfInstruct:
                                      gen.prompt_human_tasks)
                  for _ in range(gen.prompts_per_round)]
         sampling = Sampling(gen.temperature, gen.top_p, gen.max_tokens,
-                            instruction_stop(gen.max_list_items))
+                            instruction_stop(gen.max_list_items) + tuple(gen.stop),
+                            gen.presence_penalty, gen.frequency_penalty)
         requests = {
             str(slot): (Request(self.prompts.instruction_generation(tasks), sampling,
                                 request_seed(self.config.seed, round_number, "instructions", slot),
@@ -394,11 +395,15 @@ class SelfInstruct:
     def generate_instances(self, round_number: int, kept: list[Candidate]) -> None:
         """Step 4: generate instances and filter them (§2.2, instance generation, §2.2, filtering)."""
         inst = self.config.instances
-        sampling = Sampling(inst.temperature, inst.top_p, inst.max_tokens, INSTANCE_STOP)
+        stop = instance_stop(inst.max_instances)
+        sampling = {kind: Sampling(inst.temperature, inst.top_p, limit, stop,
+                                   inst.presence_penalty, inst.frequency_penalty)
+                    for kind, limit in ((True, inst.output_first_max_tokens),
+                                        (False, inst.max_tokens))}
         requests = {
             c.instruction: (Request(self.prompts.instances(c.instruction,
                                                            bool(c.is_classification)),
-                                    sampling,
+                                    sampling[bool(c.is_classification)],
                                     request_seed(self.config.seed, round_number, "instances",
                                                  c.instruction),
                                     self.config.engine.chat_template), ())

@@ -187,6 +187,15 @@ INSTANCE_STOP = ("\nTask:",)
 """Instance prompts end where the model starts inventing the next task."""
 
 
+def instance_stop(max_instances: int) -> tuple[str, ...]:
+    """Stop strings of instance generation: the next task, or one example too many.
+
+    The reference implementation (``generate_instances.py``) stops at ``"Task:"``
+    and at ``"Example 6"`` when it keeps 5 instances.
+    """
+    return INSTANCE_STOP + (f"Example {max_instances + 1}",)
+
+
 def sample_prompt_tasks(rng: random.Random, human: Sequence[Task], machine: Sequence[Task],
                         total: int = 8, human_count: int = 6) -> list[Task]:
     """Pick the in-context tasks for one instruction-generation prompt.

@@ -22,12 +22,18 @@ class Sampling:
         top_p: nucleus mass, (0, 1].
         max_tokens: output token limit.
         stop: strings that end the completion (not included in the text).
+        presence_penalty: subtracted once from the logit of every token already
+            generated, in [-2, 2] (OpenAI's and vLLM's definition); > 0 discourages
+            the repetition loops small models fall into.
+        frequency_penalty: subtracted per earlier occurrence, in [-2, 2].
     """
 
     temperature: float
     top_p: float
     max_tokens: int
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,16 @@ class Request:
         seed: per-request sampling seed, so a request's completion does not
             depend on what else is in the batch (where the engine allows it).
         chat: wrap the prompt in the chat template.
+        stage: the pipeline stage that asks ("instructions", "classification",
+            "instances", ...): for progress and per-stage accounting; engines do
+            not change what they send because of it.
     """
 
     prompt: str
     sampling: Sampling
     seed: int | None = None
     chat: bool = False
+    stage: str = ""
 
 
 @dataclass(frozen=True)

@@ -704,6 +704,9 @@ class HTTPEngine:
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        for name in ("presence_penalty", "frequency_penalty"):  # sent only when set
+            if getattr(sampling, name):
+                body[name] = getattr(sampling, name)
         if request.seed is not None:
             body["seed"] = request.seed
         if request.chat:

@@ -128,7 +128,8 @@ class VLLMEngine:
             self._vllm.SamplingParams(
                 temperature=r.sampling.temperature, top_p=r.sampling.top_p,
                 max_tokens=r.sampling.max_tokens, stop=list(r.sampling.stop) or None,
-                seed=r.seed)
+                presence_penalty=r.sampling.presence_penalty,
+                frequency_penalty=r.sampling.frequency_penalty, seed=r.seed)
             for r in (requests[k] for k in sent)
         ]
         outputs = (self._llm.generate([texts[k] for k in sent], params,

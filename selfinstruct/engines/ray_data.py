@@ -213,6 +213,8 @@ class RayEngine:
                 "temperature": r.sampling.temperature, "top_p": r.sampling.top_p,
                 "max_tokens": r.sampling.max_tokens,
                 "stop": list(r.sampling.stop) or None, "seed": r.seed,
+                "presence_penalty": r.sampling.presence_penalty,
+                "frequency_penalty": r.sampling.frequency_penalty,
             },
         } for i, r in enumerate(requests)]
         results: list[Completion | None] = [None] * len(requests)
