@@ -15,7 +15,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn)
 from rich.table import Table
 
-from .pipeline import RunStats
+from .stats import RunStats
 from .terminal import rich_safe, safe_console
 
 console = safe_console(stderr=True)
@@ -101,12 +101,13 @@ def print_summary(stats: RunStats, output: Path, startup_seconds: float,
         ("classification tasks", f"{stats.classification_tasks} ({cls_share:.1%})"),
         ("requests (sent now)", f"{stats.engine.requests} ({stats.live_requests})"),
         ("prompt / output tokens", f"{stats.engine.prompt_tokens} / {stats.engine.output_tokens}"),
+        ("useful share of output tokens", f"{stats.useful_token_share:.1%}"),
         ("output tokens/s (engine time)", f"{stats.live_tokens_per_second:.1f}"),
         ("engine start-up", f"{startup_seconds:.1f} s" if startup_seconds else "not started"),
         ("loop wall time, start-up excluded (engine share)",
-         f"{loop:.1f} s ({stats.engine.seconds / loop:.0%})" if loop > 0 else "0 s"),
+         f"{loop:.1f} s ({stats.live_seconds / loop:.0%})" if loop > 0 else "0 s"),
         ("time in the engine / in our own code",
-         f"{stats.engine.seconds:.1f} s / {max(loop - stats.engine.seconds, 0.0):.1f} s"),
+         f"{stats.live_seconds:.1f} s / {max(loop - stats.live_seconds, 0.0):.1f} s"),
     ]
     if backend:
         rows.insert(6, ("engine backend", backend))

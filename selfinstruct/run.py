@@ -22,9 +22,9 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
-from .engines.base import EngineError
+from .engines import Engine, EngineError, Prepared, backend
 from .storage.ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
-from .models import ModelError, ResolvedModel, resolve_model
+from .models import ModelError, ResolvedModel
 from .prompts import PromptBuilder, PromptError
 from .seeds import SeedError, default_seeds_dir, load_seed_tasks, seed_files
 from .tasks import Task
@@ -64,76 +64,31 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def build_engine(config: Config, model: ResolvedModel):
-    """Start the engine of ``config.engine.backend`` for ``model``.
-
-    Returns:
-        A :class:`~selfinstruct.engines.offline.VLLMEngine` (``vllm``), an
-        :class:`~selfinstruct.engines.http.HTTPEngine` (``http``) or a
-        :class:`~selfinstruct.engines.ray_data.RayEngine` (``ray``).
+def build_engine(config: Config, prepared: Prepared) -> Engine:
+    """Start the engine of ``config.engine.backend`` (:data:`~selfinstruct.engines.BACKENDS`).
 
     Raises:
         EngineError: endpoints unreachable or not serving the model; Ray missing.
         Exception: whatever vLLM raises when it cannot start.
     """
-    backend = config.engine.backend
-    if backend == "http":
-        from .engines.http import HTTPEngine
-
-        return HTTPEngine(config.engine, model.name)
-    if backend == "ray":
-        from .engines.ray_data import RayEngine
-
-        return RayEngine(model.path, model.name, config.engine, config.seed)
-    from .engines.offline import VLLMEngine
-
-    return VLLMEngine(model.path, model.name, config.engine, config.seed)
+    return backend(config.engine.backend).start(config, prepared)
 
 
-def _starting_message(config: Config, model_name: str) -> str:
-    engine = config.engine
-    if engine.backend == "http":
-        from .config import display_url  # the one renderer of URLs: never a secret
-
-        return (f"Sending requests for {model_name} to {len(engine.base_urls)} endpoint(s): "
-                f"{', '.join(display_url(u) for u in engine.base_urls)}")
-    if engine.backend == "ray":
-        return f"Starting Ray Data jobs for {model_name} ..."
-    return f"Loading {model_name} with vLLM ..."
-
-
-def _backend_label(config: Config) -> str:
-    engine = config.engine
-    if engine.backend == "http":
-        return f"http ({len(engine.base_urls)} endpoint{'s' * (len(engine.base_urls) > 1)})"
-    return engine.backend
-
-
-def resolve_engine_model(config: Config) -> ResolvedModel:
-    """The model of a run, by backend.
+def prepare_backend(config: Config) -> Prepared:
+    """Check the backend and resolve the run's model, before anything is written.
 
     In-process vLLM and Ray replicas load weights, so ``--model`` is resolved to
     a path or hub id (:func:`~selfinstruct.models.resolve_model`). Over HTTP the
-    model is whatever the servers serve: every endpoint is checked now (``GET
-    /models``, seconds), and the model is ``--model`` as a served name, or the
-    one model the servers list when ``--model`` is not given.
+    model is whatever the servers serve: every endpoint is asked ``GET /models``
+    once (seconds), and the model is ``--model`` as a served name, or the one
+    model the servers list when ``--model`` is not given.
 
     Raises:
         ModelError: a local model that does not exist.
         EngineError: an endpoint is down, or does not serve the model (one line);
             ``--backend ray`` without Ray installed.
     """
-    engine = config.engine
-    if engine.backend == "http":
-        from .engines.http import probe_endpoints
-
-        name = probe_endpoints(engine, config.model).model
-        return ResolvedModel(path=name, name=name, source="http")
-    if engine.backend == "ray":
-        from .engines.ray_data import check_ray_installed
-
-        check_ray_installed()
-    return resolve_model(config.model)
+    return backend(config.engine.backend).prepare(config)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -160,6 +115,7 @@ class GenerateJob:
     model: ResolvedModel
     warnings: list[str]
     previous: dict[str, Any] | None = None
+    prepared: Prepared | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc)
                          .isoformat(timespec="seconds"))
     _engine: Any = field(default=None, repr=False)
@@ -210,7 +166,7 @@ class GenerateJob:
                 "cannot fit")
             seeds_path = given.resolve()  # after load_seed_tasks has refused symlink loops
             prompts = PromptBuilder(config.prompts)
-            model = resolve_engine_model(config)
+            prepared = prepare_backend(config)
         except (ConfigError, SeedError, PromptError, ModelError, EngineError) as exc:
             raise JobError(str(exc)) from None
         warnings = []
@@ -221,7 +177,8 @@ class GenerateJob:
                     f"{fraction:.0%} of seed instructions have no [a-z0-9] word, so the "
                     "rouge tokenizer makes them empty and ROUGE-L dedup cannot fire on them; "
                     "use --rouge-tokenizer unicode for non-Latin text")
-        job = cls(config, seeds_path, seed_tasks, prompts, model, warnings)
+        job = cls(config, seeds_path, seed_tasks, prompts, prepared.model, warnings,
+                  prepared=prepared)
         job.previous = job._check_output_dir(config_file)
         if job.previous is not None:
             job.created = job.previous.get("created", job.created)
@@ -303,7 +260,8 @@ class GenerateJob:
                 damaged, or the engine cannot start.
             KeyboardInterrupt: after the run directory is left consistent.
         """
-        from .pipeline import LazyEngine, SelfInstruct
+        from .engines.recorded import LazyEngine, RecordedEngine
+        from .pipeline import SelfInstruct
         from .progress import RichReporter, console, print_summary
         from .terminal import rich_safe
 
@@ -320,7 +278,7 @@ class GenerateJob:
         def start_engine():
             started = time.perf_counter()
             try:
-                engine = build_engine(config, self.model)
+                engine = build_engine(config, self.prepared or Prepared(self.model))
             except EngineError as exc:  # one line naming the endpoint(s) already
                 raise JobError(str(exc)) from None
             except Exception as exc:  # vLLM raises many types; the first line says what failed
@@ -332,8 +290,9 @@ class GenerateJob:
             self._engine = engine
             return engine
 
-        engine = LazyEngine(start_engine, on_start=lambda: console.print(
-            rich_safe(_starting_message(config, self.model.name))))
+        chosen = backend(config.engine.backend)
+        engine = RecordedEngine(run_dir, LazyEngine(start_engine, on_start=lambda: console.print(
+            rich_safe(chosen.starting(config, self.model.name)))))
         writer = ShardWriter(config.output, config.shards.shard_size, config.shards.compression)
         if self.previous is not None:
             console.print(f"Resuming the run in {rich_safe(config.output)} "
@@ -347,8 +306,8 @@ class GenerateJob:
                     writer.shards, loop, "running", startup["seconds"]))
 
             with RichReporter(config.num_instructions) as reporter:
-                loop = SelfInstruct(config, engine, self.prompts, self.seed_tasks, run_dir,
-                                    writer, self.model.name, reporter, on_commit)
+                loop = SelfInstruct(config, engine, self.prompts, self.seed_tasks, writer,
+                                    self.model.name, reporter, on_commit)
                 stats = loop.run()
             shards = writer.close()
             write_json(config.output / MANIFEST,
@@ -358,9 +317,9 @@ class GenerateJob:
         finally:
             engine.close()
             run_dir.unlock()
-        for warning in run_dir.warnings:
+        for warning in engine.warnings:
             console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
-        print_summary(stats, config.output, startup["seconds"], _backend_label(config))
+        print_summary(stats, config.output, startup["seconds"], chosen.label(config))
 
     def manifest(self, shards: list[ShardInfo], loop, status: str,
                  startup_seconds: float) -> dict[str, Any]:
@@ -396,11 +355,12 @@ class GenerateJob:
     def backend_info(self) -> dict[str, Any]:
         """How the engine was hosted (endpoints and their counts over HTTP); no secret."""
         info: dict[str, Any] = {"backend": self.config.engine.backend}
-        describe = getattr(self._engine, "describe", None)
-        if callable(describe):
-            info.update(describe())
-        elif self._engine is not None:
-            info["version"] = getattr(self._engine, "version", None)
+        if self._engine is not None:
+            info.update(self._engine.describe())
+            caps = self._engine.capabilities
+            info["capabilities"] = {"batch_invariant": caps.batch_invariant,
+                                    "finish_reasons": sorted(caps.finish_reasons),
+                                    "loads_weights": caps.loads_weights}
         return info
 
 
@@ -412,7 +372,7 @@ def throughput(stats, startup_seconds: float = 0.0) -> dict[str, Any]:
     lazily, inside the loop); ``own_seconds`` the rest of the loop (prompts,
     parsing, filters, ROUGE-L, ledger and shard writes).
     """
-    engine_seconds = stats.engine.seconds
+    engine_seconds = stats.live_seconds
     return {
         "requests": stats.live_requests,
         "output_tokens": stats.live_output_tokens,
@@ -464,7 +424,8 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
             is not empty, cannot be written, or is, lies inside or contains the
             source run (checked first, before any read).
     """
-    from .pipeline import LazyEngine, SelfInstruct
+    from .engines.recorded import LazyEngine, RecordedEngine
+    from .pipeline import SelfInstruct
     from .progress import RichReporter
     from .safety import (OutputPathError, check_not_in_run, check_output_apart,
                          check_writable_dir)
@@ -511,9 +472,9 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     run_dir.lock()
     try:
         with RichReporter(checked.tasks) as reporter:
-            loop = SelfInstruct(config, LazyEngine(None), prompts, seed_tasks, run_dir, writer,
-                                model["name"], reporter, verify_replay=False,
-                                replay_only=True, source=RunDirectory(source))
+            recorded = RecordedEngine(run_dir, LazyEngine(None), source=RunDirectory(source))
+            loop = SelfInstruct(config, recorded, prompts, seed_tasks, writer, model["name"],
+                                reporter)
             loop.run()
         manifest = job.manifest(writer.close(), loop, "complete", 0.0)
         manifest["refiltered_from"] = str(source)

@@ -6,7 +6,8 @@ pair; the human seed tasks and the machine-made tasks of the pool share this sha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,42 @@ class Task:
     instruction: str
     instances: tuple[Instance, ...]
     is_classification: bool | None = None
+
+
+@dataclass
+class Candidate:
+    """One candidate instruction followed through a round; becomes a ledger row.
+
+    ``reason`` is None while it survives; ``stage`` says where it stopped
+    ("instructions", "instances") or "written".
+    """
+
+    slot: int
+    item: int | None
+    instruction: str
+    prompt_task_ids: tuple[str, ...]
+    completion: str
+    stage: str = "instructions"
+    reason: str | None = None
+    nearest_instruction: str | None = None
+    rouge_l: float | None = None
+    is_classification: bool | None = None
+    instances: tuple[Instance, ...] = ()
+    instance_rejections: list[str] = field(default_factory=list)
+    task_id: str = ""
+
+    def reject(self, stage: str, reason: str) -> None:
+        """Stop the candidate at ``stage`` with reason code ``reason``."""
+        self.stage, self.reason = stage, reason
+
+    def ledger_row(self, round_number: int) -> dict[str, Any]:
+        """The candidate as a row of the ledger's ``candidates.parquet``."""
+        return {
+            "round": round_number, "slot": self.slot, "item": self.item,
+            "instruction": self.instruction, "stage": self.stage, "reason": self.reason,
+            "nearest_instruction": self.nearest_instruction, "rouge_l": self.rouge_l,
+            "is_classification": self.is_classification,
+            "instances": len(self.instances) if self.stage == "written" else 0,
+            "instance_rejections": self.instance_rejections,
+            "prompt_task_ids": list(self.prompt_task_ids), "completion": self.completion,
+        }

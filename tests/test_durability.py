@@ -14,6 +14,8 @@ import pytest
 
 from selfinstruct.storage import ledger as ledger_module
 from selfinstruct import pipeline as pipeline_module
+from selfinstruct.engines import recorded as recorded_module
+from selfinstruct.engines.recorded import LazyEngine, RecordedEngine
 from selfinstruct.storage.ledger import LedgerError, RunDirectory, RunLocked
 
 from .test_pipeline import ScriptedEngine, make_loop
@@ -83,8 +85,8 @@ def test_crash_between_writes_loses_nothing_and_asks_nothing_twice(
         if name == point:
             raise Crash()
 
-    monkeypatch.setattr(pipeline_module, "crash_point", die)
-    monkeypatch.setattr(ledger_module, "crash_point", die)
+    for module in (pipeline_module, ledger_module, recorded_module):
+        monkeypatch.setattr(module, "crash_point", die)
     with pytest.raises(Crash):
         finish(tmp_path)
     monkeypatch.undo()
@@ -101,7 +103,7 @@ def test_crash_between_writes_loses_nothing_and_asks_nothing_twice(
 def test_completed_run_replays_without_the_engine(tmp_path):
     finish(tmp_path)
     loop, _, writer = make_loop(tmp_path, **SETTINGS)
-    loop.engine = pipeline_module.LazyEngine(None)  # any engine call would fail
+    loop.engine.live = LazyEngine(None)  # any engine call would fail
     stats = loop.run()
     assert stats.replayed_rounds == stats.rounds and stats.live_requests == 0
 
@@ -141,7 +143,7 @@ def examples(path):
 
 def refiltered(source, target, **overrides):
     from selfinstruct.config import Config
-    from selfinstruct.pipeline import LazyEngine, SelfInstruct
+    from selfinstruct.pipeline import SelfInstruct
     from selfinstruct.prompts import PromptBuilder
     from selfinstruct.storage.shards import ShardWriter
 
@@ -151,9 +153,8 @@ def refiltered(source, target, **overrides):
     data.update(overrides)
     config = Config.model_validate(data)
     writer = ShardWriter(target, config.shards.shard_size)
-    loop = SelfInstruct(config, LazyEngine(None), PromptBuilder(), SEEDS, RunDirectory(target),
-                        writer, "scripted", verify_replay=False, replay_only=True,
-                        source=RunDirectory(source))
+    recorded = RecordedEngine(RunDirectory(target), LazyEngine(None), source=RunDirectory(source))
+    loop = SelfInstruct(config, recorded, PromptBuilder(), SEEDS, writer, "scripted")
     loop.run()
     writer.close()
     return loop.stats

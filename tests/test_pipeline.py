@@ -11,9 +11,11 @@ import re
 import pyarrow.parquet as pq
 
 from selfinstruct.config import Config
-from selfinstruct.engines.base import Completion
 from selfinstruct.storage.ledger import RunDirectory
-from selfinstruct.pipeline import Candidate, LazyEngine, SelfInstruct, request_seed
+from selfinstruct.engines.recorded import LazyEngine, RecordedEngine
+from selfinstruct.pipeline import SelfInstruct, request_seed
+from selfinstruct.tasks import Candidate
+from selfinstruct.testing.scripted import ScriptedEngine
 from selfinstruct.prompts import PromptBuilder
 from selfinstruct.tasks import Instance, Task
 from selfinstruct.storage.shards import ShardWriter
@@ -25,57 +27,13 @@ SEEDS = [Task(f"s{i}", "", text, (Instance("", "x"),), False) for i, text in enu
     "Find the verb in the sentence.", "Give advice for a first job interview.",
 ])]
 
-TOPICS = ["volcanoes", "jazz music", "tax returns", "chess openings", "bread baking",
-          "solar panels", "ocean tides", "poetry meters", "city planning", "honey bees",
-          "railway history", "knitting patterns", "cloud types", "credit scores"]
-
-
-class ScriptedEngine:
-    """Answers by prompt kind; the text depends only on the request (its seed)."""
-
-    model_name = "scripted"
-    version = "0"
-
-    def __init__(self):
-        self.batches: list[list] = []
-
-    def generate(self, requests, progress=None):
-        self.batches.append(list(requests))
-        out = []
-        for r in requests:
-            prompt, seed = r.prompt, r.seed
-            if prompt.endswith("Classification task:"):
-                text = " Yes" if "Decide" in prompt.splitlines()[-2] else " No"
-            elif prompt.endswith("\n") and "Task: " in prompt:
-                if "Class label:" in prompt.split("Task: ")[-1] or "Decide" in prompt.split("Task: ")[-1]:
-                    text = "Class label: A\nInput: first\nClass label: B\nInput: second\n"
-                else:
-                    text = "Example 1\nInput: some input\nOutput: some output\n"
-            else:
-                a, b = TOPICS[seed % len(TOPICS)], TOPICS[(seed // 7) % len(TOPICS)]
-                text = (f" Write a short essay about {a} for {seed % 97} readers.\n"
-                        f"10. Decide whether the claim about {b} number {seed % 89} is true.\n"
-                        f"11. Describe the image of {a}.\n12. Short.\n13. Summarize the report about")
-                out.append(Completion(text, 100, 40, "length"))
-                if progress:
-                    progress(1)
-                continue
-            out.append(Completion(text, 50, 10, "stop"))
-            if progress:
-                progress(1)
-        return out
-
-    def close(self):
-        pass
-
-
 def make_loop(tmp_path, engine=None, **overrides):
     config = Config.model_validate({"num_instructions": overrides.pop("n", 6), "seed": 3,
                                     "generation": {"prompts_per_round": 4}, **overrides})
     engine = engine or ScriptedEngine()
     writer = ShardWriter(tmp_path, config.shards.shard_size)
-    loop = SelfInstruct(config, LazyEngine(lambda: engine), PromptBuilder(), SEEDS,
-                        RunDirectory(tmp_path), writer, "scripted")
+    recorded = RecordedEngine(RunDirectory(tmp_path), LazyEngine(lambda: engine))
+    loop = SelfInstruct(config, recorded, PromptBuilder(), SEEDS, writer, "scripted")
     return loop, engine, writer
 
 
@@ -136,10 +94,10 @@ def test_near_duplicate_examples_of_other_tasks_are_dropped(tmp_path):
     loop, _, _ = make_loop(tmp_path / "a")
     # a seed's example, re-worded only in case and punctuation: a near-duplicate
     near = Candidate(0, 9, "name three fruits that are RED!", (), "")
-    assert loop._drop_near_duplicates(near, [Instance("", "a")]) == ()
+    assert loop.instances.drop_near_duplicates(near, [Instance("", "a")]) == ()
     assert near.instance_rejections == ["near_duplicate"]
     fresh = [Instance("", "Mango"), Instance("", "Papaya")]  # one task, several outputs
     task = Candidate(0, 10, "Name a tropical fruit.", (), "")
-    assert loop._drop_near_duplicates(task, fresh) == tuple(fresh)
+    assert loop.instances.drop_near_duplicates(task, fresh) == tuple(fresh)
     loop, _, _ = make_loop(tmp_path / "b", instances={"near_duplicate_threshold": None})
-    assert loop._drop_near_duplicates(near, [Instance("", "a")])
+    assert loop.instances.drop_near_duplicates(near, [Instance("", "a")])

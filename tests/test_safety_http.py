@@ -244,10 +244,10 @@ def test_a_bad_port_or_a_control_character_is_refused(url):
 
 
 def test_the_starting_message_shows_display_urls():
-    from selfinstruct.run import _starting_message
+    from selfinstruct.engines import backend
 
     cfg = load_config(None, {"engine.base_urls": ["http://127.0.0.1:8000/", "http://h:1/x/"]})
-    assert _starting_message(cfg, "m").endswith(
+    assert backend("http").starting(cfg, "m").endswith(
         "2 endpoint(s): http://127.0.0.1:8000/v1, http://h:1/x")
 
 

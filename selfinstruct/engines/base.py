@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class Sampling:
@@ -48,8 +48,9 @@ class Request:
             depend on what else is in the batch (where the engine allows it).
         chat: wrap the prompt in the chat template.
         stage: the pipeline stage that asks ("instructions", "classification",
-            "instances", ...): for progress and per-stage accounting; engines do
-            not change what they send because of it.
+            "instances", ...) and ``key`` the request's key within it (a slot
+            number, an instruction): the ledger's coordinates of the request.
+            Engines send neither; they are for recording and accounting.
     """
 
     prompt: str
@@ -57,6 +58,7 @@ class Request:
     seed: int | None = None
     chat: bool = False
     stage: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,18 +87,16 @@ least as many tokens as the model's context (``max_model_len``): it is not sent.
 
 @dataclass
 class EngineStats:
-    """Token totals by stage, and seconds spent inside the engine.
+    """Token totals by stage.
 
     Attributes:
         requests, prompt_tokens, output_tokens: totals over all stages.
-        seconds: wall time of engine calls (set by the caller).
         by_stage: stage name -> {"requests", "prompt_tokens", "output_tokens"}.
     """
 
     requests: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
-    seconds: float = 0.0
     by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def count(self, stage: str, completions: Sequence[Completion]) -> None:
@@ -136,20 +136,48 @@ class EngineRequestError(EngineError):
     prompt longer than the context); retrying would fail again."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend promises, declared by each engine class (no probing).
+
+    Attributes:
+        batch_invariant: a request's completion depends only on the request (its
+            prompt, sampling and seed), not on what else is in the batch; a resumed
+            run then gives byte-equal shards. True for vLLM, which seeds each
+            request's sampler; over HTTP it holds when the server honours ``seed``.
+        finish_reasons: the finish reasons its completions can carry
+            ("stop", "length", :data:`PROMPT_TOO_LONG`).
+        loads_weights: the engine loads the model itself (offline, Ray), so
+            ``--model`` is a path or hub id; otherwise it is a served model name.
+    """
+
+    batch_invariant: bool
+    finish_reasons: frozenset[str]
+    loads_weights: bool
+
+
 class Engine(Protocol):
     """What the pipeline needs of a model server.
 
     ``generate`` returns one :class:`Completion` per request, in request order.
-    Implementations must accept the whole batch at once and may raise
-    ``RuntimeError`` when the backend fails.
+    Implementations must accept the whole batch at once and raise
+    :class:`EngineError` (one line) when the backend fails for good.
+
+    Attributes:
+        model_name: the model as rows and the manifest name it.
+        version: the serving software's version (vLLM's, a server's).
+        capabilities: what the backend promises (:class:`Capabilities`).
     """
 
     model_name: str
     version: str
+    capabilities: Capabilities
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]: ...
 
+    def describe(self) -> dict[str, Any]:
+        """How the engine is hosted, for the manifest (JSON-ready; never a secret)."""
+        ...
+
     def close(self) -> None: ...
-
-

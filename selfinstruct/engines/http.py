@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..config import EngineConfig, display_url, normalize_base_url
-from .base import (PROMPT_TOO_LONG, Completion, EngineError, EngineRequestError,
+from .base import (PROMPT_TOO_LONG, Capabilities, Completion, EngineError, EngineRequestError,
                    EngineUnavailable, Progress, Request)
 
 log = logging.getLogger(__name__)
@@ -518,6 +518,10 @@ class HTTPEngine:
     Raises:
         EngineUnavailable: from the start-up check (see :func:`probe_endpoints`).
     """
+
+    # Batch-invariant when the servers honour each request's ``seed`` (vLLM does).
+    capabilities = Capabilities(batch_invariant=True, loads_weights=False,
+                                finish_reasons=frozenset({"stop", "length", PROMPT_TOO_LONG}))
 
     def __init__(self, config: EngineConfig, model: str | None = None):
         import aiohttp

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import EngineConfig
-from .base import Completion, EngineError, EngineUnavailable, Progress, Request
+from .base import Capabilities, Completion, EngineError, EngineUnavailable, Progress, Request
 from .offline import is_cpu_vllm, render_chat, vllm_distribution, vllm_engine_args
 
 
@@ -93,6 +93,10 @@ class RayEngine:
         RayUnavailable: ``ray[data]`` (with ``ray.data.llm``) is not installed, the
             cluster cannot be reached, or it has no GPU and vLLM is not the CPU build.
     """
+
+    # Prompts are not measured before a job: one over the context fails the job.
+    capabilities = Capabilities(batch_invariant=True, loads_weights=True,
+                                finish_reasons=frozenset({"stop", "length"}))
 
     def __init__(self, model_path: str, model_name: str, config: EngineConfig, seed: int = 0):
         # Ray's C++ core and Ray Data log progress to stderr every few seconds; the

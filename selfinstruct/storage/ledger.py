@@ -39,7 +39,6 @@ from .files import file_digest, write_atomic, write_json
 LEDGER_DIR = "ledger"
 LOCK_FILE = ".lock"
 CRASH_ENV = "SELFINSTRUCT_CRASH_AT"
-STAGES = ("instructions", "classification", "instances")
 
 REQUEST_SCHEMA = pa.schema([
     ("key", pa.string()),            # slot number (instructions) or the instruction text
@@ -262,20 +261,41 @@ class RunDirectory:
         return commit
 
     def commit_round(self, round_number: int, candidates: Sequence[dict[str, Any]],
-                     rows: Sequence[dict[str, Any]]) -> None:
-        """Write a round's candidates and rows, then its ``commit.json`` (the commit point)."""
+                     rows: Sequence[dict[str, Any]]) -> bool:
+        """Commit a round: its candidates and rows, then ``commit.json`` (the commit point).
+
+        ``commit.json`` holds the sha256 of those files and of every stage's
+        ``requests-*.parquet``. A round already committed here is not written
+        again: the rows must equal the ones it recorded (a replayed round gives
+        the examples it gave).
+
+        Returns:
+            True when the round was committed now, False when it already was.
+
+        Raises:
+            LedgerError: a committed round whose rows differ from ``rows`` (the
+                run was made with other settings or another selfinstruct version),
+                or whose files are damaged.
+        """
+        commit = self.read_commit(round_number)
+        if commit is not None:
+            if self.committed_rows(round_number, commit) != list(rows):
+                raise LedgerError(
+                    f"{self.round_dir(round_number)}: replaying round {round_number} does not "
+                    "give the examples it recorded (was the run made with other settings or "
+                    "another selfinstruct version?)")
+            return False
         directory = self.round_dir(round_number)
         files = {}
         for name, data in (("candidates.parquet", _parquet_bytes(candidates, CANDIDATE_SCHEMA)),
                            ("rows.parquet", _parquet_bytes(rows, SCHEMA))):
             files[name] = write_atomic(directory / name, lambda handle, d=data: handle.write(d))
         crash_point(f"round-{round_number}:before-commit")
-        for stage in STAGES:
-            path = directory / f"requests-{stage}.parquet"
-            if path.is_file():
-                files[path.name] = file_digest(path)
+        for path in sorted(directory.glob("requests-*.parquet")):
+            files[path.name] = file_digest(path)
         write_json(directory / "commit.json",
                    {"round": round_number, "files": files, "rows": len(rows)})
+        return True
 
     def committed_rows(self, round_number: int, commit: dict[str, Any]) -> list[dict[str, Any]]:
         """The examples a committed round recorded, verified against its hash."""
@@ -303,5 +323,5 @@ class RunDirectory:
 
 __all__ = [
     "CANDIDATE_SCHEMA", "CRASH_ENV", "LedgerError", "REQUEST_SCHEMA", "RecordedRequest",
-    "RunDirectory", "RunLocked", "STAGES", "crash_point",
+    "RunDirectory", "RunLocked", "crash_point",
 ]

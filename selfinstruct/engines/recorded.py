@@ -1,0 +1,200 @@
+"""Replay as an engine: a run's ledger answers first, the live engine the rest.
+
+Every request the pipeline makes goes through :class:`RecordedEngine`. A request
+whose completion the ledger holds (same round, stage and key) is answered from it
+and costs nothing; the others go to the live engine in one batch, which starts
+only then (:class:`LazyEngine`), and the stage's records are saved, atomically,
+before the pipeline reads any of them. So:
+
+* a new run records everything it asks;
+* resuming a run (same directory) replays its committed rounds from the ledger
+  and asks the live engine only for what an unfinished round had not recorded;
+* ``refilter`` reads another run's ledger (``source``) with no live engine at all,
+  and records into its own directory what it used.
+
+A committed round is history: what its ledger lacks is not asked for (the
+answer is None), so replaying it gives the decisions it recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..storage.ledger import RecordedRequest, RunDirectory, crash_point
+from .base import Completion, Engine, Progress, Request
+
+
+class LazyEngine:
+    """An engine started on first use, so replaying and refiltering never start one.
+
+    Args:
+        start: builds the engine; None means no live engine exists (``refilter``).
+        on_start: called just before ``start`` (e.g. to print "loading model").
+    """
+
+    def __init__(self, start: Callable[[], Engine] | None,
+                 on_start: Callable[[], None] | None = None):
+        self._start, self._on_start = start, on_start
+        self.engine: Engine | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether live requests can be made."""
+        return self._start is not None
+
+    def get(self) -> Engine:
+        """The engine, started now if needed.
+
+        Raises:
+            RuntimeError: there is no live engine (``start`` is None).
+        """
+        if self.engine is None:
+            if self._start is None:
+                raise RuntimeError("no live engine")
+            if self._on_start:
+                self._on_start()
+            self.engine = self._start()
+        return self.engine
+
+    def close(self) -> None:
+        """Shut the engine down if it was started."""
+        if self.engine is not None:
+            self.engine.close()
+
+
+@dataclass
+class LiveStats:
+    """What the live engine was asked in this process.
+
+    Attributes:
+        requests: requests sent.
+        output_tokens: their output tokens.
+        seconds: wall time inside ``Engine.generate`` (model, network, queueing).
+    """
+
+    requests: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+
+
+class RecordedEngine:
+    """Answers a stage's requests from the ledger, and from the live engine otherwise.
+
+    Args:
+        ledger: the run directory this run records into (locked by the caller).
+        live: the live engine (started lazily); ``LazyEngine(None)`` for none.
+        source: the run directory whose records are read; the ledger itself
+            unless refiltering another run (then ``ledger`` gets a copy of every
+            record used, so the new run's ledger is complete on its own).
+        on_batch: told ``(stage, n)`` before ``n`` live requests are sent, and
+            then passed as the live engine's progress callback.
+    """
+
+    def __init__(self, ledger: RunDirectory, live: LazyEngine,
+                 source: RunDirectory | None = None,
+                 on_batch: Callable[[str, int], Progress | None] | None = None):
+        self.ledger = ledger
+        self.source = source or ledger
+        self.live = live
+        self.on_batch = on_batch
+        self.stats = LiveStats()
+        self._commits: dict[int, dict[str, Any] | None] = {}
+        self._reasons: dict[tuple[int, str], set[str]] = {}
+
+    @property
+    def warnings(self) -> list[str]:
+        """Remarks of the ledgers read (damaged records of unfinished rounds discarded)."""
+        extra = self.source.warnings if self.source is not self.ledger else []
+        return self.ledger.warnings + extra
+
+    def committed(self, round_number: int) -> dict[str, Any] | None:
+        """The source's ``commit.json`` of a round, or None when it is not committed.
+
+        Raises:
+            LedgerError: a damaged ``commit.json``.
+        """
+        if round_number not in self._commits:
+            self._commits[round_number] = self.source.read_commit(round_number)
+        return self._commits[round_number]
+
+    def can_answer(self, round_number: int) -> bool:
+        """Whether requests of this round can be answered: there is a live engine,
+        or the source committed the round (``refilter`` ends where its source does)."""
+        return self.live.available or self.committed(round_number) is not None
+
+    def recorded_reasons(self, round_number: int, reason: str) -> set[str] | None:
+        """Instructions the source's committed round stopped with ``reason``, or None
+        when the round is not committed (its decisions are being made now)."""
+        commit = self.committed(round_number)
+        if commit is None:
+            return None
+        if (round_number, reason) not in self._reasons:
+            self._reasons[round_number, reason] = self.source.recorded_reasons(
+                round_number, commit, reason)
+        return self._reasons[round_number, reason]
+
+    def answer(self, round_number: int, requests: Sequence[Request],
+               shown: Mapping[str, tuple[str, ...]] | None = None
+               ) -> dict[str, RecordedRequest | None]:
+        """Completions of one stage's requests, by key.
+
+        Args:
+            round_number: the round asking.
+            requests: the stage's requests (one ``stage``, distinct ``key``\\ s).
+            shown: key -> ids of the tasks the prompt shows (provenance, recorded).
+
+        Returns:
+            ``{request.key: record}`` in request order; a record is None when the
+            ledger lacks it and nothing may be asked (a committed round, or no
+            live engine).
+
+        Raises:
+            LedgerError: a committed round's records are missing or damaged.
+            EngineError: the live engine failed (what it finished is not lost:
+                nothing of a batch is recorded until the whole batch returns, and
+                everything before it is).
+        """
+        if not requests:
+            return {}
+        stage = requests[0].stage
+        commit = self.committed(round_number)
+        loaded = self.source.load_stage(round_number, stage,
+                                        commit["files"] if commit is not None else None)
+        recorded = {r.key: r for r in loaded or ()}
+        missing = [r for r in requests if r.key not in recorded]
+        if missing and commit is None and self.live.available:
+            for request, completion in zip(missing, self._ask(stage, missing)):
+                recorded[request.key] = _record(request, (shown or {}).get(request.key, ()),
+                                                completion)
+            self.ledger.save_stage(round_number, stage,
+                                   [recorded[r.key] for r in requests if r.key in recorded])
+            crash_point(f"round-{round_number}:after-{stage}")
+        elif recorded and self.source is not self.ledger:
+            self.ledger.save_stage(round_number, stage,
+                                   [recorded[r.key] for r in requests if r.key in recorded])
+        return {r.key: recorded.get(r.key) for r in requests}
+
+    def _ask(self, stage: str, batch: list[Request]) -> list[Completion]:
+        progress = self.on_batch(stage, len(batch)) if self.on_batch else None
+        engine = self.live.get()
+        started = time.perf_counter()
+        completions = engine.generate(batch, progress=progress)
+        self.stats.seconds += time.perf_counter() - started
+        self.stats.requests += len(completions)
+        self.stats.output_tokens += sum(c.output_tokens for c in completions)
+        return completions
+
+    def close(self) -> None:
+        """Shut the live engine down if it was started."""
+        self.live.close()
+
+
+def _record(request: Request, shown: tuple[str, ...], completion: Completion) -> RecordedRequest:
+    return RecordedRequest(key=request.key, seed=request.seed, prompt=request.prompt,
+                           prompt_task_ids=shown, text=completion.text,
+                           finish_reason=completion.finish_reason,
+                           prompt_tokens=completion.prompt_tokens,
+                           output_tokens=completion.output_tokens)

@@ -1,0 +1,92 @@
+"""A scripted stand-in for a model, for tests and benchmarks only (never used by a run).
+
+:class:`ScriptedEngine` answers each request by its stage and key, never by
+reading the prompt's wording, so template edits do not change what it says:
+
+* ``instructions``: a numbered list continuing the prompt, drawn from a fixed
+  list of topics by the request's seed, with items the filters must catch (a
+  too-short one, one about an image, one truncated at the token limit);
+* ``classification``: " Yes" when the instruction (the key) has the word
+  "Decide", " No" otherwise;
+* ``instances``: two class-labelled instances (output-first) for those, one
+  input-first example for the rest;
+* any other stage: :attr:`ScriptedEngine.other` (a callable of the request).
+
+Completions depend only on the request, so it is batch-invariant like vLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..engines.base import Capabilities, Completion, Progress, Request
+
+TOPICS = ["volcanoes", "jazz music", "tax returns", "chess openings", "bread baking",
+          "solar panels", "ocean tides", "poetry meters", "city planning", "honey bees",
+          "railway history", "knitting patterns", "cloud types", "credit scores"]
+
+
+def scripted_instructions(seed: int) -> str:
+    """The instruction-list continuation for a request seed (items 9 to 13 of a list
+    whose prompt ended at "9."), cut mid-item as if at the token limit."""
+    a, b = TOPICS[seed % len(TOPICS)], TOPICS[(seed // 7) % len(TOPICS)]
+    return (f" Write a short essay about {a} for {seed % 97} readers.\n"
+            f"10. Decide whether the claim about {b} number {seed % 89} is true.\n"
+            f"11. Describe the image of {a}.\n12. Short.\n13. Summarize the report about")
+
+
+def is_scripted_classification(instruction: str) -> bool:
+    """Whether the scripted engine calls an instruction a classification task."""
+    return "Decide" in instruction
+
+
+class ScriptedEngine:
+    """An :class:`~selfinstruct.engines.base.Engine` answering by stage and key.
+
+    Attributes:
+        batches: every batch it was given, in order (tests count requests).
+        other: answers requests of stages it does not know (default: "").
+    """
+
+    model_name = "scripted"
+    version = "0"
+    capabilities = Capabilities(batch_invariant=True, loads_weights=False,
+                                finish_reasons=frozenset({"stop", "length"}))
+
+    def __init__(self, other: Callable[[Request], Completion] | None = None):
+        self.batches: list[list[Request]] = []
+        self.other = other or (lambda request: Completion("", 10, 0, "stop"))
+
+    def answer(self, request: Request) -> Completion:
+        """The completion of one request."""
+        if request.stage == "instructions":
+            return Completion(scripted_instructions(request.seed or 0), 100, 40, "length")
+        if request.stage == "classification":
+            text = " Yes" if is_scripted_classification(request.key) else " No"
+            return Completion(text, 50, 10, "stop")
+        if request.stage == "instances":
+            if is_scripted_classification(request.key):
+                text = "Class label: A\nInput: first\nClass label: B\nInput: second\n"
+            else:
+                text = "Example 1\nInput: some input\nOutput: some output\n"
+            return Completion(text, 50, 10, "stop")
+        return self.other(request)
+
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None
+                 ) -> list[Completion]:
+        """Answer a batch, ticking ``progress`` once per request."""
+        self.batches.append(list(requests))
+        out = []
+        for request in requests:
+            out.append(self.answer(request))
+            if progress:
+                progress(1)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The backend for the manifest."""
+        return {"backend": "scripted", "version": self.version}
+
+    def close(self) -> None:
+        pass
