@@ -41,7 +41,8 @@ A stage's whole batch is sent at once, asynchronously, to every endpoint given:
 
 Start-up lists ``GET /models`` on every endpoint (:func:`probe_endpoints`): a
 server that is down, or does not serve the model, fails in seconds with one line
-naming its URL.
+naming its URL. A caller that has run that check already passes its result
+(``HTTPEngine(config, model, probe=result)``) and the endpoints are not asked again.
 
 The engine is synchronous outside (``generate`` blocks and returns completions in
 request order) and runs an asyncio loop with one aiohttp session in a private
@@ -100,7 +101,13 @@ class HTTPEngine:
             endpoint), ``request_timeout`` (s), ``max_retries``, ``retry_backoff``
             (s), ``endpoint_down_after`` (s) are used.
         model: the served model name (``--served-model-name`` of ``vllm serve``), or
-            None for the one model the endpoints serve.
+            None for the one model the endpoints serve (with ``probe``: the
+            probe's model).
+        probe: the result of an earlier :func:`probe_endpoints` of the same
+            ``config.base_urls``. Given, the endpoints are not checked again (no
+            ``GET /models`` or ``/version`` is sent), and the model, versions and
+            servers are the probe's. None (the default): the engine checks every
+            endpoint itself as it starts.
 
     Attributes:
         model_name: the served model name sent with every request.
@@ -110,9 +117,12 @@ class HTTPEngine:
     Raises:
         EngineUnavailable: no base URL, or from the start-up check (see
             :func:`probe_endpoints`).
+        ValueError: ``probe`` checked other URLs than ``config.base_urls``
+            (normalized, in order), or is for another model than ``model``.
     """
 
-    def __init__(self, config: EngineConfig, model: str | None = None):
+    def __init__(self, config: EngineConfig, model: str | None = None,
+                 probe: ProbeResult | None = None):
         import aiohttp
 
         self._aiohttp = aiohttp
@@ -121,6 +131,8 @@ class HTTPEngine:
         self._redact = Redactor(key)
         self._headers = request_headers(key, json_body=True)
         urls = base_urls(config)
+        if probe is not None:
+            _check_probe(probe, urls, model)
         self._pool = EndpointPool(urls, config.max_in_flight, config.endpoint_down_after,
                                   self._redact)
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout,
@@ -131,7 +143,7 @@ class HTTPEngine:
         self._thread.start()
         self._session = None
         try:
-            probe = self._call(self._open(urls, model, key is not None))
+            probe = self._call(self._open(urls, model, key is not None, probe))
         except BaseException:
             self.close()
             raise
@@ -211,12 +223,15 @@ class HTTPEngine:
     def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _open(self, urls: list[str], model: str | None, has_key: bool) -> ProbeResult:
-        """Open the session and check the endpoints."""
+    async def _open(self, urls: list[str], model: str | None, has_key: bool,
+                    probe: ProbeResult | None) -> ProbeResult:
+        """Open the session; check the endpoints unless ``probe`` did already."""
         aiohttp = self._aiohttp
         # uvicorn (vllm serve) closes idle connections after 5 s: reuse them for less.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0)
         self._session = aiohttp.ClientSession(connector=connector)
+        if probe is not None:
+            return probe
         probe_headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         try:
             return await probe_all(self._session, urls, model, probe_headers,
@@ -330,3 +345,13 @@ class HTTPEngine:
         EndpointPool.count(endpoint, completion)
         return completion
 
+
+def _check_probe(probe: ProbeResult, urls: Sequence[str], model: str | None) -> None:
+    """Refuse a probe of other endpoints or of another model than the engine's
+    (a caller's mistake, so ValueError, not an engine error)."""
+    if list(probe.urls) != list(urls):
+        raise ValueError(f"the probe checked {len(probe.urls)} endpoint(s) "
+                         f"({', '.join(display_url(u) for u in probe.urls) or 'none'}), not "
+                         f"the engine's ({', '.join(display_url(u) for u in urls)})")
+    if model is not None and model != probe.model:
+        raise ValueError(f"the probe is for model {probe.model!r}, not {model!r}")

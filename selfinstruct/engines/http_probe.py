@@ -7,8 +7,10 @@ line naming its URL and no secret. Each endpoint's check takes
 :data:`PROBE_TIMEOUT` seconds at most, however slowly the server answers, and
 reads :data:`~selfinstruct.engines.http_wire.MODELS_BODY_LIMIT` bytes at most.
 
-:func:`probe_endpoints` runs the check on its own; :func:`probe_all` is the same
-check on a session the caller owns (the engine's).
+:func:`probe_endpoints` runs the check on its own; its :class:`ProbeResult` can be
+handed to :class:`~selfinstruct.engines.http.HTTPEngine` (``probe=``), which then
+does not ask again. :func:`probe_all` is the same check on a session the caller
+owns (the engine's, when it probes itself).
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ class ProbeResult:
         """The servers' vLLM version(s), comma-separated, or "http" when none reports one."""
         versions = sorted({s.version for s in self.servers if s.version})
         return ",".join(versions) if versions else "http"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The base URLs checked, in order."""
+        return tuple(s.url for s in self.servers)
 
 
 def models_text(models: Sequence[str], redact: Callable[[str], str], most: int = 10) -> str:
@@ -238,7 +245,9 @@ def probe_endpoints(config: EngineConfig, model: str | None) -> ProbeResult:
             the first endpoint serves (an error when it serves several).
 
     Returns:
-        The model name to send and each server's models and version.
+        The model name to send and each server's models and version; pass it to
+        :class:`~selfinstruct.engines.http.HTTPEngine` as ``probe=`` so the
+        endpoints are not asked again.
 
     Raises:
         EngineUnavailable: no base URL; an endpoint is unreachable (connection
