@@ -103,6 +103,7 @@ class FakeOpenAI(_BackgroundApp):
         answered: prompt -> 200 answers sent.
         max_concurrent: the most completion requests handled at once.
         authorizations: Authorization headers received.
+        gets: path -> GET requests received (``/v1/models``, ``/version``).
     """
 
     def __init__(self, models=("fake-model",), fault: Fault | None = None,
@@ -119,6 +120,7 @@ class FakeOpenAI(_BackgroundApp):
         self.attempts: Counter = Counter()
         self.answered: Counter = Counter()
         self.authorizations: list[str | None] = []
+        self.gets: Counter = Counter()
         self.concurrent = 0
         self.max_concurrent = 0
 
@@ -131,11 +133,13 @@ class FakeOpenAI(_BackgroundApp):
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
+        self.gets[request.path] += 1
         self.authorizations.append(request.headers.get("Authorization"))
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "max_model_len": 2048} for m in self.models]})
 
     async def _version(self, request: web.Request) -> web.Response:
+        self.gets[request.path] += 1
         return web.json_response({"version": "0.0-fake"})
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:

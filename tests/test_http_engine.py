@@ -252,6 +252,44 @@ def test_every_endpoint_is_checked(server):
     assert dead in str(err.value) and server.url not in str(err.value)
 
 
+def test_a_probe_passed_in_is_not_repeated(engines):
+    # run.py probes to learn the model, then starts the engine: GET /models once each
+    with FakeOpenAI(models=("a", "b")) as first, FakeOpenAI(models=("b",)) as second:
+        cfg = config(first.url, second.url)
+        probe = probe_endpoints(cfg, "b")
+        checked = {"/v1/models": 1, "/version": 1}
+        assert first.gets == checked and second.gets == checked
+        engine = engines(cfg, probe=probe)  # model None: the probe's, though "a" is served too
+        assert (engine.model_name, engine.version) == ("b", "0.0-fake")
+        assert engine.servers == probe.servers
+        assert [s.url for s in engine.servers] == [first.url, second.url]
+        out = engine.generate(requests(8))
+        assert [c.text for c in out] == [f"echo: prompt number {i}" for i in range(8)]
+        assert first.gets == checked and second.gets == checked
+        assert {b["model"] for b in first.bodies + second.bodies} == {"b"}
+        assert first.bodies and second.bodies
+
+
+def test_without_a_probe_the_engine_checks_every_endpoint_itself(engines):
+    with FakeOpenAI() as first, FakeOpenAI() as second:
+        engine = engines(config(first.url, second.url))
+        assert first.gets["/v1/models"] == 1 and second.gets["/v1/models"] == 1
+        assert engine.model_name == "fake-model"
+        assert [s.url for s in engine.servers] == [first.url, second.url]
+
+
+def test_a_probe_of_other_endpoints_or_another_model_is_refused(server):
+    probe = probe_endpoints(config(server.url), None)
+    other = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ValueError, match="the probe checked 1 endpoint"):
+        HTTPEngine(config(server.url, other), probe=probe)
+    with pytest.raises(ValueError, match="the probe checked"):
+        HTTPEngine(config(other), probe=probe)
+    with pytest.raises(ValueError, match="for model 'fake-model', not 'other-model'"):
+        HTTPEngine(config(server.url), "other-model", probe=probe)
+    assert server.gets["/v1/models"] == 1 and not server.bodies
+
+
 def test_not_an_openai_server():
     from .http_fakes import _BackgroundApp
     from aiohttp import web

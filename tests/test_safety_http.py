@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from selfinstruct.engines import http as http_engine
 from selfinstruct.config import ConfigError, EngineConfig, display_url, load_config
+from selfinstruct.engines import http_probe, http_wire
 from selfinstruct.engines.base import EngineRequestError, EngineUnavailable, Request, Sampling
 from selfinstruct.engines.http import HTTPEngine, probe_endpoints
 
@@ -114,15 +114,15 @@ def test_a_models_error_echoing_the_key_never_shows_part_of_it(padding, monkeypa
     KEY[:20], KEY[12:], KEY[5:13], json.dumps({"k": KEY + "\u00e9"}), f"key={KEY[:-4]}...",
 ])
 def test_the_redactor_removes_every_run_of_8_key_characters(shown):
-    redact = http_engine._Redactor(KEY)
+    redact = http_wire.Redactor(KEY)
     out = redact(f"the server said: {shown} (end)")
     assert leaks(out) == [] and out.startswith("the server said: ") and "(end)" in out
 
 
 def test_the_redactor_leaves_text_without_the_key_alone():
     text = "HTTP 500: sk-proj is not a key, nor are Q7vX2mL and zzzzzzzz (7 of its characters)"
-    assert http_engine._Redactor(KEY)(text) == text
-    assert http_engine._Redactor(None)(text) == text
+    assert http_wire.Redactor(KEY)(text) == text
+    assert http_wire.Redactor(None)(text) == text
 
 
 def test_cli_a_server_echoing_the_key_leaves_no_part_of_it_anywhere(tmp_path):
@@ -294,7 +294,7 @@ def test_a_models_answer_announcing_10_gib_fails_at_once():
 
 @pytest.mark.parametrize("path", ["/v1/models", "/version"])
 def test_a_trickling_answer_cannot_hold_the_probe_past_its_deadline(path, monkeypatch):
-    monkeypatch.setattr(http_engine, "PROBE_TIMEOUT", 2.0)
+    monkeypatch.setattr(http_probe, "PROBE_TIMEOUT", 2.0)
     with HostileOpenAI({path: "trickle"}) as fake:
         started = time.perf_counter()
         if path == "/version":  # optional: the probe goes on without a version
@@ -342,10 +342,10 @@ def test_an_endless_completion_answer_fails_naming_url_and_cap(path):
 
 
 def test_the_completion_cap_grows_with_max_tokens():
-    small = http_engine.completion_body_limit(16)
-    large = http_engine.completion_body_limit(100_000)
-    assert http_engine.COMPLETION_BODY_BASE <= small < large
-    assert large >= 100_000 * http_engine.COMPLETION_BYTES_PER_TOKEN
+    small = http_wire.completion_body_limit(16)
+    large = http_wire.completion_body_limit(100_000)
+    assert http_wire.COMPLETION_BODY_BASE <= small < large
+    assert large >= 100_000 * http_wire.COMPLETION_BYTES_PER_TOKEN
 
 
 def test_an_endless_error_body_is_cut_and_the_status_reported():

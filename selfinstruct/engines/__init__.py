@@ -92,7 +92,7 @@ def _prepare_http(config: Config) -> Prepared:
 def _start_http(config: Config, prepared: Prepared) -> Engine:
     from .http import HTTPEngine
 
-    return HTTPEngine(config.engine, prepared.model.name)
+    return HTTPEngine(config.engine, prepared.model.name, probe=prepared.probe)
 
 
 def _http_starting(config: Config, model_name: str) -> str:

@@ -170,14 +170,14 @@ class LocalServer:
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of the server's log, joined with " | ", the API key redacted."""
-        from ..engines.http import _Redactor
+        from ..engines.http_wire import Redactor
 
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
         tail = " | ".join(line.strip() for line in text[-lines:] if line.strip())
-        return _Redactor(self.api_key())(tail)
+        return Redactor(self.api_key())(tail)
 
     def __enter__(self) -> "LocalServer":
         return self.start()
