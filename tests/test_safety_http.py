@@ -153,8 +153,10 @@ def test_cli_the_manifest_keeps_no_part_of_an_echoed_key(tmp_path):
                          "--prompts-per-round", "2", "-o", str(out),
                          env={"OPENAI_API_KEY": KEY})
         assert f"Bearer {KEY}" in fake.authorizations
+        assert fake.gets["/v1/models"] == 1  # the start-up check is not repeated by the engine
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend"]["capabilities"]["batch_invariant"] is True
     endpoint = manifest["backend"]["endpoints"][0]
     assert endpoint["url"] == fake.url and endpoint["failed_attempts"] >= 2
     assert endpoint["last_error"] == "HTTP 500: injected 500 for Bearer ***"
