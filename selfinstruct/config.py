@@ -107,14 +107,16 @@ class GenerationConfig(_Section):
 
 
 class ClassificationConfig(_Section):
-    """Classification task identification, the second step of Self-Instruct §2.2."""
+    """Classification task identification, the second step of Self-Instruct §2.2
+    ("Classification Task Identification")."""
 
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(3, ge=1)
 
 
 class InstanceConfig(_Section):
-    """Instance generation, the third step of Self-Instruct §2.2: input-first or output-first.
+    """Instance generation, the third step of Self-Instruct §2.2 ("Instance Generation"):
+    input-first, or output-first for classification tasks.
 
     The sampling defaults are those of the paper's released code.
     """
