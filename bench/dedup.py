@@ -42,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from selfinstruct.config import FilterConfig, InstanceConfig  # noqa: E402
 from selfinstruct.dedup import RougeIndex, empty_fraction, near_duplicates  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "alpaca_data.json"
@@ -116,12 +117,14 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Alpaca-format JSON array")
     ap.add_argument("--reference-n", type=int, default=2000, help="prefix size for the reference (0: skip)")
     ap.add_argument("--reference-mode", choices=["alpaca-pool", "loop"], default="alpaca-pool")
-    ap.add_argument("--threshold", type=float, default=0.7)
+    ap.add_argument("--threshold", type=float, default=FilterConfig().rouge_threshold,
+                    help="drop when ROUGE-L F1 > this (default: %(default)s, filters.rouge_threshold)")
     ap.add_argument("--sizes", default="10000,20000,52002", help="comma-separated N for the scaling run")
     ap.add_argument("--zh", action="store_true", help="also run the unicode tokenizer on the Chinese file")
     ap.add_argument("--zh-data", type=Path, default=DEFAULT_ZH)
     ap.add_argument("--near", type=int, default=0, metavar="N",
-                    help="also time near_duplicates (fuzz.ratio >= 90) on the first N examples")
+                    help="also time near_duplicates (fuzz.ratio >= "
+                         "instances.near_duplicate_threshold) on the first N examples")
     args = ap.parse_args()
 
     texts = load_instructions(args.data)
@@ -203,10 +206,11 @@ def main() -> int:
     if args.near > 0:
         with open(args.data, encoding="utf-8") as f:
             ex = [r["instruction"] + "\n" + r.get("input", "") for r in json.load(f)][: args.near]
+        near = InstanceConfig().near_duplicate_threshold
         t0 = time.perf_counter()
-        nd = near_duplicates(ex, 90.0)
+        nd = near_duplicates(ex, near)
         tn = time.perf_counter() - t0
-        print(f"\nnear_duplicates(instruction + '\\n' + input, threshold 90) on N={len(ex)}: "
+        print(f"\nnear_duplicates(instruction + '\\n' + input, threshold {near:g}) on N={len(ex)}: "
               f"{tn:.2f} s, {sum(x is not None for x in nd)} near-duplicates")
 
     return 1 if failures else 0

@@ -6,11 +6,14 @@ Usage (from anywhere):
     python bench/generate.py --backends offline,http --prompts 128 --max-tokens 256
     python bench/generate.py --model DIR --served-name NAME
 
-The requests are what the pipeline sends in round 1: ``--prompts``
-instruction-generation prompts built with :class:`selfinstruct.prompts.PromptBuilder`
-from the bundled seed tasks (8 tasks each, fixed RNG), the paper's sampling
-(temperature 0.7, top_p 0.5, the list stop strings), ``--max-tokens`` output
-tokens at most and fixed per-request seeds.
+The requests are round-1 instruction-generation prompts as the pipeline builds
+them: ``--prompts`` prompts built with :class:`selfinstruct.prompts.PromptBuilder`
+from the bundled seed tasks (``generation.prompt_tasks`` tasks each, fixed RNG),
+sampled with the defaults of :class:`selfinstruct.config.GenerationConfig`
+(temperature, top_p, the stop before the list item after ``max_list_items``),
+``--max-tokens`` output tokens at most and fixed per-request seeds. The
+presence penalty and the blank-line stop among those defaults are left out: the
+figures in the README were measured without them, and stay comparable.
 
 Each backend runs in its own child process, one after the other, so never two
 engines at once:
@@ -48,6 +51,7 @@ BACKENDS = ("offline", "http", "ray")
 
 def build_requests(n: int, max_tokens: int, seed: int = 0):
     """``n`` round-1 instruction-generation requests from the bundled seeds."""
+    from selfinstruct.config import GenerationConfig
     from selfinstruct.engines.base import Request, Sampling
     from selfinstruct.pipeline import request_seed
     from selfinstruct.prompts import PromptBuilder, instruction_stop, sample_prompt_tasks
@@ -56,8 +60,11 @@ def build_requests(n: int, max_tokens: int, seed: int = 0):
     tasks = load_seed_tasks(default_seeds_dir())
     prompts = PromptBuilder()
     rng = random.Random(f"{seed}:bench")
-    sampling = Sampling(0.7, 0.5, max_tokens, instruction_stop(15))
-    return [Request(prompts.instruction_generation(sample_prompt_tasks(rng, tasks, [], 8, 6)),
+    gen = GenerationConfig()
+    sampling = Sampling(gen.temperature, gen.top_p, max_tokens,
+                        instruction_stop(gen.max_list_items))
+    return [Request(prompts.instruction_generation(sample_prompt_tasks(
+                        rng, tasks, [], gen.prompt_tasks, gen.prompt_human_tasks)),
                     sampling, request_seed(seed, 1, "instructions", i))
             for i in range(n)]
 

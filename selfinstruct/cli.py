@@ -1,8 +1,10 @@
 """The ``selfinstruct`` command line.
 
-Start-up stays cheap: this module imports only click at load time; every command
+Start-up stays cheap: at load time this module imports click and the
+configuration models (:mod:`selfinstruct.config`, pydantic only), whose fields
+give the options their defaults, descriptions and choices; every command
 imports what it needs (pandas, pyarrow, vLLM) when it runs, so ``selfinstruct
---help`` never loads torch or vLLM.
+--help`` never loads pandas, torch or vLLM.
 
 User mistakes (bad seeds, config, model path, occupied output directory) exit
 with status 2 and one line on stderr; nothing is written to the output directory.
@@ -11,12 +13,17 @@ with status 2 and one line on stderr; nothing is written to the output directory
 from __future__ import annotations
 
 import sys
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
+from pydantic.fields import FieldInfo
 
 from . import __version__
+from .analysis.constants import DEFAULT_MAX_LENGTH, FORMATS, REPORT_FILES
+from .config import Config
+from .models import EMBEDDED_NAME
 
 EXIT_USAGE = 2
 EXIT_ENGINE = 1
@@ -76,6 +83,87 @@ def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> f
     return value
 
 
+@cache
+def config_field(key: str) -> FieldInfo:
+    """The field of :class:`~selfinstruct.config.Config` at a dotted key.
+
+    Args:
+        key: e.g. ``"generation.temperature"``; each part before the last names
+            a section (a nested model).
+
+    Raises:
+        KeyError: no such field or section.
+    """
+    model: Any = Config
+    *sections, leaf = key.split(".")
+    for name in sections:
+        model = model.model_fields[name].annotation
+    return model.model_fields[leaf]
+
+
+def default_of(key: str) -> Any:
+    """The default value of the configuration field at ``key`` (dotted), as
+    :mod:`selfinstruct.config` declares it (a default factory is called).
+
+    Raises:
+        KeyError: no such field.
+    """
+    return config_field(key).get_default(call_default_factory=True)
+
+
+def choices_of(key: str) -> list[str]:
+    """The allowed values of a ``Literal`` configuration field, in declared order.
+
+    Raises:
+        KeyError: no such field.
+    """
+    return [str(value) for value in get_args(config_field(key).annotation)]
+
+
+def shown(value: Any) -> str:
+    """A default as help texts print it: ``0.7``, ``600`` (a whole float without
+    ``.0``), ``outputs/run``, ``'\\n\\n'`` (strings in a list quoted, escapes visible)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(repr(item) for item in value) or "none"
+    return str(value)
+
+
+def description_of(key: str) -> str:
+    """The description of the configuration field at ``key`` as a sentence:
+    capitalised, with a full stop.
+
+    Raises:
+        KeyError: no such field; ValueError: the field has no description.
+    """
+    description = config_field(key).description
+    if not description:
+        raise ValueError(f"configuration field {key} has no description")
+    return description[0].upper() + description[1:] + "."
+
+
+def config_help(key: str, text: str | None = None, default: str | None = None) -> str:
+    """The help text of the option setting the configuration field at ``key``.
+
+    Args:
+        key: the dotted field, e.g. ``"filters.min_words"``.
+        text: the sentence; None = :func:`description_of` the field.
+        default: what to print as the default; None = the field's default
+            (:func:`shown`).
+
+    Returns:
+        ``"<text>  [default: <default>]"`` (click's layout of a default).
+
+    Raises:
+        KeyError: no such field; ValueError: no ``text`` and the field has no
+            description.
+    """
+    if text is None:
+        text = description_of(key)
+    return f"{text}  [default: {shown(default_of(key)) if default is None else default}]"
+
+
 # CLI option -> dotted key of selfinstruct.config.Config
 GENERATE_OPTIONS: dict[str, str] = {
     "model": "model",
@@ -89,6 +177,8 @@ GENERATE_OPTIONS: dict[str, str] = {
     "prompt_human_tasks": "generation.prompt_human_tasks",
     "temperature": "generation.temperature",
     "top_p": "generation.top_p",
+    "presence_penalty": "generation.presence_penalty",
+    "stop": "generation.stop",
     "max_tokens": "generation.max_tokens",
     "max_rounds": "generation.max_rounds",
     "max_instances": "instances.max_instances",
@@ -120,77 +210,85 @@ def main() -> None:
 
 @main.command()
 @click.option("--seeds", type=click.Path(path_type=Path), default=None,
-              help="Seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL, Parquet or CSV, "
-                   "or a directory of them.  [default: bundled seeds/]")
+              help=config_help("seeds", "Seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL, "
+                               "Parquet or CSV, or a directory of them.", "bundled seeds/"))
 @click.option("--model", default=None,
-              help="Hugging Face id, local model directory, or .gguf file.  "
-                   "[default: embedded SmolLM2-135M-Instruct]")
+              help=config_help("model", "Hugging Face id, local model directory, or .gguf file.",
+                               f"embedded {EMBEDDED_NAME}"))
 @click.option("--num-instructions", "-n", type=int, default=None,
-              help="New tasks (with instances) to produce.  [default: 100]")
+              help=config_help("num_instructions"))
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Output directory for shards and manifest.  [default: outputs/run]")
+              help=config_help("output"))
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="TOML file with any configuration field; flags override it.")
-@click.option("--seed", type=int, default=None, help="Run seed.  [default: 0]")
+@click.option("--seed", type=int, default=None, help=config_help("seed"))
 @click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path), default=None,
-              help="Directory of prompt templates.  [default: bundled prompts/]")
+              help=config_help("prompts", "Directory of prompt templates.", "bundled prompts/"))
 @click.option("--prompts-per-round", type=int, default=None,
-              help="Instruction-generation prompts sent at once per round.  [default: 64]")
+              help=config_help("generation.prompts_per_round"))
 @click.option("--prompt-tasks", type=int, default=None,
-              help="Pool tasks shown in each prompt.  [default: 8]")
+              help=config_help("generation.prompt_tasks"))
 @click.option("--prompt-human-tasks", type=int, default=None,
-              help="Of which human seed tasks.  [default: 6]")
+              help=config_help("generation.prompt_human_tasks"))
 @click.option("--temperature", type=float, default=None,
-              help="Instruction sampling temperature.  [default: 0.7]")
-@click.option("--top-p", type=float, default=None,
-              help="Instruction sampling top-p.  [default: 0.5]")
+              help=config_help("generation.temperature"))
+@click.option("--top-p", type=float, default=None, help=config_help("generation.top_p"))
+@click.option("--presence-penalty", type=float, default=None,
+              help=config_help("generation.presence_penalty"))
+@click.option("--stop", multiple=True, metavar="TEXT",
+              help=config_help("generation.stop", "Stop string of instruction generation, "
+                               "besides the one before list item "
+                               f"{default_of('generation.max_list_items') + 1}. Repeatable; "
+                               "replaces the default list."))
 @click.option("--max-tokens", type=int, default=None,
-              help="Output tokens per instruction prompt.  [default: 1024]")
+              help=config_help("generation.max_tokens"))
 @click.option("--max-rounds", type=int, default=None,
-              help="Stop after this many rounds even if short of the target.  [default: 1000]")
+              help=config_help("generation.max_rounds"))
 @click.option("--max-instances", type=int, default=None,
-              help="Instances kept per task at most.  [default: 5]")
+              help=config_help("instances.max_instances"))
 @click.option("--rouge-threshold", type=float, default=None,
-              help="Drop instructions whose ROUGE-L F1 to the pool exceeds this.  [default: 0.7]")
-@click.option("--rouge-tokenizer", type=click.Choice(["rouge", "unicode"]), default=None,
-              help="rouge = rouge_score's (Latin only); unicode = any script.  [default: rouge]")
-@click.option("--min-words", type=int, default=None, help="Instruction length floor.  [default: 4]")
-@click.option("--max-words", type=int, default=None,
-              help="Instruction length ceiling.  [default: 150]")
+              help=config_help("filters.rouge_threshold"))
+@click.option("--rouge-tokenizer", type=click.Choice(choices_of("filters.rouge_tokenizer")),
+              default=None, help=config_help("filters.rouge_tokenizer"))
+@click.option("--min-words", type=int, default=None, help=config_help("filters.min_words"))
+@click.option("--max-words", type=int, default=None, help=config_help("filters.max_words"))
 @click.option("--reject-non-ascii-start/--allow-non-ascii-start", default=None,
-              help="Drop instructions starting with a non-ASCII character.  [default: reject]")
-@click.option("--shard-size", type=int, default=None,
-              help="Rows per Parquet shard at most.  [default: 10000]")
-@click.option("--dtype", default=None, help="Model dtype for vLLM.  [default: auto]")
+              help=config_help("filters.reject_non_ascii_start", default=(
+                  "reject" if default_of("filters.reject_non_ascii_start") else "allow")))
+@click.option("--shard-size", type=int, default=None, help=config_help("shards.shard_size"))
+@click.option("--dtype", default=None,
+              help=config_help("engine.dtype", "Model weights' dtype for vLLM: "
+                               f"{', '.join(choices_of('engine.dtype'))}."))
 @click.option("--max-model-len", type=int, default=None,
-              help="Context length for vLLM.  [default: 2048]")
+              help=config_help("engine.max_model_len", "Context length for vLLM, prompt and "
+                               "output tokens."))
 @click.option("--chat-template/--no-chat-template", default=None,
-              help="Wrap prompts in the model's chat template.  [default: no]")
-@click.option("--backend", type=click.Choice(["vllm", "http", "ray"]), default=None,
-              help="vllm: in-process engine; http: OpenAI-compatible servers (--base-url); "
-                   "ray: a Ray Data job per stage on a Ray cluster.  [default: vllm, or http "
-                   "with --base-url]")
+              help=config_help("engine.chat_template", default=(
+                  "yes" if default_of("engine.chat_template") else "no")))
+@click.option("--backend", type=click.Choice(choices_of("engine.backend")), default=None,
+              help=config_help("engine.backend", "vllm: in-process engine; http: "
+                               "OpenAI-compatible servers (--base-url); ray: a Ray Data job "
+                               "per stage on a Ray cluster.",
+                               f"{default_of('engine.backend')}, or http with --base-url"))
 @click.option("--base-url", multiple=True, metavar="URL",
               help="OpenAI-compatible endpoint, e.g. http://gpu1:8000/v1 (`vllm serve`). "
                    "Repeatable: requests are spread over all of them. --model is then the "
                    "served model name.  [default: the one model the servers serve]")
 @click.option("--max-in-flight", type=int, default=None,
-              help="Requests in flight per endpoint at most; keep it at or above the "
-                   "server's --max-num-seqs.  [default: 256]")
+              help=config_help("engine.max_in_flight"))
 @click.option("--request-timeout", type=float, default=None,
-              help="Seconds one HTTP request may take (queueing included) before it is "
-                   "retried.  [default: 600]")
+              help=config_help("engine.request_timeout"))
 @click.option("--max-retries", type=int, default=None,
-              help="Retries after a connection error, timeout, 429 or 5xx (exponential "
-                   "backoff with jitter).  [default: 8]")
+              help=config_help("engine.max_retries"))
 @click.option("--api-key-env", default=None, metavar="VAR",
-              help="Environment variable holding the endpoints' API key.  "
-                   "[default: OPENAI_API_KEY]")
+              help=config_help("engine.api_key_env", "Environment variable holding the "
+                               "endpoints' API key."))
 @click.option("--ray-address", default=None,
-              help="Ray cluster address for --backend ray.  [default: $RAY_ADDRESS, the "
-                   "job's cluster, or a local Ray]")
+              help=config_help("engine.ray_address", "Ray cluster address for --backend ray.",
+                               "$RAY_ADDRESS, the job's cluster, or a local Ray"))
 @click.option("--ray-replicas", type=int, default=None,
-              help="vLLM replicas for --backend ray, one GPU each.  [default: one per GPU]")
+              help=config_help("engine.ray_replicas", "vLLM replicas for --backend ray, one "
+                               "GPU each.", "one per GPU"))
 def generate(config_file: Path | None, **options: Any) -> None:
     """Bootstrap new (instruction, input, output) examples from seed tasks.
 
@@ -205,6 +303,7 @@ def generate(config_file: Path | None, **options: Any) -> None:
     from .terminal import terminal_safe
 
     options["base_url"] = list(options["base_url"]) or None
+    options["stop"] = list(options["stop"]) or None
     try:
         job = GenerateJob.prepare(config_file, options, GENERATE_OPTIONS)
     except JobError as exc:
@@ -228,19 +327,31 @@ def generate(config_file: Path | None, **options: Any) -> None:
         sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
 
 
+RUN_VALUE = "the run's"
+"""The default of every ``refilter`` setting: the value the run recorded."""
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="New directory for the re-derived shards, ledger and manifest.")
 @click.option("--rouge-threshold", type=float, default=None,
-              help="Drop instructions whose ROUGE-L F1 to the pool exceeds this.")
-@click.option("--rouge-tokenizer", type=click.Choice(["rouge", "unicode"]), default=None)
-@click.option("--min-words", type=int, default=None, help="Instruction length floor.")
-@click.option("--max-words", type=int, default=None, help="Instruction length ceiling.")
-@click.option("--reject-non-ascii-start/--allow-non-ascii-start", default=None)
-@click.option("--max-instances", type=int, default=None, help="Instances kept per task.")
+              help=config_help("filters.rouge_threshold", default=RUN_VALUE))
+@click.option("--rouge-tokenizer", type=click.Choice(choices_of("filters.rouge_tokenizer")),
+              default=None, help=config_help("filters.rouge_tokenizer", default=RUN_VALUE))
+@click.option("--min-words", type=int, default=None,
+              help=config_help("filters.min_words", default=RUN_VALUE))
+@click.option("--max-words", type=int, default=None,
+              help=config_help("filters.max_words", default=RUN_VALUE))
+@click.option("--reject-non-ascii-start/--allow-non-ascii-start", default=None,
+              help=config_help("filters.reject_non_ascii_start", default=RUN_VALUE))
+@click.option("--max-instances", type=int, default=None,
+              help=config_help("instances.max_instances", default=RUN_VALUE))
 @click.option("--near-duplicate-threshold", type=float, default=None,
-              help="rapidfuzz ratio (0-100) at which an example is a near-duplicate.")
+              help=config_help("instances.near_duplicate_threshold",
+                               "Drop an example whose instruction + input scores at "
+                               "least this (rapidfuzz ratio, 0-100) against another "
+                               "task's.", RUN_VALUE))
 @click.option("--seeds", type=click.Path(path_type=Path), default=None,
               help="Where the run's seed tasks are now, if not at the recorded path; "
                    "their sha256 must equal the recorded ones.")
@@ -325,13 +436,13 @@ REFILTER_OPTIONS = {
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--field", default="instruction", show_default=True,
               help="Text column to deduplicate on.")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0),
+              default=default_of("filters.rouge_threshold"), show_default=True,
               callback=finite,
               help="Drop a row when its ROUGE-L F1 to an earlier kept row exceeds this.")
-@click.option("--tokenizer", type=click.Choice(["rouge", "unicode"]), default="rouge",
-              show_default=True,
-              help="rouge = rouge_score's (exact parity, Latin only); unicode = any script, "
-                   "CJK per character.")
+@click.option("--tokenizer", type=click.Choice(choices_of("filters.rouge_tokenizer")),
+              default=default_of("filters.rouge_tokenizer"), show_default=True,
+              help=description_of("filters.rouge_tokenizer"))
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="File for the kept rows, in the format of its extension (.parquet, .jsonl, "
                    ".ndjson or .json); dropped rows go to <stem>.dropped<ext> beside it.")
@@ -339,7 +450,8 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
     """Deduplicate a JSON / JSONL / Parquet dataset by ROUGE-L, exactly.
 
     Keeps row i iff its ROUGE-L F1 against every earlier kept row is at most
-    the threshold (Self-Instruct §2.2, filtering), in input order. Dropped rows are written
+    the threshold (the ROUGE-L filter of Self-Instruct §2.2, "Filtering and
+    Postprocessing"), in input order. Dropped rows are written
     with nearest_index, nearest_text and rouge_l columns. INPUT may be a directory: its
     record files are read in name order. The output must not be (or lie inside) INPUT.
     """
@@ -357,14 +469,6 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
         f"(dedup {result['dedup_seconds']:.2f} s)")
     click.echo(terminal_safe(f"kept    -> {result['output']}"))
     click.echo(terminal_safe(f"dropped -> {result['dropped_output']}"))
-
-
-# selfinstruct.analysis.export.FORMATS (repeated so that --help imports no pandas)
-EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
-
-
-# What `inspect --report DIR` writes in DIR (selfinstruct.analysis.inspection.write_report).
-REPORT_FILES = ("*.png", "index.html", "stats.json")
 
 
 @main.command("inspect")
@@ -438,7 +542,7 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
 
 @main.command()
 @click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="alpaca: JSON of instruction/input/output; sharegpt: JSON of conversations "
                    "(from/value); messages: JSONL of chat messages (OpenAI, TRL); parquet: "
                    "Parquet files; datasets: a save_to_disk directory.")
@@ -466,7 +570,7 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
                    "Put RUN before it. Exit status 1 when anything is found.")
 @click.option("--max-length", type=click.IntRange(min=1), default=None,
               help="Context length for --check-template.  [default: the tokenizer's "
-                   "model_max_length, at most 2048]")
+                   f"model_max_length, at most {DEFAULT_MAX_LENGTH}]")
 def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: str | None,
            train_split: float | None, seeds: Path | None, tokenizer: str | None,
            overwrite: bool, repo: str | None, private: bool, template_model: str | None,

@@ -26,15 +26,15 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
 from .inputs import InputFileError, check_regular_file
 
-# Self-Instruct §2.2, classification task identification, filtering, and the released code: instructions mentioning things a
-# text-only model cannot produce or see are dropped.
+# Self-Instruct §2.2, "Filtering and Postprocessing", and the keyword list of its released
+# code: instructions mentioning things a text-only model cannot produce or see are dropped.
 DEFAULT_BLACKLIST = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
     "map", "maps", "draw", "plot", "go to",
@@ -56,7 +56,6 @@ class _Section(BaseModel):
 VLLMDType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 """The ``dtype`` strings vLLM accepts: its ``vllm.config.model.ModelDType`` (vLLM is
 not imported here, so that loading a config stays cheap)."""
-VLLM_DTYPES = get_args(VLLMDType)
 
 PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
 """Parquet compression names of ``pyarrow.parquet.write_table`` (its documented
@@ -65,22 +64,29 @@ pyarrow (``pyarrow.Codec.is_available``)."""
 
 
 class GenerationConfig(_Section):
-    """Instruction generation (Self-Instruct §2.2, instruction generation)."""
+    """Instruction generation, the first step of Self-Instruct §2.2 ("Instruction Generation").
 
-    prompt_tasks: int = Field(8, ge=1, le=15, description="tasks shown in each prompt")
+    The sampling defaults are those of the paper's released code.
+    """
+
+    prompt_tasks: int = Field(8, ge=1, le=15, description="pool tasks shown in each prompt")
     prompt_human_tasks: int = Field(6, ge=0, description="of which human seed tasks")
     max_list_items: int = Field(
         15, ge=2, le=99, description="the model is stopped before writing item max_list_items+1"
     )
     prompts_per_round: int = Field(
-        64, ge=1, description="prompts sent to the engine at once in each round"
+        64, ge=1, description="instruction-generation prompts sent to the engine at once in "
+                              "each round"
     )
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.5, gt=0.0, le=1.0)
-    max_tokens: int = Field(1024, ge=16, description="output token limit per prompt")
+    temperature: float = Field(0.7, ge=0.0, le=2.0,
+                               description="instruction sampling temperature")
+    top_p: float = Field(0.5, gt=0.0, le=1.0, description="instruction sampling top-p")
+    max_tokens: int = Field(1024, ge=16,
+                            description="output token limit per instruction-generation prompt")
     presence_penalty: float = Field(
         2.0, ge=-2.0, le=2.0,
-        description="penalty on tokens already generated (the reference implementation's 2)")
+        description="instruction sampling presence penalty: subtracted once from the logit "
+                    "of every token already generated, in [-2, 2]")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0,
                                      description="penalty per earlier occurrence of a token")
     stop: list[str] = Field(
@@ -101,14 +107,19 @@ class GenerationConfig(_Section):
 
 
 class ClassificationConfig(_Section):
-    """Classification task identification (Self-Instruct §2.2, classification task identification)."""
+    """Classification task identification, the second step of Self-Instruct §2.2
+    ("Classification Task Identification")."""
 
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(3, ge=1)
 
 
 class InstanceConfig(_Section):
-    """Instance generation (Self-Instruct §2.2, instance generation): input-first or output-first."""
+    """Instance generation, the third step of Self-Instruct §2.2 ("Instance Generation"):
+    input-first, or output-first for classification tasks.
+
+    The sampling defaults are those of the paper's released code.
+    """
 
     max_instances: int = Field(5, ge=1, description="instances kept per task at most")
     near_duplicate_threshold: float | None = Field(
@@ -118,29 +129,33 @@ class InstanceConfig(_Section):
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(350, ge=16, description="output token limit, input-first "
-                            "(the reference implementation's 350)")
+    max_tokens: int = Field(350, ge=16, description="output token limit, input-first")
     output_first_max_tokens: int = Field(
-        300, ge=16, description="output token limit, output-first (classification tasks; "
-                                "the reference implementation's 300)")
+        300, ge=16, description="output token limit, output-first (classification tasks)")
     presence_penalty: float = Field(
-        1.5, ge=-2.0, le=2.0, description="the reference implementation's 1.5")
+        1.5, ge=-2.0, le=2.0,
+        description="presence penalty of instance sampling, as generation.presence_penalty")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
 
 
 class FilterConfig(_Section):
-    """Instruction and instance filters (Self-Instruct §2.2, filtering)."""
+    """Instruction and instance filters, the last step of Self-Instruct §2.2
+    ("Filtering and Postprocessing")."""
 
     min_words: int = Field(4, ge=0, description="instructions with fewer words are dropped")
     max_words: int = Field(150, ge=1, description="instructions with more words are dropped")
     blacklist: list[str] = Field(default_factory=lambda: list(DEFAULT_BLACKLIST))
     bad_prefixes: list[str] = Field(default_factory=lambda: ["Write a program"])
     reject_punctuation_start: bool = True
-    reject_non_ascii_start: bool = True
+    reject_non_ascii_start: bool = Field(
+        True, description="drop instructions starting with a non-ASCII character")
     rouge_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="drop when ROUGE-L F1 to the pool is above this"
+        0.7, ge=0.0, le=1.0,
+        description="drop instructions whose ROUGE-L F1 to the pool exceeds this"
     )
-    rouge_tokenizer: Literal["rouge", "unicode"] = "rouge"
+    rouge_tokenizer: Literal["rouge", "unicode"] = Field(
+        "rouge", description="the ROUGE-L tokenizer: rouge = rouge_score's (exact parity, "
+                             "Latin only), unicode = any script, CJK per character")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "FilterConfig":
@@ -278,8 +293,10 @@ class EngineConfig(_Section):
         None, ge=1, description="vLLM replicas for --backend ray (one per GPU); None = one per "
                                 "GPU of the cluster, at least 1")
     ray_batch_size: int = Field(16, ge=1, description="requests per Ray Data batch")
-    dtype: VLLMDType = Field("auto", description="model weights' dtype, one of VLLM_DTYPES")
-    max_model_len: int | None = Field(2048, ge=128)
+    dtype: VLLMDType = Field("auto", description="model weights' dtype for vLLM")
+    max_model_len: int | None = Field(
+        2048, ge=128, description="context length for vLLM, prompt and output tokens; None = "
+                                  "the model's own")
     enforce_eager: bool = Field(True, description="skip CUDA-graph / compile warm-up")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, ge=1)
@@ -339,7 +356,8 @@ class Config(_Section):
                                description="seed file or directory; None = the bundled seeds/")
     prompts: Path | None = Field(None, strict=False,
                                  description="template directory; None = the bundled prompts/")
-    output: Path = Field(Path("outputs/run"), strict=False)
+    output: Path = Field(Path("outputs/run"), strict=False,
+                         description="output directory for shards, ledger and manifest")
     num_instructions: int = Field(100, ge=1, description="new tasks (with instances) to produce")
     seed: int = Field(0, description="run seed: prompt sampling and per-request sampling seeds")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

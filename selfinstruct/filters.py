@@ -1,24 +1,26 @@
 """Quality filters for instructions and instances, each rejection with a reason code.
 
-Instruction filters (Self-Instruct §2.2, filtering and its released code), checked in this
-order, the first failure being the reason:
+Instruction filters (Self-Instruct §2.2, "Filtering and Postprocessing", and its
+released code), checked in this order, the first failure being the reason; the
+settings are fields of :class:`~selfinstruct.config.FilterConfig`:
 
 ============================  ===============================================
 reason code                   rule
 ============================  ===============================================
-``too_short``                 fewer than ``min_words`` words (default 4)
-``too_long``                  more than ``max_words`` words (default 150)
+``too_short``                 fewer than ``min_words`` words
+``too_long``                  more than ``max_words`` words
 ``blacklist:<word>``          a blacklisted word or phrase, whole-word, any case
-``bad_prefix``                starts with a bad prefix ("Write a program"), any case
+``bad_prefix``                starts with one of ``bad_prefixes``, any case
 ``punctuation_start``         first character is ASCII punctuation
 ``non_ascii_start``           first character is not ASCII (switchable)
 ============================  ===============================================
 
 The ROUGE-L filter (``rouge_l``) needs the pool and lives in :mod:`selfinstruct.dedup`.
 
-Instance filters (Self-Instruct §2.2, filtering): ``empty_output``, ``input_equals_output``,
-``ends_with_colon`` (input or output), ``duplicate_instance`` (exact repeat), and
-``conflicting_outputs``: one non-empty input with different outputs drops the whole task.
+Instance filters (the same step of Self-Instruct §2.2): ``empty_output``,
+``input_equals_output``, ``ends_with_colon`` (input or output), ``duplicate_instance``
+(exact repeat), and ``conflicting_outputs``: one non-empty input with different outputs
+drops the whole task.
 """
 
 from __future__ import annotations
@@ -97,13 +99,14 @@ def instance_rejection(instance: Instance) -> str | None:
     return None
 
 
-def filter_instances(instances: Sequence[Instance], max_instances: int = 5) -> InstanceVerdict:
-    """Apply the instance filters to one task's instances (Self-Instruct §2.2, filtering).
+def filter_instances(instances: Sequence[Instance], max_instances: int) -> InstanceVerdict:
+    """Apply the instance filters to one task's instances (Self-Instruct §2.2,
+    "Filtering and Postprocessing").
 
     Args:
         instances: as parsed from the completion, in order.
-        max_instances: keep at most this many (the paper's 5); the rest are
-            rejected with ``over_limit``.
+        max_instances: keep at most this many (``instances.max_instances``); the
+            rest are rejected with ``over_limit``.
 
     Returns:
         An :class:`InstanceVerdict`. If two valid instances share a non-empty

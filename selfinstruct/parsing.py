@@ -29,7 +29,8 @@ class ParsedItem:
         number: the item's number in the list (the first is the prompt's last number).
         text: the instruction, whitespace collapsed; "" if the item was empty.
         truncated: True for the last item of a completion cut at its token limit
-            (Self-Instruct §2.2, filtering drops it: likely unfinished).
+            and likely unfinished; the filters drop it (Self-Instruct §2.2,
+            "Filtering and Postprocessing").
     """
 
     number: int
@@ -90,17 +91,13 @@ def parse_yes_no(completion: str) -> bool | None:
     return None
 
 
-def _clean(text: str) -> str:
-    return text.strip()
-
-
 def _normalise_input(text: str) -> str:
-    text = _clean(text)
+    text = text.strip()
     return "" if text.lower().strip(".") in _NO_INPUT else text
 
 
 def parse_input_first(completion: str) -> list[Instance]:
-    """Instances from an input-first completion (Self-Instruct §2.2, instance generation).
+    """Instances from an input-first completion (Self-Instruct §2.2, "Instance Generation").
 
     Examples are separated by ``Example N`` lines; each has an optional
     ``Input:`` and a required ``Output:``. An example without ``Output:`` is
@@ -118,12 +115,13 @@ def parse_input_first(completion: str) -> list[Instance]:
         inp = _INPUT.search(block, 0, out.start())
         input_text = block[inp.end():out.start()] if inp else ""
         instances.append(Instance(input=_normalise_input(input_text),
-                                  output=_clean(block[out.end():])))
+                                  output=block[out.end():].strip()))
     return instances
 
 
 def parse_output_first(completion: str) -> list[Instance]:
-    """Instances from an output-first completion, for classification tasks (§2.2, instance generation).
+    """Instances from an output-first completion, for classification tasks
+    (Self-Instruct §2.2, "Instance Generation").
 
     Each ``Class label: L`` line is followed by ``Input: X``; the instance is
     ``(input=X, output=L)``. A label without an input is skipped.
@@ -139,6 +137,6 @@ def parse_output_first(completion: str) -> list[Instance]:
         inp = _INPUT.search(block)
         if inp is None:
             continue
-        label = _clean(block[:inp.start()])
+        label = block[:inp.start()].strip()
         instances.append(Instance(input=_normalise_input(block[inp.end():]), output=label))
     return instances

@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
 from .inputs import InputFileError, check_regular_file
@@ -152,32 +151,29 @@ class PromptBuilder:
         """The list-continuation prompt showing ``tasks`` numbered 1..len(tasks).
 
         The text ends with ``"{len(tasks) + 1}."`` so the completion starts inside
-        the next item (Self-Instruct §2.2, instruction generation).
+        the next item (Self-Instruct §2.2, "Instruction Generation").
         """
         shown = [{"instruction": one_line(t.instruction), "id": t.id} for t in tasks]
         return self._templates["instruction_generation"].render(tasks=shown).rstrip("\n")
 
     def classification(self, instruction: str) -> str:
-        """The few-shot prompt asking whether ``instruction`` is a classification task (§2.2, classification task identification)."""
+        """The few-shot prompt asking whether ``instruction`` is a classification task
+        (Self-Instruct §2.2, "Classification Task Identification")."""
         return self._templates["classification"].render(instruction=one_line(instruction)
                                                         ).rstrip("\n")
 
     def instances(self, instruction: str, is_classification: bool) -> str:
-        """The instance-generation prompt: output-first for classification, else input-first (§2.2, instance generation)."""
+        """The instance-generation prompt: output-first for classification, else input-first
+        (Self-Instruct §2.2, "Instance Generation")."""
         name = "instances_output_first" if is_classification else "instances_input_first"
         return self._templates[name].render(instruction=one_line(instruction))
-
-
-@lru_cache(maxsize=8)
-def load_prompts(directory: Path | None = None) -> PromptBuilder:
-    """A cached :class:`PromptBuilder` for ``directory`` (None = bundled)."""
-    return PromptBuilder(directory)
 
 
 def instruction_stop(max_list_items: int) -> tuple[str, ...]:
     """Stop strings that end generation before list item ``max_list_items + 1``.
 
-    Self-Instruct §2.2, instruction generation stops before the 16th item (``max_list_items=15``).
+    Self-Instruct's released code stops instruction generation before the 16th
+    item (``max_list_items=15``, the default of ``generation.max_list_items``).
     """
     nxt = max_list_items + 1
     return (f"\n{nxt}.", f"\n{nxt} .", f"\n{nxt})")
@@ -197,20 +193,23 @@ def instance_stop(max_instances: int) -> tuple[str, ...]:
 
 
 def sample_prompt_tasks(rng: random.Random, human: Sequence[Task], machine: Sequence[Task],
-                        total: int = 8, human_count: int = 6) -> list[Task]:
+                        total: int, human_count: int) -> list[Task]:
     """Pick the in-context tasks for one instruction-generation prompt.
 
     ``human_count`` human seed tasks and ``total - human_count`` machine-generated
     ones, all human while fewer than ``total - human_count`` machine tasks exist
-    (Self-Instruct §2.2, instruction generation: 6 + 2 of 8). The order is shuffled so seeds are not
-    always first. Never returns more tasks than exist.
+    (Self-Instruct §2.2, "Instruction Generation": 6 human and 2 machine tasks of 8,
+    the defaults of ``generation.prompt_human_tasks`` and ``generation.prompt_tasks``).
+    The order is shuffled so seeds are not always first. Never returns more tasks
+    than exist.
 
     Args:
         rng: the source of randomness (seeded by the caller for reproducibility).
         human: the seed tasks.
         machine: the machine-generated tasks in the pool.
-        total: tasks per prompt.
-        human_count: of which human, when enough machine tasks exist.
+        total: tasks per prompt (``generation.prompt_tasks``).
+        human_count: of which human, when enough machine tasks exist
+            (``generation.prompt_human_tasks``).
 
     Returns:
         ``min(total, len(human) + len(machine))`` distinct tasks.

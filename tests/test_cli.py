@@ -94,3 +94,68 @@ def test_output_directory_of_something_else_is_refused(tmp_path, content, expect
     assert result.returncode == 2
     assert expected in result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(content)
+
+
+def test_help_texts_state_the_config_models_defaults():
+    from selfinstruct.cli import GENERATE_OPTIONS, default_of, generate, shown
+
+    checked = 0
+    for param in generate.params:
+        key = GENERATE_OPTIONS.get(param.name)
+        if key is None or param.help is None:
+            continue
+        default = default_of(key)
+        if default in (None, []) or isinstance(default, bool):  # in words ("bundled seeds/")
+            continue
+        assert f"[default: {shown(default)}" in param.help, (param.name, param.help)
+        checked += 1
+    assert checked >= 20
+    helps = {p.name: p.help for p in generate.params}
+    assert helps["temperature"].endswith("[default: 0.7]")
+    assert helps["presence_penalty"].endswith("[default: 2]")
+    assert helps["stop"].endswith("[default: '\\n\\n']")
+    assert helps["reject_non_ascii_start"].endswith("[default: reject]")
+
+
+def test_default_of_reads_nested_fields_and_refuses_unknown_ones():
+    from selfinstruct.cli import choices_of, default_of
+
+    assert default_of("instances.output_first_max_tokens") == 300
+    assert default_of("generation.stop") == ["\n\n"]
+    assert choices_of("engine.backend") == ["vllm", "http", "ray"]
+    with pytest.raises(KeyError):
+        default_of("generation.temprature")
+
+
+def test_instruction_sampling_flags_reach_the_config(monkeypatch):
+    from click.testing import CliRunner
+
+    from selfinstruct import cli as cli_module, run
+    from selfinstruct.config import load_config
+
+    seen = []
+
+    def prepare(config_file, options, option_keys):
+        seen.append(load_config(config_file, {option_keys[n]: v for n, v in options.items()}))
+        raise run.JobError("prepared")
+
+    monkeypatch.setattr(run.GenerateJob, "prepare", staticmethod(prepare))
+    runner = CliRunner()
+    result = runner.invoke(cli_module.main, ["generate", "--presence-penalty", "1.25",
+                                             "--stop", "###", "--stop", "\n\n"])
+    assert result.exit_code == 2 and "prepared" in result.output, result.output
+    result = runner.invoke(cli_module.main, ["generate"])
+    assert result.exit_code == 2 and "prepared" in result.output, result.output
+    given, default = (config.generation for config in seen)
+    assert (given.presence_penalty, given.stop) == (1.25, ["###", "\n\n"])
+    assert (default.presence_penalty, default.stop) == (2.0, ["\n\n"])
+
+
+def test_presence_penalty_out_of_range_is_a_user_error(tmp_path):
+    seeds = seeds_file(tmp_path, GOOD)
+    result = cli("generate", "--seeds", str(seeds), "--presence-penalty", "2.5",
+                 "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "option --presence-penalty: " in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -18,6 +18,15 @@ def test_defaults_are_the_papers():
     assert config.instances.max_instances == 5
 
 
+def test_sampling_defaults_are_the_reference_implementations():
+    config = Config()
+    assert (config.generation.presence_penalty, config.generation.max_tokens) == (2.0, 1024)
+    assert config.generation.stop == ["\n\n"]
+    assert (config.instances.presence_penalty, config.instances.temperature) == (1.5, 0.0)
+    assert (config.instances.max_tokens, config.instances.output_first_max_tokens) == (350, 300)
+    assert Config().generation.stop is not config.generation.stop  # a fresh list per config
+
+
 def test_toml_then_overrides(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('num_instructions = 20\n[generation]\ntemperature = 0.9\n'

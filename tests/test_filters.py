@@ -41,7 +41,7 @@ def test_single_instance_filters():
     verdict = filter_instances([
         Instance("abc", ""), Instance("same", "same"), Instance("Answer:", "x"),
         Instance("q", "Label:"), Instance("2+2", "4"), Instance("2+2", "4"),
-    ])
+    ], max_instances=5)
     assert verdict.kept == (Instance("2+2", "4"),)
     assert [r for _, r in verdict.rejected] == [
         "empty_output", "input_equals_output", "ends_with_colon", "ends_with_colon",
@@ -50,7 +50,7 @@ def test_single_instance_filters():
 
 
 def test_same_input_different_outputs_drops_the_task():
-    verdict = filter_instances([Instance("2+2", "4"), Instance("2+2", "5")])
+    verdict = filter_instances([Instance("2+2", "4"), Instance("2+2", "5")], max_instances=5)
     assert verdict.kept == () and verdict.task_reason == "conflicting_outputs"
 
 
@@ -62,4 +62,4 @@ def test_tasks_without_input_may_have_many_outputs_and_are_capped():
 
 
 def test_nothing_left_marks_the_task():
-    assert filter_instances([Instance("a", "")]).task_reason == "no_instances"
+    assert filter_instances([Instance("a", "")], max_instances=5).task_reason == "no_instances"

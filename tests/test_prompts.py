@@ -47,10 +47,10 @@ def test_sampling_all_human_until_two_machine_tasks_exist():
 
 
 def test_sampling_is_reproducible_and_never_exceeds_the_pool():
-    a = sample_prompt_tasks(random.Random(5), HUMAN, MACHINE)
-    b = sample_prompt_tasks(random.Random(5), HUMAN, MACHINE)
+    a = sample_prompt_tasks(random.Random(5), HUMAN, MACHINE, total=8, human_count=6)
+    b = sample_prompt_tasks(random.Random(5), HUMAN, MACHINE, total=8, human_count=6)
     assert [t.id for t in a] == [t.id for t in b]
-    assert len(sample_prompt_tasks(random.Random(0), HUMAN[:3], [], total=8)) == 3
+    assert len(sample_prompt_tasks(random.Random(0), HUMAN[:3], [], total=8, human_count=6)) == 3
 
 
 def test_stop_before_item_sixteen():

@@ -51,16 +51,11 @@ from typing import Any
 import pandas as pd
 
 from .. import __version__
+from .constants import DEFAULT_MAX_LENGTH, FORMATS
 from .inspection import RunData, TableData, distribution, tables
 from ..safety import OutputPathError, check_writable_dir, enclosing_run
 from ..storage.shards import SCHEMA, messages_for, user_turn
 from ..storage.files import atomic_file, current_umask, file_digest, write_json
-
-FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")
-
-DEFAULT_MAX_LENGTH = 2048
-"""``--max-length`` when the tokenizer states none below it (its model_max_length is
-often a placeholder of ~1e30)."""
 
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                     (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"),

@@ -53,6 +53,7 @@ import pandas as pd
 
 from ..filters import word_count
 from ..storage.files import atomic_file, write_atomic
+from .constants import REPORT_FIGURE_SUFFIX, REPORT_INDEX, REPORT_STATS
 from .loading import PLAIN_SUFFIXES, InspectError, RunData, load_run  # noqa: F401 (re-exported)
 
 STATS_FORMAT = "selfinstruct-inspect/1"
@@ -1212,17 +1213,17 @@ def write_report(stats: dict[str, Any], directory: Path | str) -> dict[str, Path
     written: dict[str, Path] = {}
     images: dict[str, bytes] = {}
     for stem, fig in figures(stats).items():
-        path = directory / f"{stem}.png"
+        path = directory / f"{stem}{REPORT_FIGURE_SUFFIX}"
         write_atomic(path, lambda handle, fig=fig: fig.savefig(handle, format="png"))
         images[stem] = path.read_bytes()
         written[stem] = path
     page = render_html(stats, images)
-    with atomic_file(directory / "index.html") as handle:
+    with atomic_file(directory / REPORT_INDEX) as handle:
         handle.write(page.encode("utf-8"))
-    written["index"] = directory / "index.html"
-    with atomic_file(directory / "stats.json") as handle:
+    written["index"] = directory / REPORT_INDEX
+    with atomic_file(directory / REPORT_STATS) as handle:
         handle.write((json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    written["stats"] = directory / "stats.json"
+    written["stats"] = directory / REPORT_STATS
     return written
 
 

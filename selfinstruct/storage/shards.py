@@ -104,11 +104,6 @@ class ShardWriter:
             self._write(chunk)
         return list(self.shards)
 
-    @property
-    def rows_written(self) -> int:
-        """Rows in shards already on disk."""
-        return sum(s.rows for s in self.shards)
-
     def _write(self, rows: list[dict[str, Any]]) -> None:
         import pyarrow.parquet as pq
 
