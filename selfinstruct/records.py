@@ -55,8 +55,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["SUFFIXES", "Position", "Record", "Records", "RecordsError", "dataset_dir_kind",
-           "frame_of", "input_files", "read_records", "value_problem"]
+__all__ = ["MISSING", "SUFFIXES", "TABULAR", "Position", "Record", "Records", "RecordsError",
+           "dataset_dir_kind", "frame_of", "input_files", "read_records", "value_problem"]
 
 #: File suffixes read as records (case-insensitive), and in a directory.
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq", ".csv")

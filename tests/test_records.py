@@ -133,6 +133,19 @@ def test_a_json_file_of_json_lines_and_a_single_object(tmp_path):
     assert read_records(single)[0].rows == ROWS[:1]
 
 
+def test_json_lines_split_only_at_line_feeds(tmp_path):
+    # U+2028, U+0085 and a form feed are valid raw inside JSON strings; CRLF ends lines too.
+    rows = [{"instruction": "Join\u2028these\x85lines\x0c.", "input": "", "output": "ok"},
+            ROWS[1]]
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(b"\r\n".join(json.dumps(r, ensure_ascii=False).encode() for r in rows)
+                     + b"\r\n")
+    (source,) = read_records(path)
+    assert source.rows == rows
+    assert [r.position.line for r in source] == [1, 2]
+    assert load_seed_tasks(path)[0].instruction == rows[0]["instruction"]
+
+
 def test_directories_and_dataset_dicts_are_read_in_order(tmp_path):
     data = tmp_path / "data"
     write("csv", data / "b.csv", ROWS[2:])
