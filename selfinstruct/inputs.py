@@ -10,7 +10,8 @@ templates, and the dataset files that ``inspect``, ``export`` and ``dedup`` read
 :func:`read_csv_records` reads a CSV table with pandas so that a row with more
 fields than the header is an error naming its line, instead of pandas'
 default of moving the leading fields into the index (which shifts every value
-of the row into the wrong column).
+of the row into the wrong column). It is the CSV step of
+:func:`selfinstruct.records.read_records`, the one reader of record files.
 """
 
 from __future__ import annotations

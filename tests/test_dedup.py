@@ -488,6 +488,9 @@ def _write_inputs(tmp_path):
     p = tmp_path / "data.parquet"
     pd.DataFrame(RECORDS).to_parquet(p)
     paths["parquet"] = p
+    p = tmp_path / "data.csv"
+    pd.DataFrame(RECORDS).to_csv(p, index=False)
+    paths["csv"] = p
     return paths
 
 
@@ -527,6 +530,8 @@ def test_dedup_file_threshold_and_tokenizer(tmp_path):
 
 
 def test_dedup_file_errors(tmp_path):
+    import pandas as pd
+
     paths = _write_inputs(tmp_path)
     out = tmp_path / "o.parquet"
     for p in paths.values():
@@ -538,16 +543,26 @@ def test_dedup_file_errors(tmp_path):
         dedup_file(tmp_path / "missing.json", "instruction", out)
     bad = tmp_path / "bad.json"
     bad.write_text("[{not json", encoding="utf-8")
-    with pytest.raises(DedupInputError, match="bad.json"):
+    with pytest.raises(DedupInputError, match=r"bad\.json:1: invalid JSON"):
         dedup_file(bad, "instruction", out)
-    weird = tmp_path / "data.csv"
+    weird = tmp_path / "data.txt"
     weird.write_text("instruction\nx\n", encoding="utf-8")
-    with pytest.raises(DedupInputError, match="unknown format"):
+    with pytest.raises(DedupInputError, match=r"data\.txt: unsupported format '\.txt'"):
         dedup_file(weird, "instruction", out)
     nonstr = tmp_path / "n.jsonl"
     nonstr.write_text('{"instruction": "a"}\n{"instruction": 3}\n', encoding="utf-8")
-    with pytest.raises(DedupInputError, match="row 1"):
+    with pytest.raises(DedupInputError,
+                       match=r"n\.jsonl:2: field 'instruction': expected a string, got int"):
         dedup_file(nonstr, "instruction", out)
+    absent = tmp_path / "a.jsonl"
+    absent.write_text('{"instruction": "a"}\n{"prompt": "b"}\n', encoding="utf-8")
+    with pytest.raises(DedupInputError, match=r"a\.jsonl:2: field 'instruction': missing$"):
+        dedup_file(absent, "instruction", out)
+    null = tmp_path / "null.parquet"
+    pd.DataFrame({"instruction": ["a", None]}).to_parquet(null)
+    with pytest.raises(DedupInputError,
+                       match=r"null\.parquet \(row 2\): field 'instruction': missing \(null\)"):
+        dedup_file(null, "instruction", out)
     assert isinstance(DedupInputError("x"), ValueError)
     assert not out.exists()
 

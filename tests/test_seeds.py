@@ -85,7 +85,7 @@ def test_directory_reads_every_seed_file_in_order(tmp_path):
     (b'{"instruction": "Do it.", "instances": []}\n', "field 'instances': must be a non-empty"),
     (b'{"instruction": "Do it.", "instances": [{"output": "y"}], "is_classification": "maybe"}\n',
      "field 'is_classification'"),
-    (b'[1, 2]\n', "record is a list"),
+    (b'[1, 2]\n', ":1: record is an array, expected an object"),
 ])
 def test_bad_jsonl_is_named_by_line_and_field(tmp_path, content, expected):
     path = tmp_path / "bad.jsonl"
@@ -117,7 +117,7 @@ def test_missing_file_unsupported_suffix_duplicate_id(tmp_path):
     with pytest.raises(SeedError, match="seed file not found"):
         load_seed_tasks(tmp_path / "nope.jsonl")
     (tmp_path / "s.yaml").write_text("x: 1")
-    with pytest.raises(SeedError, match="unsupported seed format"):
+    with pytest.raises(SeedError, match="unsupported format '.yaml'"):
         load_seed_tasks(tmp_path / "s.yaml")
     path = write_lines(tmp_path / "d.jsonl",
                        [SI_RECORD, dict(SI_RECORD, instruction="Another task here.")])

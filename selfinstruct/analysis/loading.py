@@ -1,13 +1,14 @@
 """Loading what ``inspect`` and ``export`` read: a run directory or a plain record file.
 
 A run directory is its ``manifest.json`` (checked) and the shards it lists; a
-plain file (or a directory of them) is read as a run without a manifest. Every
+plain record file, a directory of them without ``manifest.json``, or a
+``datasets`` ``save_to_disk`` directory is read with
+:func:`selfinstruct.records.read_records` as a run without a manifest. Every
 problem raises :class:`InspectError`, one line naming the file and field.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from ..inputs import InputFileError, check_regular_file, read_csv_records
+from ..records import SUFFIXES, RecordsError, dataset_dir_kind, frame_of, read_records
 from ..storage.manifest import MANIFEST
 from ..storage.shards import DATA_DIR
 
-PLAIN_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".csv")
+PLAIN_SUFFIXES = SUFFIXES
+"""Suffixes of the plain record files read (:data:`selfinstruct.records.SUFFIXES`)."""
 
 
 class InspectError(ValueError):
@@ -65,28 +67,43 @@ class RunData:
 
 
 def load_run(path: Path | str) -> RunData:
-    """Load a run directory or a plain Alpaca-style dataset file.
+    """Load a run directory or a plain Alpaca-style dataset.
 
     Args:
         path: a directory holding ``manifest.json`` and the Parquet shards it
-            lists, or a ``.json`` (array or JSON Lines), ``.jsonl``,
-            ``.parquet`` or ``.csv`` file of records with ``instruction`` and
-            ``output`` (``input`` optional), or Self-Instruct JSONL records
-            with ``instances``.
+            lists; or records with ``instruction`` and ``output`` (``input``
+            optional), or Self-Instruct records with ``instances``, in any input
+            of :func:`selfinstruct.records.read_records`: a ``.json`` (array or
+            JSON Lines), ``.jsonl``/``.ndjson``, ``.parquet`` or ``.csv`` file, a
+            ``save_to_disk`` directory (every split), or a directory without
+            ``manifest.json`` that holds such files.
 
     Returns:
         A :class:`RunData`; rows in shard (or file) order.
 
     Raises:
-        InspectError: missing path, a directory without ``manifest.json``, an
-            unreadable manifest or shard, a shard listed but missing, a file
-            that is not a regular file, an unknown file format, a missing
+        InspectError: missing path, a directory that is neither a run nor holds
+            records, an unreadable manifest or shard, a shard listed but missing,
+            a file that is not a regular file, an unknown file format, a missing
             column, or a null or non-string text value.
     """
     path = Path(path)
+    if path.is_dir() and not (path / MANIFEST).is_file() and _holds_records(path):
+        return _load_plain_file(path)
     if path.is_dir():
         return _load_run_dir(path)
     return _load_plain_file(path)
+
+
+def _holds_records(path: Path) -> bool:
+    """A directory that is a ``save_to_disk`` dataset or holds record files."""
+    if dataset_dir_kind(path) is not None:
+        return True
+    try:
+        return any(p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+                   for p in path.iterdir())
+    except OSError:
+        return False
 
 
 def _load_run_dir(path: Path) -> RunData:
@@ -137,102 +154,37 @@ def _load_run_dir(path: Path) -> RunData:
     return RunData(path, "run", _normalize(frame, path.name), manifest, notes)
 
 
-def _read_records(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
-    """A plain file as a DataFrame (no validation beyond the format).
-
-    Only a regular file is read (:func:`selfinstruct.inputs.check_regular_file`:
-    a FIFO or device is refused before it is opened). CSV is read by
-    :func:`selfinstruct.inputs.read_csv_records` (a row with more fields than the
-    header is an error naming its line; missing fields are NaN).
+def _read_records(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Plain records as a DataFrame (:func:`selfinstruct.records.read_records`).
 
     Returns:
         ``(frame, where)``: ``where[k]`` names the place row ``k`` came from in
-        error messages (``"<path>:<line>"`` for JSON Lines and CSV, ``"<path>
-        (record k)"`` for a JSON array), or None for Parquet.
+        error messages (:class:`selfinstruct.records.Position`: file and line,
+        or row, or record number).
 
     Raises:
-        InspectError: not a regular file, unsupported suffix, not UTF-8,
-            invalid or too deeply nested JSON (with its line for JSON Lines), a
-            CSV row with too many fields, a record that is not an object, or
-            no records.
+        InspectError: any :class:`selfinstruct.records.RecordsError` (not a
+            regular file, unsupported suffix, not UTF-8, invalid or too deeply
+            nested JSON, a CSV row with too many fields, a record that is not an
+            object), or no records (and no header or schema naming columns).
     """
     try:
-        check_regular_file(path)
-    except InputFileError as exc:
+        sources = read_records(path)
+    except RecordsError as exc:
         raise InspectError(str(exc)) from None
-    suffix = path.suffix.lower()
-    if suffix not in PLAIN_SUFFIXES:
-        raise InspectError(f"{path}: unsupported format '{suffix}' "
-                           f"(use a run directory or {', '.join(PLAIN_SUFFIXES)})")
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(path), None
-        if suffix == ".csv":
-            columns, rows = read_csv_records(path)
-            return (pd.DataFrame.from_records(rows, columns=columns),
-                    [f"{path}:{k + 2}" for k in range(len(rows))])
-        text = path.read_bytes().decode("utf-8-sig")
-    except InputFileError as exc:
-        raise InspectError(str(exc)) from None
-    except UnicodeDecodeError as exc:
-        raise InspectError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
-    except Exception as exc:  # pandas/pyarrow raise many types for unreadable tables
-        raise InspectError(f"{path}: cannot read: {exc}".splitlines()[0]) from None
-    if not text.strip():
-        raise InspectError(f"{path}: file is empty")
-    records: list[Any]
-    where: list[str] = []
-    if suffix == ".json" and text.lstrip().startswith(("[", "{")) and not _looks_like_jsonl(text):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InspectError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        except RecursionError:
-            raise InspectError(f"{path}: invalid JSON: nested too deeply") from None
-        records = data if isinstance(data, list) else [data]
-        where = [f"{path} (record {k})" for k in range(1, len(records) + 1)]
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InspectError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-                except RecursionError:
-                    raise InspectError(f"{path}:{number}: invalid JSON: nested too deeply"
-                                       ) from None
-                where.append(f"{path}:{number}")
-    for k, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InspectError(f"{where[k]}: expected an object, got {type(record).__name__}")
-    if not records:
+    where = [str(source.position(k)) for source in sources for k in range(len(source))]
+    if not where and not any(source.columns for source in sources):
         raise InspectError(f"{path}: no records")
-    return pd.DataFrame.from_records(records), where
+    return frame_of(sources), where
 
 
-def _looks_like_jsonl(text: str) -> bool:
-    """A ``.json`` file that is really JSON Lines: its first line parses alone
-    (or nests too deeply to tell; reading it line by line then names the line)."""
-    first = text.lstrip().split("\n", 1)[0].strip()
-    if not first.startswith("{") or "\n" not in text.strip():
-        return False
-    try:
-        json.loads(first)
-    except json.JSONDecodeError:
-        return False
-    except RecursionError:
-        return True
-    return True
-
-
-def _explode_instances(frame: pd.DataFrame, path: Path, where: list[str] | None
-                       ) -> tuple[pd.DataFrame, list[str] | None]:
+def _explode_instances(frame: pd.DataFrame, where: list[str]
+                       ) -> tuple[pd.DataFrame, list[str]]:
     """Self-Instruct records (``instances: [{input, output}]``) to one row per instance;
     ``where`` (see :func:`_read_records`) is expanded to match."""
     rows, row_where = [], []
     for k, record in enumerate(frame.to_dict("records"), start=1):
-        place = where[k - 1] if where else f"{path} (record {k})"
+        place = where[k - 1]
         instances = record.pop("instances")
         if hasattr(instances, "tolist"):
             instances = instances.tolist()
@@ -253,7 +205,7 @@ def _is_null(value: Any) -> bool:
 
 
 def _load_plain_file(path: Path) -> RunData:
-    """A plain dataset file as a :class:`RunData` (see :func:`load_run`).
+    """Plain records (a file or directory) as a :class:`RunData` (see :func:`load_run`).
 
     Raises:
         InspectError: see :func:`_read_records`; also a missing ``instruction`` /
@@ -262,7 +214,7 @@ def _load_plain_file(path: Path) -> RunData:
     """
     frame, where = _read_records(path)
     if "instances" in frame.columns and "output" not in frame.columns:
-        frame, where = _explode_instances(frame, path, where)
+        frame, where = _explode_instances(frame, where)
     for column in ("instruction", "output"):
         if column not in frame.columns:
             raise InspectError(f"{path}: field '{column}': missing column")
@@ -276,12 +228,13 @@ def _load_plain_file(path: Path) -> RunData:
             if _is_null(value) and not required:
                 values[k] = ""
                 continue
-            place = where[k] if where else f"{path} (record {k + 1})"
+            place = where[k]
             problem = ("missing (null)" if _is_null(value)
                        else f"expected a string, got {type(value).__name__}")
             raise InspectError(f"{place}: field '{column}': {problem}")
         frame[column] = values
-    return RunData(path, "file", _normalize(frame, path.stem), None, [])
+    stem = path.name if path.is_dir() else path.stem
+    return RunData(path, "file", _normalize(frame, stem), None, [])
 
 
 def _normalize(frame: pd.DataFrame, stem: str) -> pd.DataFrame:
