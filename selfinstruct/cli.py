@@ -210,8 +210,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--seeds", type=click.Path(path_type=Path), default=None,
-              help=config_help("seeds", "Seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL, "
-                               "Parquet or CSV, or a directory of them.", "bundled seeds/"))
+              help=config_help("seeds", "Seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL/"
+                               "NDJSON, Parquet, CSV, a datasets save_to_disk directory, "
+                               "or a directory of such files.", "bundled seeds/"))
 @click.option("--model", default=None,
               help=config_help("model", "Hugging Face id, local model directory, or .gguf file.",
                                f"embedded {EMBEDDED_NAME}"))
@@ -447,7 +448,7 @@ REFILTER_OPTIONS = {
               help="File for the kept rows, in the format of its extension (.parquet, .jsonl, "
                    ".ndjson or .json); dropped rows go to <stem>.dropped<ext> beside it.")
 def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output: Path) -> None:
-    """Deduplicate a JSON / JSONL / Parquet dataset by ROUGE-L, exactly.
+    """Deduplicate a dataset (JSON, JSONL, NDJSON, Parquet, CSV, save_to_disk) by ROUGE-L, exactly.
 
     Keeps row i iff its ROUGE-L F1 against every earlier kept row is at most
     the threshold (the ROUGE-L filter of Self-Instruct §2.2, "Filtering and
@@ -494,8 +495,9 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
                 where: tuple[str, ...], as_json: bool, report: Path | None) -> None:
     """Statistics of a run, or of an Alpaca-style dataset file.
 
-    RUN is a `generate` output directory, or a JSON / JSONL / Parquet / CSV file
-    of instruction/input/output records. Shows counts per stage, rejections by
+    RUN is a `generate` output directory, or records of instruction/input/output
+    (a JSON, JSONL, NDJSON, Parquet or CSV file, a directory of them, or a
+    datasets save_to_disk directory). Shows counts per stage, rejections by
     reason, per-round counts, the classification share, lengths in words and
     model tokens, each instruction's ROUGE-L to its nearest seed and the
     commonest leading verbs with their objects (Self-Instruct §3.2, Figures
@@ -575,7 +577,7 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
            train_split: float | None, seeds: Path | None, tokenizer: str | None,
            overwrite: bool, repo: str | None, private: bool, template_model: str | None,
            max_length: int | None) -> None:
-    """Export a run (or an Alpaca-style file) for SFT trainers, with a dataset card.
+    """Export a run (or Alpaca-style records, in any format inspect reads) for SFT trainers, with a dataset card.
 
     Writes --format files and a README.md (Hugging Face card metadata, the model,
     seeds, filter settings and the statistics of `inspect`) to --output. With
