@@ -505,9 +505,11 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
     """
     import json
 
-    from .analysis.inspection import (InspectError, collect_statistics, load_run,
-                                      render_console, resolve_seeds, resolve_tokenizer,
-                                      write_report)
+    from .analysis.loading import InspectError, load_run
+    from .analysis.report import write_report
+    from .analysis.sources import resolve_seeds, resolve_tokenizer
+    from .analysis.stats import collect_statistics
+    from .analysis.tables import render_console
     from .safety import (OutputPathError, check_not_in_run, check_output_apart,
                          check_writable_dir)
     from .terminal import terminal_safe
@@ -584,10 +586,11 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
     --check-template, checks the examples against a chat template first;
     --check-template alone only checks.
     """
-    from .analysis.export import (ExportError, check_template, describe_check, export_run,
-                                  push_to_hub, resolve_template_model)
-    from .analysis.inspection import (InspectError, collect_statistics, load_run,
-                                      resolve_seeds, resolve_tokenizer)
+    from .analysis.chat_check import check_template, describe_check, resolve_template_model
+    from .analysis.export import ExportError, export_run, push_to_hub
+    from .analysis.loading import InspectError, load_run
+    from .analysis.sources import resolve_seeds, resolve_tokenizer
+    from .analysis.stats import collect_statistics
     from .terminal import terminal_safe
 
     if fmt is None and template_model is None:

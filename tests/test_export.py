@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfinstruct.analysis.export import (ExportError, assign_splits, check_template,
-                                          export_run, push_to_hub, split_key)
-from selfinstruct.analysis.inspection import collect_statistics, load_run, resolve_seeds
+from selfinstruct.analysis.chat_check import check_template
+from selfinstruct.analysis.export import (ExportError, assign_splits, export_run, push_to_hub,
+                                          split_key)
+from selfinstruct.analysis.loading import load_run
+from selfinstruct.analysis.sources import resolve_seeds
+from selfinstruct.analysis.stats import collect_statistics
 from selfinstruct.storage.shards import messages_for
 from tests.small_run import TASKS, rows, write_small_run
 
@@ -235,7 +238,7 @@ def test_export_user_mistakes_exit_2(run_dir, tmp_path, make_args, expected):
 
 @pytest.fixture(scope="module")
 def embedded_tokenizer():
-    from selfinstruct.analysis.export import resolve_template_model
+    from selfinstruct.analysis.chat_check import resolve_template_model
 
     return resolve_template_model(None)
 
@@ -307,3 +310,17 @@ def test_shared_alpaca_file_exports_every_record(shared_data, tmp_path):
 
 def test_tasks_of_the_fixture_are_distinct():
     assert len({t[3] for t in TASKS}) == len(TASKS)
+
+
+def test_the_card_metadata_stays_yaml_whatever_the_source_is_called(tmp_path):
+    name = 'a: b # "c" \'d\' [e] {f} - g'
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(json.dumps({"instruction": "Say | hi.", "input": "", "output": "hi"}) + "\n")
+    export_run(load_run(path), "alpaca", tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["pretty_name"] == f"{name} (self-instruct)"
+    assert meta["configs"] == [{"config_name": "default",
+                                "data_files": [{"split": "train", "path": "train.json"}]}]
+    assert body.startswith(f"\n# {name}\n") and f"`{path}`" in body

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 
 from selfinstruct.dedup import rouge_l
-from selfinstruct.analysis.inspection import (InspectError, collect_statistics, filter_rows,
-                                              heuristic_verb_object, load_run, resolve_seeds,
-                                              resolve_tokenizer, rouge_to_seeds, token_counts,
-                                              verb_statistics)
+from selfinstruct.analysis.loading import InspectError, load_run
+from selfinstruct.analysis.sources import resolve_seeds, resolve_tokenizer
+from selfinstruct.analysis.stats import collect_statistics, rouge_to_seeds, token_counts
+from selfinstruct.analysis.verbs import heuristic_verb_object, verb_statistics
+from selfinstruct.analysis.where import filter_rows
 from tests.small_run import SEEDS, TASKS, write_small_run
 
 BIN = Path(sys.executable).parent / "selfinstruct"
@@ -107,7 +108,7 @@ def test_token_lengths_use_the_embedded_models_tokenizer(run_dir):
 
 
 def test_the_run_model_is_found_by_its_recorded_hash_not_its_recorded_path():
-    from selfinstruct.analysis.inspection import trusted_model_path
+    from selfinstruct.analysis.sources import trusted_model_path
     from selfinstruct.models import cache_dir, resolve_model
 
     embedded = resolve_model(None)
@@ -296,7 +297,46 @@ def test_a_run_without_rows_still_inspects_and_reports(tmp_path):
     run = load_run(run_dir)
     stats = collect_statistics(run, resolve_seeds(run), None, verb_parser=None)
     assert stats["counts"]["rows"] == 0 and stats["rouge_to_seeds"]["count"] == 0
-    from selfinstruct.analysis.inspection import write_report
+    from selfinstruct.analysis.report import write_report
 
     written = write_report(stats, tmp_path / "report")
     assert {"index", "stats", "lengths_words", "rejections"} <= set(written)
+
+
+def test_the_html_report_shows_markup_in_the_data_as_text(tmp_path):
+    from html.parser import HTMLParser
+
+    from selfinstruct.analysis.report import write_report
+
+    attack = '<script>alert("x")</script><img src=x onerror=alert(1)> & \'q\' {{ 7*7 }}'
+    folder = tmp_path / "<b>odd"
+    folder.mkdir()
+    path = folder / "data<i>.jsonl"
+    records = [{"instruction": "Say " + attack, "input": "in " + attack, "output": attack},
+               {"instruction": "Name a colour.", "input": "", "output": "blue"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = load_run(path)
+    stats = collect_statistics(run, None, None, sample=5, verb_parser=None)
+    page = write_report(stats, tmp_path / "report")["index"].read_text(encoding="utf-8")
+
+    class Elements(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.text = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    parsed = Elements()
+    parsed.feed(page)
+    tags = [tag for tag, _ in parsed.tags]
+    assert tags.count("script") == 1 and "b" not in tags and "i" not in tags
+    assert [attrs["src"][:22] for tag, attrs in parsed.tags if tag == "img"] \
+        == ["data:image/png;base64,"] * tags.count("img")
+    assert not any("onerror" in attrs for _, attrs in parsed.tags)
+    text = "".join(parsed.text)
+    assert text.count("Say " + attack) == 1 and text.count("in " + attack) == 1
+    assert f"selfinstruct inspect: {path}" in text and "{{ 7*7 }}" in text

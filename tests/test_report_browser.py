@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from selfinstruct.analysis.inspection import (collect_statistics, load_run, resolve_seeds,
-                                              write_report)
+from selfinstruct.analysis.loading import load_run
+from selfinstruct.analysis.report import write_report
+from selfinstruct.analysis.sources import resolve_seeds
+from selfinstruct.analysis.stats import collect_statistics
 from tests.small_run import write_small_run
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")

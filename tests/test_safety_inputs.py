@@ -21,7 +21,7 @@ import pytest
 from selfinstruct.config import ConfigError, load_config
 from selfinstruct.dedup import DedupInputError, dedup_file
 from selfinstruct.inputs import InputFileError, check_regular_file, read_csv_records
-from selfinstruct.analysis.inspection import InspectError, load_run
+from selfinstruct.analysis.loading import InspectError, load_run
 from selfinstruct.prompts import PromptBuilder, PromptError, default_prompts_dir
 from selfinstruct.seeds import SeedError, load_seed_tasks
 

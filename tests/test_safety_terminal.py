@@ -191,7 +191,7 @@ def test_click_usage_errors_quoting_arguments_stay_escaped(args):
 
 
 def test_describe_check_lines_are_escaped():
-    from selfinstruct.analysis.export import describe_check
+    from selfinstruct.analysis.chat_check import describe_check
 
     result = {"examples": 2, "model": "m\x1b]0;pwned\x07",
               "lengths": {"p50": 1, "p99": 2, "max": 3}, "max_length": 10,
@@ -409,13 +409,13 @@ def test_sigterm_in_refilter_leaves_no_partial_output(tmp_path):
 def test_sigterm_in_another_command_is_one_line_and_143(tmp_path):
     script = textwrap.dedent("""
         import os, signal, sys
-        import selfinstruct.analysis.inspection as inspection
+        import selfinstruct.analysis.loading as loading
 
         def load_run(path):
             os.kill(os.getpid(), signal.SIGTERM)
             raise AssertionError("SIGTERM did not stop inspect")
 
-        inspection.load_run = load_run
+        loading.load_run = load_run
         from selfinstruct.cli import main
         sys.argv = ["selfinstruct", "inspect", "anything.jsonl"]
         main()

@@ -2,8 +2,8 @@
 
 This module imports nothing, so the command line can use these values in its
 options, help texts and checks (``selfinstruct --help`` loads no pandas), while
-:mod:`selfinstruct.analysis.export` and :mod:`selfinstruct.analysis.inspection`,
-which do the writing, read the same definitions.
+:mod:`selfinstruct.analysis.export`, :mod:`selfinstruct.analysis.chat_check` and
+:mod:`selfinstruct.analysis.report`, which do the writing, read the same definitions.
 """
 
 FORMATS = ("alpaca", "sharegpt", "messages", "parquet", "datasets")

@@ -27,11 +27,9 @@ front matter follows the Hugging Face dataset-card conventions (``configs`` /
 ``data_files`` point at the files, so ``load_dataset(DIR)`` works).
 
 The export is built in a temporary sibling directory and renamed into place, so
-``DIR`` is either absent or complete.
-
-:func:`check_template` renders every example with a model's chat template and
-reports examples longer than a context length and special tokens of the model
-(or markup of its template) found inside the data.
+``DIR`` is either absent or complete. The card is made by
+:mod:`selfinstruct.analysis.card`; ``--check-template`` is
+:mod:`selfinstruct.analysis.chat_check`.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -51,15 +48,12 @@ from typing import Any
 import pandas as pd
 
 from .. import __version__
-from .constants import DEFAULT_MAX_LENGTH, FORMATS
-from .inspection import RunData, TableData, distribution, tables
 from ..safety import OutputPathError, check_writable_dir, enclosing_run
-from ..storage.shards import SCHEMA, messages_for, user_turn
 from ..storage.files import atomic_file, current_umask, file_digest, write_json
-
-_SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                    (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"),
-                    (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+from ..storage.shards import SCHEMA, messages_for, user_turn
+from .card import dataset_card
+from .constants import FORMATS
+from .loading import RunData
 
 
 class ExportError(ValueError):
@@ -309,13 +303,13 @@ def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, A
     """Write ``run`` to ``output`` in format ``fmt`` with a dataset card.
 
     Args:
-        run: from :func:`selfinstruct.analysis.inspection.load_run`.
+        run: from :func:`selfinstruct.analysis.loading.load_run`.
         fmt: one of :data:`FORMATS`.
         output: the export directory (created; must be absent or empty, or with
             ``overwrite`` an unchanged earlier export, recognised by its
             :data:`EXPORT_MARKER`; never a run directory, a directory inside
             one, or one containing the input).
-        stats: :func:`selfinstruct.analysis.inspection.collect_statistics` output for
+        stats: :func:`selfinstruct.analysis.stats.collect_statistics` output for
             the card (None: the card carries counts only).
         system_prompt: a system turn added to every example.
         train_split: fraction of tasks in ``train`` (see :func:`assign_splits`).
@@ -399,148 +393,6 @@ def _write_format(fmt: str, directory: Path, parts: dict[str, pd.DataFrame],
 
 
 # ---------------------------------------------------------------------------
-# Dataset card
-# ---------------------------------------------------------------------------
-
-
-def size_category(rows: int) -> str:
-    """Hugging Face ``size_categories`` bucket for a row count."""
-    for limit, name in _SIZE_CATEGORIES:
-        if rows < limit:
-            return name
-    return "n>1T" if rows > 10 ** 12 else "1B<n<10B"
-
-
-def _yaml_str(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML scalar
-
-
-def card_metadata(result: ExportResult, pretty_name: str) -> str:
-    """The card's YAML front matter (between ``---`` lines), per the Hub's conventions:
-    license (``other``: unknown), task category, size, tags and ``configs`` with
-    ``data_files`` for each split."""
-    total = sum(result.rows.values())
-    lines = ["---", "license: other", "task_categories:", "- text-generation",
-             "size_categories:", f"- {size_category(total)}", "tags:", "- self-instruct",
-             "- synthetic", f"pretty_name: {_yaml_str(pretty_name)}", "configs:",
-             "- config_name: default", "  data_files:"]
-    for name, path in result.files.items():
-        lines += [f"  - split: {name}", f"    path: {_yaml_str(path)}"]
-    lines.append("---")
-    return "\n".join(lines) + "\n"
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(data: TableData) -> str:
-    """A :class:`~selfinstruct.analysis.inspection.TableData` as a Markdown table."""
-    out = [f"**{data.title}**", "", "| " + " | ".join(data.headers) + " |",
-           "| " + " | ".join("---" for _ in data.headers) + " |"]
-    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in data.rows]
-    if data.note:
-        out += ["", f"_{_md_cell(data.note)}_"]
-    return "\n".join(out) + "\n"
-
-
-_LOADERS = {
-    "alpaca": 'load_dataset("json", data_files="{path}", split="train")',
-    "sharegpt": 'load_dataset("json", data_files="{path}", split="train")',
-    "messages": 'load_dataset("json", data_files="{path}", split="train")',
-    "parquet": 'load_dataset("parquet", data_files="{path}", split="train")',
-}
-
-_DESCRIPTIONS = {
-    "alpaca": "JSON array of `{instruction, input, output}` records (Alpaca format); "
-              "`input` is `\"\"` when the task takes none.",
-    "sharegpt": "JSON array of `{id, conversations}` records (ShareGPT format): turns "
-                "`{from, value}` with `from` in `system`, `human`, `gpt`.",
-    "messages": "JSON Lines, one `{\"messages\": [{role, content}, ...]}` per line (OpenAI "
-                "chat fine-tuning format; TRL's `SFTTrainer` reads it as is).",
-    "parquet": "Parquet with the run's columns: `id`, `task_id`, `instruction`, `input`, "
-               "`output`, `messages` and provenance (`round`, `is_classification`, `model`, "
-               "`prompt_task_ids`, `nearest_instruction`, `nearest_rouge_l`) where known.",
-    "datasets": "A `datasets.DatasetDict` saved with `save_to_disk` (Arrow), with the columns "
-                "of the Parquet export.",
-}
-
-
-def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | None, *,
-                 system_prompt: str | None = None, train_split: float | None = None) -> str:
-    """The ``README.md`` of an export: YAML metadata, then format, splits, how the
-    data was made (model, seeds, filter and sampling settings) and the statistics
-    tables of ``selfinstruct inspect``."""
-    manifest = run.manifest or {}
-    name = run.path.name if run.kind == "run" else run.path.stem
-    parts = [card_metadata(result, f"{name} (self-instruct)"), f"# {name}", ""]
-    if run.kind == "run":
-        parts.append(f"Synthetic instruction-tuning data made with selfinstruct {__version__} "
-                     "(Self-Instruct, Wang et al., ACL 2023): "
-                     "a model bootstrapped new tasks from human-written seed tasks, filtered "
-                     "them, and wrote instances for each.")
-    else:
-        parts.append(f"Instruction data from `{run.path.name}`, exported by selfinstruct "
-                     f"{__version__}.")
-    parts += ["", "## Format", "", _DESCRIPTIONS[result.format]]
-    if system_prompt:
-        parts += ["", f"Every example carries the system prompt: {_yaml_str(system_prompt)}."]
-    parts += ["", "```python"]
-    if result.format == "datasets":
-        parts += ["from datasets import load_from_disk", 'data = load_from_disk("PATH")']
-    else:
-        parts += ["from datasets import load_dataset",
-                  "data = load_dataset(\"PATH\")  # splits from this card's configs",
-                  "train = " + _LOADERS[result.format].format(path="PATH/" + result.files["train"])]
-    parts += ["```", "", "## Splits", "", "| split | rows | tasks | file |",
-              "| --- | --- | --- | --- |"]
-    for split, rows in result.rows.items():
-        parts.append(f"| {split} | {rows} | {result.tasks[split]} | `{result.files[split]}` |")
-    if train_split is not None and train_split < 1:
-        parts += ["", f"Tasks are split {train_split:g} / {1 - train_split:.4g} by the SHA-256 "
-                      "of their instruction, so all instances of a task share a split and the "
-                      "split is the same on every export."]
-    parts += ["", "## How it was made", ""]
-    if run.kind == "run":
-        model = manifest.get("model") or {}
-        seeds = manifest.get("seeds") or {}
-        config = manifest.get("config") or {}
-        versions = manifest.get("versions") or {}
-        parts.append(f"- Model: `{model.get('name')}` ({model.get('source')})"
-                     + (f", GGUF sha256 `{model['gguf_sha256']}`" if model.get("gguf_sha256")
-                        else ""))
-        parts.append(f"- Seed tasks: `{seeds.get('path')}` ({seeds.get('tasks')} tasks)")
-        for entry in seeds.get("files") or []:
-            parts.append(f"  - `{entry.get('path')}` sha256 `{entry.get('sha256')}`")
-        for section in ("generation", "classification", "instances", "filters"):
-            values = config.get(section)
-            if values:
-                settings = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
-                                     for k, v in values.items())
-                parts.append(f"- {section}: {settings}")
-        parts.append(f"- Run seed {config.get('seed')}, created {manifest.get('created')}, "
-                     f"versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    else:
-        parts.append(f"- Source file: `{run.path}` (no run manifest: model, seeds and filter "
-                     "settings unknown)")
-    if stats is not None:
-        parts += ["", "## Statistics", ""]
-        for data in tables(stats):
-            if data.title != "Sample rows":
-                parts += [markdown_table(data)]
-        if stats.get("notes"):
-            parts += ["Notes:", ""] + [f"- {_md_cell(n)}" for n in stats["notes"]] + [""]
-    parts += ["## License and limitations", "",
-              "License: `other` (not determined by selfinstruct). The data is model output; "
-              "check the terms of the generating model and of the seed tasks before "
-              "redistributing, and set the license field accordingly.", "",
-              "The examples are machine-generated and unreviewed: expect wrong outputs and "
-              "repetitive tasks (the Self-Instruct paper rated 54% of its GPT-3 examples fully "
-              "valid, §3.3).", ""]
-    return "\n".join(parts)
-
-
-# ---------------------------------------------------------------------------
 # Hub
 # ---------------------------------------------------------------------------
 
@@ -575,182 +427,6 @@ def push_to_hub(directory: Path, repo: str, *, private: bool = False,
     return str(url)
 
 
-# ---------------------------------------------------------------------------
-# Chat-template check
-# ---------------------------------------------------------------------------
-
-_MARKUP = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?[A-Za-z_][A-Za-z0-9_]{0,30}>|\[/?[A-Z_]{2,20}\]"
-                     r"|<</?SYS>>")
-
-
-def template_markers(tokenizer: Any) -> list[str]:
-    """Strings that must not occur inside example text for ``tokenizer``'s model.
-
-    Every special and added token of the tokenizer, plus the tag-like markup
-    (``<|...|>``, ``<tag>``, ``[INST]``, ``<<SYS>>``) its chat template emits
-    around a probe conversation. Whitespace-only tokens are left out.
-    """
-    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    for token in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values():
-        found.add(getattr(token, "content", str(token)))
-    try:
-        probe = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "\x00"}, {"role": "assistant", "content": "\x00"}],
-            tokenize=False)
-        found.update(_MARKUP.findall(str(probe)))
-    except Exception:  # a template that rejects the probe: tokens alone
-        pass
-    return sorted(t for t in found if t and t.strip())
-
-
-def default_max_length(tokenizer: Any) -> int:
-    """The tokenizer's ``model_max_length`` when stated and at most
-    :data:`DEFAULT_MAX_LENGTH`, else :data:`DEFAULT_MAX_LENGTH`."""
-    stated = getattr(tokenizer, "model_max_length", None)
-    if isinstance(stated, int) and 0 < stated <= DEFAULT_MAX_LENGTH:
-        return stated
-    return DEFAULT_MAX_LENGTH
-
-
-def check_template(frame: pd.DataFrame, tokenizer: Any, *, model: str,
-                   max_length: int | None = None, system_prompt: str | None = None,
-                   examples: int = 5) -> dict[str, Any]:
-    """Render every row with the model's chat template; find what a trainer would choke on.
-
-    Each row's conversation (optional system turn, user, assistant) goes
-    through ``tokenizer.apply_chat_template(..., tokenize=False)``; the text is
-    then tokenized without adding special tokens (the template has them), as
-    TRL's ``SFTTrainer`` does.
-
-    Args:
-        frame: rows with ``id``, ``instruction``, ``input``, ``output``.
-        tokenizer: a transformers tokenizer with a chat template.
-        model: its name, for the report.
-        max_length: context length in tokens (default: :func:`default_max_length`).
-        system_prompt: as the export would add it.
-        examples: row ids to list per problem.
-
-    Returns:
-        ``{"model", "max_length", "examples", "lengths" (distribution of tokens
-        per rendered example), "too_long": {"rows", "ids"}, "render_errors":
-        {"rows", "ids", "first"}, "leaks": {marker: {"rows", "ids"}},
-        "leak_rows", "markers", "ok"}``.
-
-    Raises:
-        ExportError: the tokenizer has no chat template.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ExportError(f"{model}: the tokenizer has no chat template")
-    limit = max_length or default_max_length(tokenizer)
-    ids = frame["id"].tolist()
-    texts: list[str] = []
-    rendered_ids: list[str] = []
-    errors: list[str] = []
-    first_error = None
-    for rid, conversation in zip(ids, messages_column(frame, system_prompt)):
-        try:
-            texts.append(str(tokenizer.apply_chat_template(conversation, tokenize=False)))
-            rendered_ids.append(rid)
-        except Exception as exc:  # jinja2 TemplateError, raise_exception() in templates
-            errors.append(rid)
-            first_error = first_error or (str(exc).splitlines() or [type(exc).__name__])[0]
-    lengths: list[int] = []
-    for start in range(0, len(texts), 1024):
-        encoded = tokenizer(texts[start:start + 1024], add_special_tokens=False,
-                            return_attention_mask=False)
-        lengths.extend(len(x) for x in encoded["input_ids"])
-    too_long = [rid for rid, n in zip(rendered_ids, lengths) if n > limit]
-
-    markers = template_markers(tokenizer)
-    leaks: dict[str, dict[str, Any]] = {}
-    leak_rows = 0
-    if markers:
-        pattern = re.compile("|".join(re.escape(m) for m in sorted(markers, key=len, reverse=True)))
-        columns = [frame[c].tolist() for c in ("instruction", "input", "output")]
-        for k, rid in enumerate(ids):
-            hits = set()
-            for column in columns:
-                hits.update(pattern.findall(column[k]))
-            leak_rows += bool(hits)
-            for hit in hits:
-                entry = leaks.setdefault(hit, {"rows": 0, "ids": []})
-                entry["rows"] += 1
-                if len(entry["ids"]) < examples:
-                    entry["ids"].append(rid)
-        if system_prompt:
-            for hit in set(pattern.findall(system_prompt)):
-                leaks.setdefault(hit, {"rows": 0, "ids": []})["ids"].insert(0, "--system-prompt")
-    summary = distribution(lengths)
-    summary.pop("histogram")
-    return {
-        "model": model, "max_length": limit, "examples": len(ids), "lengths": summary,
-        "too_long": {"rows": len(too_long), "ids": too_long[:examples]},
-        "render_errors": {"rows": len(errors), "ids": errors[:examples], "first": first_error},
-        "leaks": dict(sorted(leaks.items())), "leak_rows": leak_rows, "markers": markers,
-        "ok": not too_long and not errors and not leaks,
-    }
-
-
-def resolve_template_model(model: str | None) -> tuple[Any, str]:
-    """Load the tokenizer of ``--check-template MODEL`` (offline).
-
-    Args:
-        model: a local model directory, a ``.gguf`` file, a Hugging Face id
-            already in the local cache, or None / ``"embedded"`` for the
-            embedded default model.
-
-    Returns:
-        ``(tokenizer, name)``.
-
-    Raises:
-        ExportError: the model cannot be resolved or its tokenizer loaded offline.
-    """
-    from .inspection import InspectError, load_tokenizer
-    from ..models import ModelError, resolve_model
-
-    try:
-        resolved = resolve_model(None if model in (None, "embedded") else model)
-    except ModelError as exc:
-        raise ExportError(str(exc)) from None
-    try:
-        return load_tokenizer(resolved.path), resolved.name
-    except InspectError as exc:
-        raise ExportError(str(exc)) from None
-
-
-def describe_check(result: dict[str, Any]) -> list[str]:
-    """The check's findings as short lines for the terminal.
-
-    Each line is passed through :func:`~selfinstruct.terminal.terminal_safe`
-    (line breaks escaped too): row ids, the model name and the template's error
-    message come from data and may hold control characters.
-    """
-    from ..terminal import terminal_safe
-
-    lines = [f"{result['examples']} examples rendered with {result['model']}'s chat template; "
-             f"tokens per example: median {result['lengths']['p50']}, p99 "
-             f"{result['lengths']['p99']}, max {result['lengths']['max']}"]
-    too_long = result["too_long"]
-    lines.append(f"longer than {result['max_length']} tokens: {too_long['rows']}"
-                 + (f" (e.g. {', '.join(too_long['ids'])})" if too_long["ids"] else ""))
-    errors = result["render_errors"]
-    if errors["rows"]:
-        lines.append(f"template refused {errors['rows']} examples (e.g. "
-                     f"{', '.join(errors['ids'])}): {errors['first']}")
-    if result["leaks"]:
-        lines.append(f"special tokens / template markup inside the text: {result['leak_rows']} "
-                     "rows")
-        for marker, entry in result["leaks"].items():
-            lines.append(f"  {marker!r}: {entry['rows']} rows (e.g. {', '.join(entry['ids'])})")
-    else:
-        lines.append(f"special tokens / template markup inside the text: none "
-                     f"({len(result['markers'])} markers searched)")
-    lines.append("OK" if result["ok"] else "PROBLEMS FOUND")
-    return [terminal_safe(line, newlines=False) for line in lines]
-
-
-__all__ = ["FORMATS", "ExportError", "ExportResult", "assign_splits", "alpaca_records",
-           "arrow_table", "card_metadata", "check_template", "dataset_card",
-           "default_max_length", "describe_check", "export_run", "markdown_table",
-           "messages_column", "messages_records", "push_to_hub", "resolve_template_model",
-           "sharegpt_records", "size_category", "split_key", "template_markers"]
+__all__ = ["EXPORT_MARKER", "FORMATS", "ExportError", "ExportResult", "alpaca_records",
+           "arrow_table", "assign_splits", "export_run", "messages_column", "messages_records",
+           "push_to_hub", "sharegpt_records", "split_key"]

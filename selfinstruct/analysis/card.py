@@ -1,0 +1,87 @@
+"""The dataset card (``README.md``) of an export.
+
+The YAML metadata block is :class:`huggingface_hub.DatasetCardData`, dumped by
+huggingface_hub as the Hub's dataset-card conventions expect: license (``other``:
+selfinstruct cannot know it), task category, size bucket, tags and ``configs``
+whose ``data_files`` point at the split files, so ``load_dataset(DIR)`` and the
+Hub viewer find the splits. The Markdown body is ``templates/dataset_card.md.jinja``:
+format and how to load it, the splits, how the data was made (model, seeds with
+their sha256, filter and sampling settings, run seed, versions) and the
+statistics tables of ``selfinstruct inspect`` (:func:`selfinstruct.analysis.tables.tables`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from .loading import RunData
+from .tables import tables
+from .templating import render
+
+if TYPE_CHECKING:
+    from huggingface_hub import DatasetCardData
+
+    from .export import ExportResult
+
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                   (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"),
+                   (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+"""Upper bound (exclusive) and name of the Hub's ``size_categories`` buckets."""
+
+
+def size_category(rows: int) -> str:
+    """Hugging Face ``size_categories`` bucket for a row count (e.g. 9 -> ``"n<1K"``)."""
+    for limit, name in SIZE_CATEGORIES:
+        if rows < limit:
+            return name
+    return "n>1T" if rows > 10 ** 12 else "1B<n<10B"
+
+
+def card_metadata(result: ExportResult, pretty_name: str) -> DatasetCardData:
+    """The card's metadata, per the Hub's conventions: license ``other`` (unknown),
+    task category ``text-generation``, the size bucket of all splits' rows, tags
+    ``self-instruct`` and ``synthetic``, ``pretty_name``, and a ``default`` config
+    whose ``data_files`` give each split's path (relative to the export)."""
+    from huggingface_hub import DatasetCardData
+
+    return DatasetCardData(
+        license="other", task_categories=["text-generation"],
+        size_categories=[size_category(sum(result.rows.values()))],
+        tags=["self-instruct", "synthetic"], pretty_name=pretty_name,
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": name, "path": path}
+                                 for name, path in result.files.items()]}])
+
+
+def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | None, *,
+                 system_prompt: str | None = None, train_split: float | None = None) -> str:
+    """The ``README.md`` of an export: YAML metadata, then format, splits, how the
+    data was made (model, seeds, filter and sampling settings) and the statistics
+    tables of ``selfinstruct inspect``.
+
+    Args:
+        run: the exported run or file (:func:`selfinstruct.analysis.loading.load_run`).
+        result: what the export wrote (its format, rows, tasks and files per split).
+        stats: :func:`selfinstruct.analysis.stats.collect_statistics` output, or
+            None for a card without statistics.
+        system_prompt, train_split: as given to the export.
+
+    Returns:
+        The card's text: ``---``, the YAML block, ``---``, the Markdown body.
+    """
+    from huggingface_hub import DatasetCard
+
+    name = run.path.name if run.kind == "run" else run.path.stem
+    manifest = run.manifest or {}
+    body = render(
+        "dataset_card.md.jinja", name=name, version=__version__, kind=run.kind,
+        source=run.path, format=result.format, files=result.files, rows=result.rows,
+        tasks=result.tasks, system_prompt=system_prompt, train_split=train_split,
+        model=manifest.get("model") or {}, seeds=manifest.get("seeds") or {},
+        config=manifest.get("config") or {}, versions=manifest.get("versions") or {},
+        created=manifest.get("created"),
+        tables=None if stats is None else [t for t in tables(stats) if t.title != "Sample rows"],
+        notes=(stats or {}).get("notes") or [])
+    metadata = card_metadata(result, f"{name} (self-instruct)")
+    return str(DatasetCard(f"---\n{metadata.to_yaml()}\n---\n{body}"))

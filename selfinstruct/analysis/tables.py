@@ -1,0 +1,183 @@
+"""The statistics as tables: plain data (:func:`tables`) and the terminal view.
+
+:func:`tables` turns the dict of :func:`selfinstruct.analysis.stats.collect_statistics`
+into :class:`TableData` in display order; the terminal (:func:`render_console`),
+the HTML page (:mod:`selfinstruct.analysis.report`) and the dataset card
+(:mod:`selfinstruct.analysis.card`) all draw these same tables, so they show the
+same numbers. Cells are plain text; each renderer escapes them for its medium.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+@dataclass(frozen=True)
+class TableData:
+    """A table as plain data, drawn by both the terminal and the HTML renderer."""
+
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    note: str = ""
+
+
+def _fmt(value: Any, share: bool = False) -> str:
+    if value is None:
+        return "—"
+    if share:
+        return f"{value:.1%}"
+    if isinstance(value, float):
+        if value.is_integer():
+            return str(int(value))
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)
+
+
+def tables(stats: dict[str, Any]) -> list[TableData]:
+    """The statistics as a list of :class:`TableData`, in display order."""
+    out: list[TableData] = []
+    counts = stats["counts"]
+    model = stats.get("model") or {}
+    overview = [("source", f"{stats['source']['path']} ({stats['source']['kind']})")]
+    if stats["source"].get("status"):
+        overview.append(("status", stats["source"]["status"]))
+    if model:
+        overview.append(("model", f"{model.get('name')} ({model.get('source')})"))
+    if stats["seeds"]["path"]:
+        overview.append(("seeds", f"{stats['seeds']['path']} ({stats['seeds']['tasks']} tasks)"))
+    overview += [("rows (instances)", _fmt(counts["rows"])), ("tasks", _fmt(counts["tasks"])),
+                 ("rounds", _fmt(counts["rounds"])),
+                 ("classification tasks",
+                  f"{_fmt(counts['classification_tasks'])} "
+                  f"({_fmt(counts['classification_share'], share=True)})"
+                  if counts["classification_tasks"] is not None else "unknown"),
+                 ("rows with empty input", _fmt(counts["empty_inputs"])),
+                 ("duplicate rows (instruction, input, output)", _fmt(counts["duplicate_rows"]))]
+    out.append(TableData("Overview", ("measure", "value"), overview))
+
+    out.append(TableData("Counts per stage", ("stage", "count", "kept of previous"),
+                         [(s["stage"], _fmt(s["count"]), _fmt(s["kept_of_previous"], share=True)
+                           if s["kept_of_previous"] is not None else "")
+                          for s in stats["stages"]]))
+
+    rej = stats["rejections"]
+    candidates = counts["candidates"]
+    rows = []
+    for stage, key in (("instruction", "instruction"), ("task (instance stage)", "task"),
+                       ("instance", "instance")):
+        for reason, count in sorted(rej[key].items(), key=lambda kv: (-kv[1], kv[0])):
+            share = (_fmt(count / candidates, share=True)
+                     if candidates and key != "instance" else "")
+            rows.append((stage, reason, str(count), share))
+    if rows or rej["source"] != "none":
+        out.append(TableData(f"Rejections by reason (from {rej['source']})",
+                             ("stage", "reason", "count", "of candidates"), rows))
+
+    rounds = stats["rounds"]["rows"]
+    if rounds:
+        ledger = stats["rounds"]["source"] == "ledger"
+        out.append(TableData(
+            "Per round", ("round", "candidates", "kept", "kept rate", "tasks written", "rows",
+                          "classification"),
+            [(str(r["round"]), _fmt(r["candidates"]), _fmt(r["kept"]),
+              _fmt(r["kept_rate"], share=True) if r["kept_rate"] is not None else "—",
+              str(r["tasks_written"]), str(r["rows"]), _fmt(r["classification_tasks"]))
+             for r in rounds],
+            "" if ledger else "candidates and kept rate per round: ledger not available"))
+
+    length_rows = []
+    for unit in ("words", "tokens"):
+        block = stats["lengths"].get(unit)
+        if not block:
+            continue
+        label = unit if unit == "words" else f"tokens ({stats['lengths'].get('tokenizer_label')})"
+        for name, title in (("instruction", "instruction (per task)"),
+                            ("input", "input (non-empty)"), ("output", "output")):
+            d = block[name]
+            length_rows.append((title, label, str(d["count"]), _fmt(d["mean"]), _fmt(d["p50"]),
+                                _fmt(d["p90"]), _fmt(d["max"])))
+    out.append(TableData("Lengths", ("field", "unit", "n", "mean", "median", "p90", "max"),
+                         length_rows))
+
+    overlap = stats.get("rouge_to_seeds")
+    if overlap:
+        hist = overlap["histogram"]
+        rows = []
+        for k, count in enumerate(hist["counts"]):
+            if k % 2:  # show 0.1-wide bins: pairs of 0.05 bins
+                continue
+            pair = count + (hist["counts"][k + 1] if k + 1 < len(hist["counts"]) else 0)
+            upper = hist["edges"][min(k + 2, len(hist["edges"]) - 1)]
+            rows.append((f"{hist['edges'][k]:.1f}–{upper:.1f}", str(pair),
+                         _fmt(pair / overlap["count"], share=True) if overlap["count"] else ""))
+        out.append(TableData(
+            "ROUGE-L to the most similar seed (Self-Instruct Figure 4)",
+            ("ROUGE-L", "instructions", "share"), rows,
+            f"{overlap['count']} instructions vs {overlap['seeds']} seeds: mean "
+            f"{_fmt(overlap['mean'])}, median {_fmt(overlap['p50'])}, max {_fmt(overlap['max'])}; "
+            f"{overlap['above_threshold']} above the {overlap['threshold']} threshold"))
+        if overlap["closest"]:
+            out.append(TableData("Closest to a seed", ("ROUGE-L", "instruction", "seed"),
+                                 [(f"{c['rouge_l']:.3f}", c["instruction"], c["seed"])
+                                  for c in overlap["closest"]]))
+
+    verbs = stats["verbs"]
+    share = verbs["with_verb"] / verbs["instructions"] if verbs["instructions"] else 0.0
+    out.append(TableData(
+        "Leading verbs and their objects (Self-Instruct Figure 3)",
+        ("verb", "instructions", "commonest objects"),
+        [(v["verb"], str(v["count"]), ", ".join(f"{o['object']} ({o['count']})"
+                                                for o in v["objects"]))
+         for v in verbs["top"]],
+        f"method: {verbs['method']}; {verbs['with_verb']} of {verbs['instructions']} "
+        f"instructions ({share:.0%}) start with a verb, "
+        f"{verbs['with_verb_object']} with an object"))
+
+    samples = stats.get("samples")
+    if samples:
+        rows = []
+        for row in samples["rows"]:
+            rows.append((str(row.get("id")), _clip(row.get("instruction")), _clip(row.get("input")),
+                         _clip(row.get("output"))))
+        where = " and ".join(samples["where"]) or "all rows"
+        out.append(TableData("Sample rows", ("id", "instruction", "input", "output"), rows,
+                             f"{len(rows)} of {samples['matched']} matching ({where})"))
+    return out
+
+
+def _clip(text: Any, limit: int = 300) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_console(stats: dict[str, Any], console: Any = None) -> None:
+    """Print the statistics as rich tables, then the notes.
+
+    Every title, cell and note is passed through
+    :func:`~selfinstruct.terminal.rich_safe`: control characters and bidi
+    overrides in the data are shown as escapes and rich markup in it as text.
+    """
+    from rich.table import Table
+
+    from ..terminal import rich_safe, safe_console
+
+    console = console or safe_console()
+    for data in tables(stats):
+        # Title and note as lines of their own: rich would wrap them to the table's width.
+        console.print(f"[bold]{rich_safe(data.title)}[/bold]")
+        table = Table(header_style="bold")
+        for k, header in enumerate(data.headers):
+            numeric = header in ("count", "n", "mean", "median", "p90", "max", "instructions",
+                                 "share", "rows", "kept", "candidates", "tasks written",
+                                 "kept rate", "of candidates", "kept of previous")
+            table.add_column(header, justify="right" if numeric else "left",
+                             overflow="fold", max_width=None if k < 1 else 70)
+        for row in data.rows:
+            table.add_row(*(rich_safe(cell) for cell in row))
+        console.print(table)
+        if data.note:
+            console.print(rich_safe(data.note), style="dim")
+        console.print()
+    for note in stats["notes"]:
+        console.print(f"note: {rich_safe(note)}", style="dim")
