@@ -28,9 +28,10 @@ from .models import ModelError, ResolvedModel
 from .prompts import PromptBuilder, PromptError
 from .seeds import SeedError, default_seeds_dir, load_seed_tasks, seed_files
 from .tasks import Task
-from .storage.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError, read_manifest
+from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError,
+                               read_manifest, write_manifest)
 from .storage.shards import DATA_DIR, ShardInfo, ShardWriter
-from .storage.files import file_digest, write_json
+from .storage.files import file_digest
 
 EMPTY_TOKENIZE_WARNING = 0.05
 """Warn when the rouge tokenizer empties more than this fraction of seed instructions."""
@@ -299,10 +300,10 @@ class GenerateJob:
                           f"({self.previous.get('rounds', 0)} rounds committed)")
         try:
             if self.previous is None:
-                write_json(config.output / MANIFEST, self.manifest([], None, "running", 0.0))
+                write_manifest(config.output, self.manifest([], None, "running", 0.0))
 
             def on_commit(loop: SelfInstruct) -> None:
-                write_json(config.output / MANIFEST, self.manifest(
+                write_manifest(config.output, self.manifest(
                     writer.shards, loop, "running", startup["seconds"]))
 
             with RichReporter(config.num_instructions) as reporter:
@@ -310,8 +311,8 @@ class GenerateJob:
                                     self.model.name, reporter, on_commit)
                 stats = loop.run()
             shards = writer.close()
-            write_json(config.output / MANIFEST,
-                       self.manifest(shards, loop, "complete", startup["seconds"]))
+            write_manifest(config.output,
+                           self.manifest(shards, loop, "complete", startup["seconds"]))
         except LedgerError as exc:
             raise JobError(str(exc)) from None
         finally:
@@ -322,11 +323,11 @@ class GenerateJob:
         print_summary(stats, config.output, startup["seconds"], chosen.label(config))
 
     def manifest(self, shards: list[ShardInfo], loop, status: str,
-                 startup_seconds: float) -> dict[str, Any]:
+                 startup_seconds: float) -> Manifest:
         """The manifest: which shards exist (the commit record) and how they were made."""
         stats = loop.stats.to_json_dict() if loop is not None else {}
         in_shards = sum(s.rows for s in shards)
-        return {
+        return Manifest.model_validate({
             "format": MANIFEST_FORMAT,
             "status": status,
             "created": self.created,
@@ -350,7 +351,7 @@ class GenerateJob:
             "engine_startup_seconds": round(startup_seconds, 3),
             "backend": self.backend_info(),
             "throughput": throughput(loop.stats, startup_seconds) if loop is not None else {},
-        }
+        })
 
     def backend_info(self) -> dict[str, Any]:
         """How the engine was hosted (endpoints and their counts over HTTP); no secret."""
@@ -461,29 +462,29 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     warnings = source_ledger_warnings(source, checked)
     seeds_path, seed_tasks = _recorded_seeds(checked, path, seeds)
     prompts = _recorded_prompts(checked, path, prompts_dir)
-    model = checked.model or {}
-    if not isinstance(model.get("name"), str) or not isinstance(model.get("path"), str):
+    model = checked.model
+    if model is None or model.name is None or model.path is None:
         raise JobError(f"{path}: field 'model': needs the strings 'name' and 'path'")
     job = GenerateJob(config, seeds_path, seed_tasks, prompts,
-                      ResolvedModel(model["path"], model["name"], str(model.get("source")),
-                                    model.get("gguf_sha256")), warnings)
+                      ResolvedModel(model.path, model.name, str(model.source),
+                                    model.gguf_sha256), warnings)
     run_dir, writer = RunDirectory(output), ShardWriter(output, config.shards.shard_size,
                                                         config.shards.compression)
     run_dir.lock()
     try:
         with RichReporter(checked.tasks) as reporter:
             recorded = RecordedEngine(run_dir, LazyEngine(None), source=RunDirectory(source))
-            loop = SelfInstruct(config, recorded, prompts, seed_tasks, writer, model["name"],
+            loop = SelfInstruct(config, recorded, prompts, seed_tasks, writer, model.name,
                                 reporter)
             loop.run()
         manifest = job.manifest(writer.close(), loop, "complete", 0.0)
-        manifest["refiltered_from"] = str(source)
-        write_json(output / MANIFEST, manifest)
+        manifest.refiltered_from = str(source)
+        write_manifest(output, manifest)
     except LedgerError as exc:
         raise JobError(str(exc)) from None
     finally:
         run_dir.unlock()
-    return manifest["stats"], warnings
+    return manifest.stats, warnings
 
 
 def source_ledger_warnings(source: Path, manifest: Manifest) -> list[str]:

@@ -1,0 +1,1 @@
+"""Inspecting and exporting runs: loading, statistics, figures, tables, the HTML report, SFT formats and the dataset card."""

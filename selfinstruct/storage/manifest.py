@@ -1,6 +1,8 @@
-"""Reading a run's ``manifest.json``: shape checks, and paths that may be trusted.
+"""A run's ``manifest.json``: one typed model, written and read here only.
 
-A manifest is data from disk, possibly from someone else's machine: every
+``generate`` and ``refilter`` build a :class:`Manifest` and write it with
+:func:`write_manifest` (atomically: the manifest is the commit record of the
+shards). A manifest is also data from disk, possibly from someone else's machine: every
 command that reads one goes through :func:`read_manifest`, which checks its
 shape (pydantic) and turns any mistake into one line naming the file and the
 field. Paths recorded in a manifest are never followed as they are:
@@ -58,20 +60,72 @@ class Identity(_Lenient):
     prompts_sha256: dict[str, str] = {}
 
 
+class ModelRecord(_Lenient):
+    """``model``: the model as the run named it, where it came from, the GGUF's sha256."""
+
+    name: str | None = None
+    path: str | None = None
+    source: str | None = None
+    gguf_sha256: str | None = None
+
+
 class Manifest(_Lenient):
-    """The parts of ``manifest.json`` that readers rely on; anything else is kept as is."""
+    """``manifest.json``, field by field, in the order it is written.
+
+    Reading is lenient where it can be (a field a reader does not rely on may be
+    missing, and unknown fields are kept as they are), so manifests of other
+    selfinstruct versions load; writing always sets every field but
+    ``refiltered_from``.
+
+    Attributes:
+        format: :data:`MANIFEST_FORMAT`.
+        status: "running" (written when the run starts and after each round) or
+            "complete".
+        created, updated: ISO 8601 UTC times.
+        files: the shards (the commit record: a shard not listed is not part of
+            the run).
+        rows, rows_pending: rows in the listed shards; rows committed to the
+            ledger but not yet in a shard.
+        tasks, rounds: tasks written, rounds committed.
+        ledger: the ledger's directory name inside the run.
+        identity: what a resumed run must share (settings, model, seeds, templates).
+        model, seeds, prompts, config, versions: how the run was made.
+        stats: the run's counts (:meth:`selfinstruct.stats.RunStats.to_json_dict`).
+        engine_startup_seconds, backend, throughput: the engine of this process.
+        refiltered_from: the source run of a ``refilter``.
+    """
 
     format: str
     status: str | None = None
+    created: str | None = None
+    updated: str | None = None
     files: list[ShardEntry] = []
-    rounds: int = 0
+    rows: int | None = None
+    rows_pending: int | None = None
     tasks: int = 0
+    rounds: int = 0
+    ledger: str | None = None
     identity: Identity | None = None
-    model: dict[str, Any] | None = None
+    model: ModelRecord | None = None
     seeds: SeedsRecord | None = None
     prompts: str | None = None
     config: dict[str, Any] | None = None
+    versions: dict[str, str] | None = None
     stats: dict[str, Any] = {}
+    engine_startup_seconds: float | None = None
+    backend: dict[str, Any] | None = None
+    throughput: dict[str, Any] | None = None
+    refiltered_from: str | None = None
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write ``manifest`` as ``directory/manifest.json``, atomically (indented UTF-8 JSON).
+
+    Fields never set (``refiltered_from`` of a ``generate`` run) are left out.
+    """
+    from .files import write_json
+
+    write_json(directory / MANIFEST, manifest.model_dump(mode="json", exclude_unset=True))
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -1,0 +1,1 @@
+"""The model-calling stages of a round (Self-Instruct §2.2), one module each; see :mod:`.base`."""
