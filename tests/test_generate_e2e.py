@@ -13,6 +13,7 @@ import pytest
 
 from selfinstruct.seeds import default_seeds_dir, load_seed_tasks
 from selfinstruct.storage.shards import SCHEMA
+from .engine_sizes import engine_test_config
 
 BIN = Path(sys.executable).parent / "selfinstruct"
 
@@ -28,7 +29,8 @@ def run_dir(tmp_path_factory) -> Path:
         seeds.write_text("".join(source.readlines()[:12]), encoding="utf-8")
     out = base / "run"
     result = subprocess.run(
-        [str(BIN), "generate", "--seeds", str(seeds), "--num-instructions", "2",
+        [str(BIN), "generate", "--config", str(engine_test_config(base)),
+         "--seeds", str(seeds), "--num-instructions", "2",
          "--output", str(out), "--seed", "7", "--prompts-per-round", "16",
          "--max-tokens", "256", "--max-rounds", "4", "--shard-size", "3"],
         capture_output=True, text=True, timeout=900)

@@ -24,6 +24,7 @@ from selfinstruct.models import resolve_model
 from selfinstruct.seeds import default_seeds_dir
 
 from .http_fakes import FaultProxy
+from .engine_sizes import ENGINE_TEST_TOML
 
 pytestmark = pytest.mark.engine
 
@@ -47,7 +48,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     with open(default_seeds_dir() / "seed_tasks.jsonl", encoding="utf-8") as source:
         seeds.write_text("".join(source.readlines()[:12]), encoding="utf-8")
     config = base / "run.toml"
-    config.write_text("[instances]\nmax_tokens = 160\n[engine]\nretry_backoff = 0.5\n")
+    config.write_text(ENGINE_TEST_TOML + "[engine]\nretry_backoff = 0.5\n")
     return {"seeds": seeds, "config": config}
 
 

@@ -11,6 +11,7 @@ import pytest
 from selfinstruct.config import ConfigError, EngineConfig, load_config
 from selfinstruct.engines.base import Request, Sampling
 from selfinstruct.engines.ray_data import RayEngine, RayUnavailable
+from .engine_sizes import engine_test_config
 
 
 def test_ray_backend_takes_no_base_urls():
@@ -96,6 +97,7 @@ def test_generate_run_with_backend_ray(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [str(Path(sys.executable).parent / "selfinstruct"), "generate", "--backend", "ray",
+         "--config", str(engine_test_config(tmp_path)),
          "--seeds", str(seeds), "-n", "2", "--prompts-per-round", "8", "--max-rounds", "1",
          "--seed", "7", "-o", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

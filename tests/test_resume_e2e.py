@@ -23,6 +23,7 @@ import pytest
 
 from selfinstruct.storage.ledger import CRASH_ENV, RunDirectory
 from selfinstruct.seeds import default_seeds_dir
+from .engine_sizes import engine_test_config
 
 BIN = Path(sys.executable).parent / "selfinstruct"
 
@@ -35,7 +36,8 @@ def generate(seeds: Path, out: Path, crash_at: str | None = None) -> subprocess.
     if crash_at:
         env[CRASH_ENV] = crash_at
     return subprocess.run(
-        [str(BIN), "generate", "--seeds", str(seeds), "--num-instructions", "10",
+        [str(BIN), "generate", "--config", str(engine_test_config(seeds.parent)),
+         "--seeds", str(seeds), "--num-instructions", "10",
          "--output", str(out), "--seed", "11", "--prompts-per-round", "4",
          "--max-tokens", "200", "--shard-size", "4"],
         capture_output=True, text=True, timeout=900, env=env)

@@ -35,6 +35,7 @@ from selfinstruct.terminal import rich_safe, terminal_safe
 
 from .http_fakes import FakeOpenAI
 from .small_run import write_small_run
+from .engine_sizes import engine_test_config
 
 BIN = Path(sys.executable).parent / "selfinstruct"
 REPO = Path(__file__).resolve().parent.parent
@@ -501,7 +502,8 @@ def test_sigterm_to_a_vllm_run_is_one_line_and_resumes(tmp_path, seeds12, whole_
     import psutil
 
     out = tmp_path / "run"
-    args = [str(BIN), "generate", "--seeds", str(seeds12), "-n", "2",
+    args = [str(BIN), "generate", "--config", str(engine_test_config(tmp_path)),
+            "--seeds", str(seeds12), "-n", "2",
             "--prompts-per-round", "2", "--max-tokens", "64", "--seed", "5", "-o", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
