@@ -41,7 +41,7 @@ def word_count(text: str) -> int:
 
 
 @lru_cache(maxsize=32)
-def _blacklist_pattern(words: tuple[str, ...]) -> re.Pattern | None:
+def _blacklist_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
     if not words:
         return None
     alternatives = "|".join(r"\s+".join(map(re.escape, w.split())) for w in words)

@@ -250,7 +250,7 @@ class SelfInstruct:
             for r in records.values() if r is not None])
         return records
 
-    def _on_batch(self, stage: str, total: int):
+    def _on_batch(self, stage: str, total: int) -> Callable[[int], None]:
         self.reporter.stage(stage, total)
         return self.reporter.advance
 

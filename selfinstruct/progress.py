@@ -57,7 +57,7 @@ class RichReporter:
         self._progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
     def stage(self, name: str, total: int) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -31,6 +31,10 @@ from .tasks import Task
 from .storage.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError, read_manifest
 from .storage.shards import DATA_DIR, ShardInfo, ShardWriter
 from .storage.files import file_digest, write_json
+
+if TYPE_CHECKING:
+    from .pipeline import SelfInstruct
+    from .stats import RunStats
 
 EMPTY_TOKENIZE_WARNING = 0.05
 """Warn when the rouge tokenizer empties more than this fraction of seed instructions."""
@@ -275,7 +279,7 @@ class GenerateJob:
             raise JobError(str(exc)) from None
         startup = {"seconds": 0.0}
 
-        def start_engine():
+        def start_engine() -> Engine:
             started = time.perf_counter()
             try:
                 engine = build_engine(config, self.prepared or Prepared(self.model))
@@ -321,7 +325,7 @@ class GenerateJob:
             console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
         print_summary(stats, config.output, startup["seconds"], chosen.label(config))
 
-    def manifest(self, shards: list[ShardInfo], loop, status: str,
+    def manifest(self, shards: list[ShardInfo], loop: SelfInstruct | None, status: str,
                  startup_seconds: float) -> dict[str, Any]:
         """The manifest: which shards exist (the commit record) and how they were made."""
         stats = loop.stats.to_json_dict() if loop is not None else {}
@@ -364,7 +368,7 @@ class GenerateJob:
         return info
 
 
-def throughput(stats, startup_seconds: float = 0.0) -> dict[str, Any]:
+def throughput(stats: RunStats, startup_seconds: float = 0.0) -> dict[str, Any]:
     """Requests, tokens and time of the requests this process sent, engine vs our own code.
 
     ``engine_seconds`` is the wall time spent inside ``Engine.generate`` (model,
@@ -521,7 +525,7 @@ def source_ledger_warnings(source: Path, manifest: Manifest) -> list[str]:
     return []
 
 
-def _first_match(candidates: list[Path], digests: list[str]) -> Path | None:
+def _first_match(candidates: list[Path], digests: list[str | None]) -> Path | None:
     for candidate in candidates:
         try:
             if candidate.exists() and [file_digest(p) for p in seed_files(candidate)] == digests:
@@ -535,6 +539,8 @@ def _recorded_seeds(manifest: Manifest, path: Path, given: Path | None) -> tuple
     """The seed tasks a run was made from: ``given``, else the recorded path, else the
     bundled seeds, whichever has the recorded sha256s."""
     record = manifest.seeds
+    if record is None:  # read_manifest(require=("seeds", ...)) has refused this already
+        raise JobError(f"{path}: field 'seeds': missing")
     digests = [f.get("sha256") for f in record.files]
     if not digests or record.path is None:
         raise JobError(f"{path}: field 'seeds.files': no seed hashes recorded, so the run's "
@@ -554,6 +560,10 @@ def _recorded_seeds(manifest: Manifest, path: Path, given: Path | None) -> tuple
 def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None) -> PromptBuilder:
     """The templates a run was made from (``given``, else the recorded directory, else
     the bundled ones), verified against ``identity.prompts_sha256``."""
+    if manifest.identity is None or manifest.prompts is None:
+        # read_manifest(require=("identity", "prompts", ...)) has refused this already
+        missing = "identity" if manifest.identity is None else "prompts"
+        raise JobError(f"{path}: field '{missing}': missing")
     expected = manifest.identity.prompts_sha256
     if not expected:
         raise JobError(f"{path}: field 'identity.prompts_sha256': missing, so the run's "

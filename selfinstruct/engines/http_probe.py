@@ -21,12 +21,15 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import EngineConfig, display_url, normalize_base_url
 from .base import EngineError, EngineUnavailable
 from .http_wire import (ERROR_BODY_LIMIT, MODELS_BODY_LIMIT, BodyTooLarge, Redactor, api_key,
                         connection_error, error_text, one_line, read_body, request_headers)
+
+if TYPE_CHECKING:
+    import aiohttp
 
 PROBE_TIMEOUT = 10.0
 """Seconds the start-up check of one endpoint may take in all, ``GET /models`` and
@@ -101,10 +104,11 @@ def _run_in_fresh_loop(coro: Coroutine[Any, Any, _T]) -> _T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    value: _T = box["value"]
+    return value
 
 
-async def _probe_one(session, url: str, headers: dict[str, str], key_env: str,
+async def _probe_one(session: aiohttp.ClientSession, url: str, headers: dict[str, str], key_env: str,
                      has_key: bool, redact: Callable[[str], str]) -> ServerInfo:
     """``GET /models`` (and ``/version``) of one endpoint, :data:`PROBE_TIMEOUT`
     seconds in all; raises EngineUnavailable (one line, redacted)."""
@@ -118,7 +122,7 @@ async def _probe_one(session, url: str, headers: dict[str, str], key_env: str,
                                 f"{PROBE_TIMEOUT:g} s") from None
 
 
-async def _probe_requests(session, url: str, headers: dict[str, str], key_env: str,
+async def _probe_requests(session: aiohttp.ClientSession, url: str, headers: dict[str, str], key_env: str,
                           has_key: bool, redact: Callable[[str], str],
                           deadline: float) -> ServerInfo:
     import aiohttp
@@ -177,7 +181,7 @@ async def _probe_requests(session, url: str, headers: dict[str, str], key_env: s
     return ServerInfo(url, models, version, max_len)
 
 
-async def probe_all(session, urls: Sequence[str], model: str | None, headers: dict[str, str],
+async def probe_all(session: aiohttp.ClientSession, urls: Sequence[str], model: str | None, headers: dict[str, str],
                     key_env: str, has_key: bool, redact: Callable[[str], str]) -> ProbeResult:
     """Check every endpoint of ``urls`` at once on ``session`` (an aiohttp
     ClientSession of the running loop).
