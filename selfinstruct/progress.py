@@ -53,7 +53,7 @@ class RichReporter:
         self._round = 1
         self._started = time.perf_counter()
 
-    def __enter__(self) -> "RichReporter":
+    def __enter__(self) -> RichReporter:
         self._progress.start()
         return self
 

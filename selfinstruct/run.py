@@ -15,7 +15,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,13 +120,13 @@ class GenerateJob:
     warnings: list[str]
     previous: dict[str, Any] | None = None
     prepared: Prepared | None = None
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc)
+    created: str = field(default_factory=lambda: datetime.now(UTC)
                          .isoformat(timespec="seconds"))
     _engine: Any = field(default=None, repr=False)
 
     @classmethod
     def prepare(cls, config_file: Path | None, options: dict[str, Any],
-                option_keys: dict[str, str]) -> "GenerateJob":
+                option_keys: dict[str, str]) -> GenerateJob:
         """Resolve and check config, seeds, templates, model and output directory.
 
         Args:
@@ -334,7 +334,7 @@ class GenerateJob:
             "format": MANIFEST_FORMAT,
             "status": status,
             "created": self.created,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             "files": [{"path": s.path, "rows": s.rows, "sha256": s.sha256} for s in shards],
             "rows": in_shards,
             "rows_pending": stats.get("rows_written", 0) - in_shards,
@@ -517,11 +517,11 @@ def source_ledger_warnings(source: Path, manifest: Manifest) -> list[str]:
                        f"manifest records {manifest.rounds} committed rounds; the ledger is "
                        "incomplete")
     if holder is not None:
-        return [f"{source}: the run is still in progress (pid {holder}); refilter uses the "
-                f"{committed} rounds committed so far"]
+        return [(f"{source}: the run is still in progress (pid {holder}); refilter uses the "
+                 f"{committed} rounds committed so far")]
     if manifest.status != "complete":
-        return [f"{source}: the run did not finish (status {manifest.status!r}); refilter "
-                f"uses its {committed} committed rounds"]
+        return [(f"{source}: the run did not finish (status {manifest.status!r}); refilter "
+                 f"uses its {committed} committed rounds")]
     return []
 
 

@@ -34,12 +34,12 @@ from typing import IO, Any
 __all__ = [
     "OutputPathError",
     "atomic_files",
-    "enclosing_run",
-    "fsync_dir",
     "check_not_in_run",
     "check_output_apart",
     "check_writable_dir",
     "check_writable_file",
+    "enclosing_run",
+    "fsync_dir",
     "overlap",
     "resolved",
 ]

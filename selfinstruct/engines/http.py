@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     import aiohttp
     from tenacity import RetryCallState
 
-__all__ = ["HTTPEngine", "EndpointStats", "ProbeResult", "ServerInfo", "api_key",
+__all__ = ["EndpointStats", "HTTPEngine", "ProbeResult", "ServerInfo", "api_key",
            "probe_endpoints"]
 
 BACKOFF_CAP = 30.0
@@ -163,7 +163,7 @@ class HTTPEngine:
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]:
-        """Complete a whole batch over all endpoints; see :class:`~selfinstruct.engines.base.Engine`.
+        """Complete a whole batch over all endpoints (see :class:`~.base.Engine`).
 
         Returns:
             One completion per request, in request order; token counts from the
@@ -324,7 +324,7 @@ class HTTPEngine:
                      f"max_tokens={request.sampling.max_tokens}")
             await mark(endpoint, error, unreachable=False)
             raise _Transient(error) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = (f"no answer in {self.config.request_timeout:g} s" if status is None else
                      f"HTTP {status}, but the answer did not finish in "
                      f"{self.config.request_timeout:g} s")

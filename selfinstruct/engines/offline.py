@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -181,7 +181,7 @@ class VLLMEngine:
         outputs = (self._llm.generate([texts[k] for k in sent], params,
                                       use_tqdm=_progress_bar_factory(progress))
                    if sent else [])
-        for k, out in zip(sent, outputs):
+        for k, out in zip(sent, outputs, strict=True):  # one output per prompt
             choice = out.outputs[0]
             completions[k] = Completion(
                 text=choice.text,
@@ -390,11 +390,11 @@ def _progress_bar_factory(progress: Progress | None) -> type[Any] | bool:
 
     # tqdm is generic in its stubs only: tqdm[Any] would fail at run time.
     if TYPE_CHECKING:
-        Bar = tqdm[Any]
+        tqdm_base = tqdm[Any]
     else:
-        Bar = tqdm
+        tqdm_base = tqdm
 
-    class _Forward(Bar):
+    class _Forward(tqdm_base):
         # Not disabled (vLLM reads the bar's elapsed time), but drawn into devnull.
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["file"] = _devnull()

@@ -138,7 +138,7 @@ class RunDirectory:
             RunLocked: another live process holds it (the message names its pid).
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")
+        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (held until unlock())
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -160,7 +160,7 @@ class RunDirectory:
         non-blocking shared lock, released at once (works on a read-only copy).
         """
         try:
-            handle = open(self.path / LOCK_FILE, encoding="utf-8")
+            handle = open(self.path / LOCK_FILE, encoding="utf-8")  # noqa: SIM115 (`with` below)
         except OSError:
             return None
         with handle:
@@ -322,6 +322,6 @@ class RunDirectory:
 
 
 __all__ = [
-    "CANDIDATE_SCHEMA", "CRASH_ENV", "LedgerError", "REQUEST_SCHEMA", "RecordedRequest",
+    "CANDIDATE_SCHEMA", "CRASH_ENV", "REQUEST_SCHEMA", "LedgerError", "RecordedRequest",
     "RunDirectory", "RunLocked", "crash_point",
 ]

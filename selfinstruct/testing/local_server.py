@@ -92,7 +92,7 @@ class LocalServer:
         self._watchdog: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         """Start the server and wait until it lists its model.
 
         Raises:
@@ -181,7 +181,7 @@ class LocalServer:
         tail = " | ".join(line.strip() for line in text[-lines:] if line.strip())
         return Redactor(self.api_key())(tail)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
