@@ -8,7 +8,7 @@ N ?= 50
 SEEDS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean-venv
+.PHONY: setup demo test lint typecheck check clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Static checks (configured in pyproject.toml); .ci/run runs both before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check selfinstruct tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Both, even when the first fails; fails if either does.
+check: $(STAMP)
+	@status=0; \
+	$(MAKE) --no-print-directory lint || status=1; \
+	$(MAKE) --no-print-directory typecheck || status=1; \
+	exit $$status
 
 clean-venv:
 	rm -rf $(VENV)

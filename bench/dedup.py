@@ -54,7 +54,8 @@ def load_instructions(path: Path) -> list[str]:
         return [r["instruction"] for r in json.load(f)]
 
 
-def reference(texts: list[str], threshold: float, mode: str) -> list[tuple[bool, int | None, float]]:
+def reference(texts: list[str], threshold: float,
+              mode: str) -> list[tuple[bool, int | None, float]]:
     """Sequential rouge_score filter; (keep, argmax kept index, max F1) per text."""
     from rouge_score import rouge_scorer
 
@@ -90,9 +91,8 @@ def check(ref, decisions, exact: bool) -> int:
     """Number of disagreements with the reference."""
     bad = 0
     for r, d in zip(ref, decisions, strict=True):
-        if r[0] != d.keep:
-            bad += 1
-        elif (exact or not d.keep) and (r[1], r[2]) != (d.nearest_index, d.score):
+        wrong_match = (r[1], r[2]) != (d.nearest_index, d.score)
+        if r[0] != d.keep or ((exact or not d.keep) and wrong_match):
             bad += 1
     return bad
 
@@ -109,18 +109,24 @@ def slope(points: list[tuple[int, float]]) -> float:
     xs = [math.log(n) for n, _ in points]
     ys = [math.log(t) for _, t in points]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    covariance = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    return covariance / sum((x - mx) ** 2 for x in xs)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Alpaca-format JSON array")
-    ap.add_argument("--reference-n", type=int, default=2000, help="prefix size for the reference (0: skip)")
+    ap.add_argument("--reference-n", type=int, default=2000,
+                    help="prefix size for the reference (0: skip)")
     ap.add_argument("--reference-mode", choices=["alpaca-pool", "loop"], default="alpaca-pool")
     ap.add_argument("--threshold", type=float, default=FilterConfig().rouge_threshold,
-                    help="drop when ROUGE-L F1 > this (default: %(default)s, filters.rouge_threshold)")
-    ap.add_argument("--sizes", default="10000,20000,52002", help="comma-separated N for the scaling run")
-    ap.add_argument("--zh", action="store_true", help="also run the unicode tokenizer on the Chinese file")
+                    help="drop when ROUGE-L F1 > this "
+                         "(default: %(default)s, filters.rouge_threshold)")
+    ap.add_argument("--sizes", default="10000,20000,52002",
+                    help="comma-separated N for the scaling run")
+    ap.add_argument("--zh", action="store_true",
+                    help="also run the unicode tokenizer on the Chinese file")
     ap.add_argument("--zh-data", type=Path, default=DEFAULT_ZH)
     ap.add_argument("--near", type=int, default=0, metavar="N",
                     help="also time near_duplicates (fuzz.ratio >= "
@@ -149,12 +155,14 @@ def main() -> int:
         scaling[True].append((n, t_exact))
         dropped = sum(not r[0] for r in ref)
         print(table(
-            ["N", "dropped", "reference s", "ours s", "ratio", "ours+nearest s", "ratio", "mismatches"],
+            ["N", "dropped", "reference s", "ours s", "ratio", "ours+nearest s", "ratio",
+             "mismatches"],
             [[str(n), str(dropped), f"{t_ref:.2f}", f"{t_fast:.3f}", f"{t_ref / t_fast:,.0f}x",
               f"{t_exact:.3f}", f"{t_ref / t_exact:,.0f}x", str(bad_fast + bad_exact)]],
         ))
-        print("ours s: decisions (+ exact neighbour of dropped items); ours+nearest s: also the exact "
-              "nearest neighbour and score of every kept item (what the reference computes).")
+        print("ours s: decisions (+ exact neighbour of dropped items); ours+nearest s: also "
+              "the exact nearest neighbour and score of every kept item (what the reference "
+              "computes).")
         if bad_fast + bad_exact:
             print("ERROR: decisions differ from the reference", file=sys.stderr)
 

@@ -65,7 +65,9 @@ class _Group(click.Group):
                 return super().invoke(ctx)
             except click.ClickException as exc:
                 if not isinstance(exc, UserError):
-                    exc.message = terminal_safe(exc.message)
+                    # click declares ``message`` Final; it is cleaned in place so the
+                    # exception (its type, context and exit code) stays click's own.
+                    exc.message = terminal_safe(exc.message)  # type: ignore[misc]
                 raise
             except Terminated:
                 click.echo("Stopped (SIGTERM).", err=True)
@@ -98,7 +100,8 @@ def config_field(key: str) -> FieldInfo:
     *sections, leaf = key.split(".")
     for name in sections:
         model = model.model_fields[name].annotation
-    return model.model_fields[leaf]
+    info: FieldInfo = model.model_fields[leaf]
+    return info
 
 
 def default_of(key: str) -> Any:
@@ -609,7 +612,7 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
             for line in describe_check(result):
                 click.echo(line)
             problems = not result["ok"]
-        if fmt is not None:
+        if fmt is not None and output is not None:  # --format without --output: refused above
             stats = collect_statistics(run, resolve_seeds(run, seeds),
                                        resolve_tokenizer(run, tokenizer))
             written = export_run(run, fmt, output, stats=stats, system_prompt=system_prompt,

@@ -98,7 +98,7 @@ class GenerationConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _human_le_total(self) -> "GenerationConfig":
+    def _human_le_total(self) -> GenerationConfig:
         if self.prompt_human_tasks > self.prompt_tasks:
             raise ValueError("prompt_human_tasks must not exceed prompt_tasks")
         if self.prompt_tasks >= self.max_list_items:
@@ -158,7 +158,7 @@ class FilterConfig(_Section):
                              "Latin only), unicode = any script, CJK per character")
 
     @model_validator(mode="after")
-    def _min_le_max(self) -> "FilterConfig":
+    def _min_le_max(self) -> FilterConfig:
         if self.min_words > self.max_words:
             raise ValueError("min_words must not exceed max_words")
         return self
@@ -302,7 +302,8 @@ class EngineConfig(_Section):
     tensor_parallel_size: int = Field(1, ge=1)
     chat_template: bool = Field(
         False,
-        description="wrap prompts in the model's chat template (the paper's prompts are continuations)",
+        description="wrap prompts in the model's chat template "
+                    "(the paper's prompts are continuations)",
     )
 
     @model_validator(mode="before")

@@ -41,7 +41,7 @@ def word_count(text: str) -> int:
 
 
 @lru_cache(maxsize=32)
-def _blacklist_pattern(words: tuple[str, ...]) -> re.Pattern | None:
+def _blacklist_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
     if not words:
         return None
     alternatives = "|".join(r"\s+".join(map(re.escape, w.split())) for w in words)
@@ -126,9 +126,10 @@ def filter_instances(instances: Sequence[Instance], max_instances: int) -> Insta
             continue
         seen.add(instance)
         key = instance.input.strip()
-        if key and outputs_by_input.setdefault(key, instance.output.strip()) != instance.output.strip():
+        output = instance.output.strip()
+        if key and outputs_by_input.setdefault(key, output) != output:
             return InstanceVerdict((), tuple(rejected) + tuple(
-                (i, "conflicting_outputs") for i in kept + [instance]), "conflicting_outputs")
+                (i, "conflicting_outputs") for i in [*kept, instance]), "conflicting_outputs")
         kept.append(instance)
     rejected.extend((i, "over_limit") for i in kept[max_instances:])
     kept = kept[:max_instances]

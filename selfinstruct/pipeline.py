@@ -170,7 +170,7 @@ class SelfInstruct:
                 survivors.append(candidate)
         decisions = self.pool.dedup_batch([c.instruction for c in survivors], add=True)
         kept = []
-        for candidate, decision in zip(survivors, decisions):
+        for candidate, decision in zip(survivors, decisions, strict=True):
             if decision.nearest_text is not None:
                 candidate.nearest_instruction = decision.nearest_text
                 candidate.rouge_l = decision.score
@@ -250,7 +250,7 @@ class SelfInstruct:
             for r in records.values() if r is not None])
         return records
 
-    def _on_batch(self, stage: str, total: int):
+    def _on_batch(self, stage: str, total: int) -> Callable[[int], None]:
         self.reporter.stage(stage, total)
         return self.reporter.advance
 

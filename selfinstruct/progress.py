@@ -53,11 +53,11 @@ class RichReporter:
         self._round = 1
         self._started = time.perf_counter()
 
-    def __enter__(self) -> "RichReporter":
+    def __enter__(self) -> RichReporter:
         self._progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
     def stage(self, name: str, total: int) -> None:

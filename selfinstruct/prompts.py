@@ -130,7 +130,7 @@ class PromptBuilder:
                     - TEMPLATE_VARIABLES[name]
                 if unknown:
                     raise PromptError(f"{path}: template uses undefined variable "
-                                      f"'{sorted(unknown)[0]}' (it is given: "
+                                      f"'{min(unknown)}' (it is given: "
                                       f"{', '.join(sorted(TEMPLATE_VARIABLES[name]))})")
                 template = env.get_template(path.name)
                 template.render(**{k: samples[k] for k in TEMPLATE_VARIABLES[name]})
@@ -189,7 +189,7 @@ def instance_stop(max_instances: int) -> tuple[str, ...]:
     The reference implementation (``generate_instances.py``) stops at ``"Task:"``
     and at ``"Example 6"`` when it keeps 5 instances.
     """
-    return INSTANCE_STOP + (f"Example {max_instances + 1}",)
+    return (*INSTANCE_STOP, f"Example {max_instances + 1}")
 
 
 def sample_prompt_tasks(rng: random.Random, human: Sequence[Task], machine: Sequence[Task],

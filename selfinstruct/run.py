@@ -15,10 +15,10 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -32,6 +32,10 @@ from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, ManifestErro
                                read_manifest, write_manifest)
 from .storage.shards import DATA_DIR, ShardInfo, ShardWriter
 from .storage.files import file_digest
+
+if TYPE_CHECKING:
+    from .pipeline import SelfInstruct
+    from .stats import RunStats
 
 EMPTY_TOKENIZE_WARNING = 0.05
 """Warn when the rouge tokenizer empties more than this fraction of seed instructions."""
@@ -117,13 +121,13 @@ class GenerateJob:
     warnings: list[str]
     previous: dict[str, Any] | None = None
     prepared: Prepared | None = None
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc)
+    created: str = field(default_factory=lambda: datetime.now(UTC)
                          .isoformat(timespec="seconds"))
     _engine: Any = field(default=None, repr=False)
 
     @classmethod
     def prepare(cls, config_file: Path | None, options: dict[str, Any],
-                option_keys: dict[str, str]) -> "GenerateJob":
+                option_keys: dict[str, str]) -> GenerateJob:
         """Resolve and check config, seeds, templates, model and output directory.
 
         Args:
@@ -276,7 +280,7 @@ class GenerateJob:
             raise JobError(str(exc)) from None
         startup = {"seconds": 0.0}
 
-        def start_engine():
+        def start_engine() -> Engine:
             started = time.perf_counter()
             try:
                 engine = build_engine(config, self.prepared or Prepared(self.model))
@@ -322,7 +326,7 @@ class GenerateJob:
             console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
         print_summary(stats, config.output, startup["seconds"], chosen.label(config))
 
-    def manifest(self, shards: list[ShardInfo], loop, status: str,
+    def manifest(self, shards: list[ShardInfo], loop: SelfInstruct | None, status: str,
                  startup_seconds: float) -> Manifest:
         """The manifest: which shards exist (the commit record) and how they were made."""
         stats = loop.stats.to_json_dict() if loop is not None else {}
@@ -331,7 +335,7 @@ class GenerateJob:
             "format": MANIFEST_FORMAT,
             "status": status,
             "created": self.created,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             "files": [{"path": s.path, "rows": s.rows, "sha256": s.sha256} for s in shards],
             "rows": in_shards,
             "rows_pending": stats.get("rows_written", 0) - in_shards,
@@ -365,7 +369,7 @@ class GenerateJob:
         return info
 
 
-def throughput(stats, startup_seconds: float = 0.0) -> dict[str, Any]:
+def throughput(stats: RunStats, startup_seconds: float = 0.0) -> dict[str, Any]:
     """Requests, tokens and time of the requests this process sent, engine vs our own code.
 
     ``engine_seconds`` is the wall time spent inside ``Engine.generate`` (model,
@@ -514,15 +518,15 @@ def source_ledger_warnings(source: Path, manifest: Manifest) -> list[str]:
                        f"manifest records {manifest.rounds} committed rounds; the ledger is "
                        "incomplete")
     if holder is not None:
-        return [f"{source}: the run is still in progress (pid {holder}); refilter uses the "
-                f"{committed} rounds committed so far"]
+        return [(f"{source}: the run is still in progress (pid {holder}); refilter uses the "
+                 f"{committed} rounds committed so far")]
     if manifest.status != "complete":
-        return [f"{source}: the run did not finish (status {manifest.status!r}); refilter "
-                f"uses its {committed} committed rounds"]
+        return [(f"{source}: the run did not finish (status {manifest.status!r}); refilter "
+                 f"uses its {committed} committed rounds")]
     return []
 
 
-def _first_match(candidates: list[Path], digests: list[str]) -> Path | None:
+def _first_match(candidates: list[Path], digests: list[str | None]) -> Path | None:
     for candidate in candidates:
         try:
             if candidate.exists() and [file_digest(p) for p in seed_files(candidate)] == digests:
@@ -536,6 +540,8 @@ def _recorded_seeds(manifest: Manifest, path: Path, given: Path | None) -> tuple
     """The seed tasks a run was made from: ``given``, else the recorded path, else the
     bundled seeds, whichever has the recorded sha256s."""
     record = manifest.seeds
+    if record is None:  # read_manifest(require=("seeds", ...)) has refused this already
+        raise JobError(f"{path}: field 'seeds': missing")
     digests = [f.get("sha256") for f in record.files]
     if not digests or record.path is None:
         raise JobError(f"{path}: field 'seeds.files': no seed hashes recorded, so the run's "
@@ -555,6 +561,10 @@ def _recorded_seeds(manifest: Manifest, path: Path, given: Path | None) -> tuple
 def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None) -> PromptBuilder:
     """The templates a run was made from (``given``, else the recorded directory, else
     the bundled ones), verified against ``identity.prompts_sha256``."""
+    if manifest.identity is None or manifest.prompts is None:
+        # read_manifest(require=("identity", "prompts", ...)) has refused this already
+        missing = "identity" if manifest.identity is None else "prompts"
+        raise JobError(f"{path}: field '{missing}': missing")
     expected = manifest.identity.prompts_sha256
     if not expected:
         raise JobError(f"{path}: field 'identity.prompts_sha256': missing, so the run's "

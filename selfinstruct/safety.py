@@ -29,17 +29,17 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 __all__ = [
     "OutputPathError",
     "atomic_files",
-    "enclosing_run",
-    "fsync_dir",
     "check_not_in_run",
     "check_output_apart",
     "check_writable_dir",
     "check_writable_file",
+    "enclosing_run",
+    "fsync_dir",
     "overlap",
     "resolved",
 ]
@@ -255,7 +255,7 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_files(*paths: Path, mode: str = "wb") -> Iterator[list[IO]]:
+def atomic_files(*paths: Path, mode: str = "wb") -> Iterator[list[IO[Any]]]:
     """Write several files that belong together: all of them, or none.
 
     Yields one open handle per path, on a temporary sibling (``.<name>.*.tmp``,
@@ -277,7 +277,7 @@ def atomic_files(*paths: Path, mode: str = "wb") -> Iterator[list[IO]]:
 
     paths = tuple(Path(p) for p in paths)
     temps: list[Path] = []
-    handles: list[IO] = []
+    handles: list[IO[Any]] = []
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,9 +294,9 @@ def atomic_files(*paths: Path, mode: str = "wb") -> Iterator[list[IO]]:
     finally:
         for handle in handles:
             handle.close()
-        for tmp in temps:
+        for temp in temps:
             try:
-                os.unlink(tmp)
+                os.unlink(temp)
             except FileNotFoundError:
                 pass
     for directory in {p.parent for p in paths}:

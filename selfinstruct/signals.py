@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from types import FrameType
 from contextlib import contextmanager
 
 EXIT_SIGTERM = 128 + signal.SIGTERM
@@ -53,7 +54,7 @@ def stopping() -> bool:
     return _stopping.is_set()
 
 
-def _handler(signum: int, frame) -> None:
+def _handler(signum: int, frame: FrameType | None) -> None:
     _signals_seen.append(signum)
     if _stopping.is_set():
         if len(_signals_seen) >= 3:
@@ -85,11 +86,11 @@ def graceful_stop() -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
 
-    def quiet_thread_hook(args) -> None:
+    def quiet_thread_hook(args: threading.ExceptHookArgs) -> None:
         if not _stopping.is_set():
             thread_hook(args)
 
-    def quiet_unraisable_hook(args) -> None:
+    def quiet_unraisable_hook(args: sys.UnraisableHookArgs) -> None:
         if not _stopping.is_set():
             unraisable_hook(args)
 

@@ -46,10 +46,10 @@ class RunStats:
     tasks_written: int = 0
     rows_written: int = 0
     classification_tasks: int = 0
-    rejections: Counter = field(default_factory=Counter)
-    instance_rejections: Counter = field(default_factory=Counter)
+    rejections: Counter[str] = field(default_factory=Counter)
+    instance_rejections: Counter[str] = field(default_factory=Counter)
     engine: EngineStats = field(default_factory=EngineStats)
-    useful_output_tokens: Counter = field(default_factory=Counter)
+    useful_output_tokens: Counter[str] = field(default_factory=Counter)
     live: LiveStats = field(default_factory=LiveStats)
     seconds: float = 0.0
 

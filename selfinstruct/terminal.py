@@ -14,7 +14,11 @@ text printed through rich also through :func:`rich_safe`, because rich reads
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 _UNSAFE = re.compile(
     "[\x00-\x08\x0b-\x1f"  # C0 controls but TAB and LF (LF: see ``newlines``); ESC is \x1b
@@ -27,7 +31,7 @@ _UNSAFE_OR_NEWLINE = re.compile(_UNSAFE.pattern[:-1] + "\n]")
 _NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
-def _escape(match: re.Match) -> str:
+def _escape(match: re.Match[str]) -> str:
     char = match.group()
     return _NAMED.get(char) or f"\\u{ord(char):04x}"
 
@@ -71,7 +75,7 @@ def rich_safe(text: Any, newlines: bool = True) -> str:
     return escape(terminal_safe(text, newlines))
 
 
-def safe_console(**kwargs: Any):
+def safe_console(**kwargs: Any) -> Console:
     """A ``rich.console.Console`` (same arguments) that runs every string it renders
     through :func:`terminal_safe` before reading its markup.
 
@@ -82,7 +86,7 @@ def safe_console(**kwargs: Any):
     from rich.console import Console
 
     class _SafeConsole(Console):
-        def render_str(self, text: str, **options: Any):
+        def render_str(self, text: str, **options: Any) -> Text:
             return super().render_str(terminal_safe(text), **options)
 
     return _SafeConsole(**kwargs)

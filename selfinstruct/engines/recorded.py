@@ -166,7 +166,7 @@ class RecordedEngine:
         recorded = {r.key: r for r in loaded or ()}
         missing = [r for r in requests if r.key not in recorded]
         if missing and commit is None and self.live.available:
-            for request, completion in zip(missing, self._ask(stage, missing)):
+            for request, completion in zip(missing, self._ask(stage, missing), strict=True):
                 recorded[request.key] = _record(request, (shown or {}).get(request.key, ()),
                                                 completion)
             self.ledger.save_stage(round_number, stage,

@@ -73,7 +73,8 @@ class InstructionGeneration(ModelStage):
             items = parse_instruction_list(record.text, first, record.finish_reason == "length")
             self.count_useful(record, [i.text for i in items if not i.truncated])
             if record.finish_reason == PROMPT_TOO_LONG or not items:
-                reason = PROMPT_TOO_LONG if record.finish_reason == PROMPT_TOO_LONG else "unparseable"
+                reason = (PROMPT_TOO_LONG if record.finish_reason == PROMPT_TOO_LONG
+                          else "unparseable")
                 candidate = Candidate(int(key), None, "", record.prompt_task_ids, record.text)
                 candidate.reject(self.name, reason)
                 candidates.append(candidate)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +19,7 @@ from ..safety import fsync_dir
 
 
 @contextmanager
-def atomic_file(path: Path, mode: str = "wb"):
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on success fsync and rename it.
 
     On any exception the temporary file is removed and ``path`` is untouched.
@@ -49,11 +49,17 @@ def current_umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> str:
-    """Write ``path`` atomically through ``write(handle)``; return the file's sha256."""
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> str:
+    """Write ``path`` atomically through ``write(handle)`` (its result is ignored); return the
+    file's sha256."""
     with atomic_file(path) as handle:
         write(handle)
     return file_digest(path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically; return the file's sha256."""
+    return write_atomic(path, lambda handle: handle.write(data))
 
 
 def file_digest(path: Path) -> str:

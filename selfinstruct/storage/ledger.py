@@ -29,12 +29,12 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 
 from .shards import SCHEMA
-from .files import file_digest, write_atomic, write_json
+from .files import file_digest, write_bytes_atomic, write_json
 
 LEDGER_DIR = "ledger"
 LOCK_FILE = ".lock"
@@ -113,7 +113,8 @@ def _parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+    return rows
 
 
 class RunDirectory:
@@ -125,7 +126,7 @@ class RunDirectory:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._lock_handle = None
+        self._lock_handle: IO[str] | None = None
         self.warnings: list[str] = []
 
     # -- lock ----------------------------------------------------------------
@@ -137,7 +138,7 @@ class RunDirectory:
             RunLocked: another live process holds it (the message names its pid).
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")
+        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (held until unlock())
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -159,7 +160,7 @@ class RunDirectory:
         non-blocking shared lock, released at once (works on a read-only copy).
         """
         try:
-            handle = open(self.path / LOCK_FILE, encoding="utf-8")
+            handle = open(self.path / LOCK_FILE, encoding="utf-8")  # noqa: SIM115 (`with` below)
         except OSError:
             return None
         with handle:
@@ -202,8 +203,7 @@ class RunDirectory:
         rows = [{**record.__dict__, "prompt_task_ids": list(record.prompt_task_ids)}
                 for record in records]
         data = _parquet_bytes(rows, REQUEST_SCHEMA)
-        write_atomic(self.round_dir(round_number) / f"requests-{stage}.parquet",
-                     lambda handle: handle.write(data))
+        write_bytes_atomic(self.round_dir(round_number) / f"requests-{stage}.parquet", data)
 
     def load_stage(self, round_number: int, stage: str,
                    committed: dict[str, str] | None) -> list[RecordedRequest] | None:
@@ -289,7 +289,7 @@ class RunDirectory:
         files = {}
         for name, data in (("candidates.parquet", _parquet_bytes(candidates, CANDIDATE_SCHEMA)),
                            ("rows.parquet", _parquet_bytes(rows, SCHEMA))):
-            files[name] = write_atomic(directory / name, lambda handle, d=data: handle.write(d))
+            files[name] = write_bytes_atomic(directory / name, data)
         crash_point(f"round-{round_number}:before-commit")
         for path in sorted(directory.glob("requests-*.parquet")):
             files[path.name] = file_digest(path)
@@ -322,6 +322,6 @@ class RunDirectory:
 
 
 __all__ = [
-    "CANDIDATE_SCHEMA", "CRASH_ENV", "LedgerError", "REQUEST_SCHEMA", "RecordedRequest",
+    "CANDIDATE_SCHEMA", "CRASH_ENV", "REQUEST_SCHEMA", "LedgerError", "RecordedRequest",
     "RunDirectory", "RunLocked", "crash_point",
 ]

@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from ..engines.offline import CPU_KV_CACHE_BYTES, is_cpu_vllm
 
@@ -34,7 +35,8 @@ def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def server_command(model_path: str, served_name: str, port: int, *,
@@ -79,18 +81,18 @@ class LocalServer:
 
     def __init__(self, model_path: str, served_name: str, port: int | None = None,
                  startup_timeout: float = 240.0, log_path: Path | None = None,
-                 **command_kwargs):
+                 **command_kwargs: Any):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.command = server_command(model_path, served_name, self.port, **command_kwargs)
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
-        self.process: subprocess.Popen | None = None
-        self._watchdog: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         """Start the server and wait until it lists its model.
 
         Raises:
@@ -179,10 +181,10 @@ class LocalServer:
         tail = " | ".join(line.strip() for line in text[-lines:] if line.strip())
         return Redactor(self.api_key())(tail)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
