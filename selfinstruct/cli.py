@@ -13,16 +13,14 @@ with status 2 and one line on stderr; nothing is written to the output directory
 from __future__ import annotations
 
 import sys
-from functools import cache
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import click
-from pydantic.fields import FieldInfo
 
 from . import __version__
 from .analysis.constants import DEFAULT_MAX_LENGTH, FORMATS, REPORT_FILES
-from .config import Config
+from .config_help import choices_of, config_help, default_of, description_of
 from .models import EMBEDDED_NAME
 
 EXIT_USAGE = 2
@@ -83,88 +81,6 @@ def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> f
     if value is not None and not math.isfinite(value):
         raise UserError(f"option {param.opts[0]}: {value!r} is not a finite number")
     return value
-
-
-@cache
-def config_field(key: str) -> FieldInfo:
-    """The field of :class:`~selfinstruct.config.Config` at a dotted key.
-
-    Args:
-        key: e.g. ``"generation.temperature"``; each part before the last names
-            a section (a nested model).
-
-    Raises:
-        KeyError: no such field or section.
-    """
-    model: Any = Config
-    *sections, leaf = key.split(".")
-    for name in sections:
-        model = model.model_fields[name].annotation
-    info: FieldInfo = model.model_fields[leaf]
-    return info
-
-
-def default_of(key: str) -> Any:
-    """The default value of the configuration field at ``key`` (dotted), as
-    :mod:`selfinstruct.config` declares it (a default factory is called).
-
-    Raises:
-        KeyError: no such field.
-    """
-    return config_field(key).get_default(call_default_factory=True)
-
-
-def choices_of(key: str) -> list[str]:
-    """The allowed values of a ``Literal`` configuration field, in declared order.
-
-    Raises:
-        KeyError: no such field.
-    """
-    return [str(value) for value in get_args(config_field(key).annotation)]
-
-
-def shown(value: Any) -> str:
-    """A default as help texts print it: ``0.7``, ``600`` (a whole float without
-    ``.0``), ``outputs/run``, ``'\\n\\n'`` (strings in a list quoted, escapes visible)."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(repr(item) for item in value) or "none"
-    return str(value)
-
-
-def description_of(key: str) -> str:
-    """The description of the configuration field at ``key`` as a sentence:
-    capitalised, with a full stop.
-
-    Raises:
-        KeyError: no such field; ValueError: the field has no description.
-    """
-    description = config_field(key).description
-    if not description:
-        raise ValueError(f"configuration field {key} has no description")
-    return description[0].upper() + description[1:] + "."
-
-
-def config_help(key: str, text: str | None = None, default: str | None = None) -> str:
-    """The help text of the option setting the configuration field at ``key``.
-
-    Args:
-        key: the dotted field, e.g. ``"filters.min_words"``.
-        text: the sentence; None = :func:`description_of` the field.
-        default: what to print as the default; None = the field's default
-            (:func:`shown`).
-
-    Returns:
-        ``"<text>  [default: <default>]"`` (click's layout of a default).
-
-    Raises:
-        KeyError: no such field; ValueError: no ``text`` and the field has no
-            description.
-    """
-    if text is None:
-        text = description_of(key)
-    return f"{text}  [default: {shown(default_of(key)) if default is None else default}]"
 
 
 # CLI option -> dotted key of selfinstruct.config.Config
@@ -582,7 +498,9 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
            train_split: float | None, seeds: Path | None, tokenizer: str | None,
            overwrite: bool, repo: str | None, private: bool, template_model: str | None,
            max_length: int | None) -> None:
-    """Export a run (or Alpaca-style records, in any format inspect reads) for SFT trainers, with a dataset card.
+    """Export a run (or Alpaca-style records) for SFT trainers, with a dataset card.
+
+    RUN is a `generate` output directory or records in any format `inspect` reads.
 
     Writes --format files and a README.md (Hugging Face card metadata, the model,
     seeds, filter settings and the statistics of `inspect`) to --output. With

@@ -97,7 +97,8 @@ def test_output_directory_of_something_else_is_refused(tmp_path, content, expect
 
 
 def test_help_texts_state_the_config_models_defaults():
-    from selfinstruct.cli import GENERATE_OPTIONS, default_of, generate, shown
+    from selfinstruct.cli import GENERATE_OPTIONS, generate
+    from selfinstruct.config_help import default_of, shown
 
     checked = 0
     for param in generate.params:
@@ -118,7 +119,7 @@ def test_help_texts_state_the_config_models_defaults():
 
 
 def test_default_of_reads_nested_fields_and_refuses_unknown_ones():
-    from selfinstruct.cli import choices_of, default_of
+    from selfinstruct.config_help import choices_of, default_of
 
     assert default_of("instances.output_first_max_tokens") == 300
     assert default_of("generation.stop") == ["\n\n"]
