@@ -101,3 +101,18 @@ def test_near_duplicate_examples_of_other_tasks_are_dropped(tmp_path):
     assert loop.instances.drop_near_duplicates(task, fresh) == tuple(fresh)
     loop, _, _ = make_loop(tmp_path / "b", instances={"near_duplicate_threshold": None})
     assert loop.instances.drop_near_duplicates(near, [Instance("", "a")])
+
+
+def test_useful_token_share_counts_what_the_parsers_took(tmp_path):
+    _, _, stats, _ = run(tmp_path, n=4)
+    by_stage = stats.by_stage()
+    # every classification answer is a parseable yes/no: all of its tokens count
+    assert by_stage["classification"]["useful_output_tokens"] == \
+        by_stage["classification"]["output_tokens"] > 0
+    # instruction lists end in a truncated item and carry numbering: part of them counts
+    assert 0 < by_stage["instructions"]["useful_output_tokens"] < \
+        by_stage["instructions"]["output_tokens"]
+    assert 0 < stats.useful_token_share < 1
+    engine = stats.to_json_dict()["engine"]
+    assert engine["useful_token_share"] == round(stats.useful_token_share, 4)
+    assert engine["useful_output_tokens"] == sum(stats.useful_output_tokens.values())

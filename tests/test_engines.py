@@ -1,0 +1,114 @@
+"""The engines package: the registry, declared capabilities, dtype choice, the recorded engine."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from selfinstruct.config import Config, EngineConfig
+from selfinstruct.engines import BACKENDS, EngineError, Request, Sampling, backend
+from selfinstruct.engines.offline import cpu_flags, resolve_dtype, vllm_engine_args
+from selfinstruct.engines.recorded import LazyEngine, RecordedEngine
+from selfinstruct.storage.ledger import RunDirectory
+from selfinstruct.testing.scripted import ScriptedEngine
+
+
+def test_the_registry_has_exactly_the_backends_the_config_allows():
+    allowed = get_args(EngineConfig.model_fields["backend"].annotation)
+    assert tuple(BACKENDS) == allowed
+    with pytest.raises(EngineError, match="unknown engine backend 'gpu'; one of vllm, http, ray"):
+        backend("gpu")
+
+
+def test_labels_and_starting_lines_name_the_backend():
+    cfg = Config.model_validate({"engine": {"base_urls": ["http://a:1/v1", "http://b:2/v1"]}})
+    assert backend("http").label(cfg) == "http (2 endpoints)"
+    assert backend("vllm").starting(cfg, "M") == "Loading M with vLLM ..."
+    assert "Ray Data" in backend("ray").starting(cfg, "M")
+
+
+def test_every_engine_class_declares_its_capabilities():
+    from selfinstruct.engines.http import HTTPEngine
+    from selfinstruct.engines.offline import VLLMEngine
+    from selfinstruct.engines.ray_data import RayEngine
+
+    for cls in (VLLMEngine, HTTPEngine, RayEngine, ScriptedEngine):
+        caps = cls.capabilities
+        assert {"stop", "length"} <= caps.finish_reasons
+    assert "prompt_too_long" in VLLMEngine.capabilities.finish_reasons
+    assert VLLMEngine.capabilities.loads_weights and not HTTPEngine.capabilities.loads_weights
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512f"}, "float32"),           # AVX-512 without BF16: emulated
+    ({"avx2"}, "float32"),                      # AVX2-only (AMD EPYC)
+    ({"avx512f", "avx512_bf16"}, "auto"),      # native BF16: the model's own dtype
+])
+def test_auto_dtype_on_a_cpu_follows_its_bf16_support(flags, expected):
+    assert resolve_dtype("auto", cpu=True, flags=frozenset(flags)) == expected
+
+
+def test_an_explicit_dtype_or_a_gpu_is_left_alone():
+    assert resolve_dtype("bfloat16", cpu=True, flags=frozenset()) == "bfloat16"
+    assert resolve_dtype("auto", cpu=False, flags=frozenset()) == "auto"
+
+
+def test_cpu_flags_read_the_flags_lines(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n"
+                    "flags\t\t: fpu avx2 avx512_bf16\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def test_engine_args_carry_the_resolved_dtype(monkeypatch):
+    from selfinstruct.engines import offline
+
+    monkeypatch.setattr(offline, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert vllm_engine_args(EngineConfig(), 0, cpu=True)["dtype"] == "float32"
+    assert vllm_engine_args(EngineConfig(), 0, cpu=False)["dtype"] == "auto"
+
+
+def requests(stage: str, keys: list[str]) -> list[Request]:
+    return [Request(f"prompt {k}", Sampling(0.0, 1.0, 8), seed=i, stage=stage, key=k)
+            for i, k in enumerate(keys)]
+
+
+def test_recorded_engine_records_asks_only_what_is_missing_and_replays(tmp_path):
+    live = ScriptedEngine()
+    first = RecordedEngine(RunDirectory(tmp_path), LazyEngine(lambda: live))
+    out = first.answer(1, requests("classification", ["Decide a", "b"]))
+    assert [r.text for r in out.values()] == [" Yes", " No"] and len(live.batches) == 1
+    again = RecordedEngine(RunDirectory(tmp_path), LazyEngine(lambda: live))
+    out = again.answer(1, requests("classification", ["Decide a", "b", "Decide c"]))
+    assert [r.key for r in live.batches[1]] == ["Decide c"]  # only the unrecorded one
+    assert [r.text for r in out.values()] == [" Yes", " No", " Yes"]
+    assert again.stats.requests == 1
+
+
+def test_without_a_live_engine_only_recorded_rounds_are_answered(tmp_path):
+    source = RunDirectory(tmp_path / "a")
+    RecordedEngine(source, LazyEngine(ScriptedEngine)).answer(
+        1, requests("classification", ["x"]))
+    source.commit_round(1, [], [])
+    copy = RecordedEngine(RunDirectory(tmp_path / "b"), LazyEngine(None), source=source)
+    assert copy.can_answer(1) and not copy.can_answer(2)
+    out = copy.answer(1, requests("classification", ["x", "never asked"]))
+    assert out["x"].text == " No" and out["never asked"] is None
+    # the copy's own ledger now holds what it used
+    assert [r.key for r in RunDirectory(tmp_path / "b").load_stage(
+        1, "classification", None)] == ["x"]
+
+
+def test_a_committed_round_is_checked_not_rewritten(tmp_path):
+    from selfinstruct.storage.ledger import LedgerError
+
+    ledger = RunDirectory(tmp_path)
+    row = {"id": "r1-0", "task_id": "r1", "instruction": "i", "input": "", "output": "o",
+           "messages": [], "is_classification": False, "model": "m", "round": 1,
+           "prompt_task_ids": [], "nearest_instruction": None, "nearest_rouge_l": None}
+    assert ledger.commit_round(1, [], [row]) is True
+    assert ledger.commit_round(1, [], [row]) is False
+    with pytest.raises(LedgerError, match="does not give the examples it recorded"):
+        ledger.commit_round(1, [], [{**row, "output": "other"}])
