@@ -132,4 +132,5 @@ def read_csv_records(path: Path | str) -> tuple[list[str], list[dict[str, Any]]]
     for name in columns:
         if columns.count(name) > 1:
             raise InputFileError(path, f"duplicate column '{name}' in the header", 1)
-    return columns, [dict(zip(columns, row)) for row in rows[1:]]
+    # Every row of the frame has the header's width (pandas pads short rows).
+    return columns, [dict(zip(columns, row, strict=True)) for row in rows[1:]]

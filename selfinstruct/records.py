@@ -163,12 +163,16 @@ class Records:
         self._numbers, self._unit, self._first = numbers, unit, first
 
     def __len__(self) -> int:
-        return self._table.num_rows if self._rows is None else len(self._rows)
+        if self._rows is not None:
+            return len(self._rows)
+        assert self._table is not None, "a Records holds rows or a table"
+        return int(self._table.num_rows)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
         """The records as dicts, in order."""
         if self._rows is None:
+            assert self._table is not None, "a Records holds rows or a table"
             self._rows = self._table.to_pylist()
         return self._rows
 
@@ -185,7 +189,9 @@ class Records:
         """The field's value in every record, in order; :data:`MISSING` where a
         record (of a JSON file) has no such field."""
         if self._rows is None and field in self.columns:
-            return self._table.column(field).to_pylist()
+            assert self._table is not None, "a Records holds rows or a table"
+            values: list[Any] = self._table.column(field).to_pylist()
+            return values
         return [row.get(field, MISSING) for row in self.rows]
 
     def frame(self) -> pd.DataFrame:
@@ -194,8 +200,9 @@ class Records:
         import pandas as pd
 
         if self._table is not None:
-            return self._table.to_pandas()
-        return pd.DataFrame.from_records(self._rows, columns=self.columns)
+            frame: pd.DataFrame = self._table.to_pandas()
+            return frame
+        return pd.DataFrame.from_records(self.rows, columns=self.columns)
 
 
 class _Missing:
@@ -383,7 +390,8 @@ def _json_kind(value: Any) -> str:
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "null")
+    kinds: dict[type[object], str] = {str: "a string", list: "an array", dict: "an object"}
+    return kinds.get(type(value), "null")
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -453,7 +461,8 @@ def _read_json(path: Path, text: str) -> Records:
                            f"expected a JSON array of records, got {_json_kind(data)}")
     if "\n" in text.strip() and len(set(lines)) == len(lines):
         # Spread over lines, each record starting on its own: name records by line.
-        rows = [_object(value, Position(path, line)) for value, line in zip(data, lines)]
+        rows = [_object(value, Position(path, line))
+                for value, line in zip(data, lines, strict=True)]
         return Records(path, "json", _columns(rows), rows=rows, numbers=lines)
     rows = [_object(value, Position(path, k, "record")) for k, value in enumerate(data, 1)]
     return Records(path, "json", _columns(rows), rows=rows, unit="record")

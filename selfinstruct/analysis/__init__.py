@@ -1,1 +1,2 @@
-"""Inspecting and exporting runs: loading, statistics, figures, tables, the HTML report, SFT formats and the dataset card."""
+"""Inspecting and exporting runs: loading, statistics, figures, tables, the HTML report,
+SFT formats and the dataset card."""

@@ -85,7 +85,7 @@ def check_template(frame: pd.DataFrame, tokenizer: Any, *, model: str,
     rendered_ids: list[str] = []
     errors: list[str] = []
     first_error = None
-    for rid, conversation in zip(ids, messages_column(frame, system_prompt)):
+    for rid, conversation in zip(ids, messages_column(frame, system_prompt), strict=True):
         try:
             texts.append(str(tokenizer.apply_chat_template(conversation, tokenize=False)))
             rendered_ids.append(rid)
@@ -97,7 +97,7 @@ def check_template(frame: pd.DataFrame, tokenizer: Any, *, model: str,
         encoded = tokenizer(texts[start:start + 1024], add_special_tokens=False,
                             return_attention_mask=False)
         lengths.extend(len(x) for x in encoded["input_ids"])
-    too_long = [rid for rid, n in zip(rendered_ids, lengths) if n > limit]
+    too_long = [rid for rid, n in zip(rendered_ids, lengths, strict=True) if n > limit]
 
     markers = template_markers(tokenizer)
     leaks: dict[str, dict[str, Any]] = {}
@@ -166,9 +166,9 @@ def describe_check(result: dict[str, Any]) -> list[str]:
     """
     from ..terminal import terminal_safe
 
-    lines = [f"{result['examples']} examples rendered with {result['model']}'s chat template; "
-             f"tokens per example: median {result['lengths']['p50']}, p99 "
-             f"{result['lengths']['p99']}, max {result['lengths']['max']}"]
+    lines = [(f"{result['examples']} examples rendered with {result['model']}'s chat template; "
+              f"tokens per example: median {result['lengths']['p50']}, p99 "
+              f"{result['lengths']['p99']}, max {result['lengths']['max']}")]
     too_long = result["too_long"]
     lines.append(f"longer than {result['max_length']} tokens: {too_long['rows']}"
                  + (f" (e.g. {', '.join(too_long['ids'])})" if too_long["ids"] else ""))

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -54,6 +54,9 @@ from ..storage.shards import SCHEMA, messages_for, user_turn
 from .card import dataset_card
 from .constants import FORMATS
 from .loading import RunData
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class ExportError(ValueError):
@@ -129,14 +132,16 @@ def messages_column(frame: pd.DataFrame, system_prompt: str | None = None
     leading system turn when ``system_prompt`` is set."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [system + messages_for(i, x, o) for i, x, o in
-            zip(frame["instruction"].tolist(), frame["input"].tolist(), frame["output"].tolist())]
+            zip(frame["instruction"].tolist(), frame["input"].tolist(), frame["output"].tolist(),
+                strict=True)]
 
 
 def alpaca_records(frame: pd.DataFrame, system_prompt: str | None = None) -> list[dict[str, str]]:
     """``{instruction, input, output}`` per row (+ ``system``, LLaMA-Factory's key)."""
     extra = {"system": system_prompt} if system_prompt else {}
     return [{"instruction": i, "input": x, "output": o, **extra} for i, x, o in
-            zip(frame["instruction"].tolist(), frame["input"].tolist(), frame["output"].tolist())]
+            zip(frame["instruction"].tolist(), frame["input"].tolist(), frame["output"].tolist(),
+                strict=True)]
 
 
 def sharegpt_records(frame: pd.DataFrame, system_prompt: str | None = None
@@ -144,10 +149,11 @@ def sharegpt_records(frame: pd.DataFrame, system_prompt: str | None = None
     """``{id, conversations: [{from, value}]}`` per row: an optional ``system``
     turn, then ``human`` (instruction + blank line + input) and ``gpt`` (output)."""
     system = [{"from": "system", "value": system_prompt}] if system_prompt else []
-    return [{"id": rid, "conversations": system + [{"from": "human", "value": user_turn(i, x)},
-                                                   {"from": "gpt", "value": o}]}
+    return [{"id": rid, "conversations": [*system, {"from": "human", "value": user_turn(i, x)},
+                                          {"from": "gpt", "value": o}]}
             for rid, i, x, o in zip(frame["id"].tolist(), frame["instruction"].tolist(),
-                                    frame["input"].tolist(), frame["output"].tolist())]
+                                    frame["input"].tolist(), frame["output"].tolist(),
+                                    strict=True)]
 
 
 def messages_records(frame: pd.DataFrame, system_prompt: str | None = None
@@ -156,7 +162,7 @@ def messages_records(frame: pd.DataFrame, system_prompt: str | None = None
     return [{"messages": m} for m in messages_column(frame, system_prompt)]
 
 
-def arrow_table(frame: pd.DataFrame, system_prompt: str | None = None):
+def arrow_table(frame: pd.DataFrame, system_prompt: str | None = None) -> pa.Table:
     """The rows as a pyarrow Table with the shard schema's types.
 
     Columns: ``id, task_id, instruction, input, output, messages`` and, where
@@ -171,8 +177,10 @@ def arrow_table(frame: pd.DataFrame, system_prompt: str | None = None):
     extra = [f.name for f in SCHEMA if f.name not in core and f.name != "messages"
              and f.name in frame.columns and frame[f.name].notna().any()]
     data = frame[core + extra].copy()
-    data["messages"] = messages_column(frame, system_prompt)
-    names = core + ["messages"] + extra
+    # pandas takes any list-like of the frame's length; pandas-stubs types a column
+    # value as scalars or sequences of scalars, not a list of lists of dicts.
+    data["messages"] = messages_column(frame, system_prompt)  # type: ignore[assignment]
+    names = [*core, "messages", *extra]
     schema = pa.schema([SCHEMA.field(n) for n in names])
     try:
         return pa.Table.from_pandas(data[names], schema=schema, preserve_index=False)
@@ -330,14 +338,14 @@ def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, A
     if frame.empty:
         raise ExportError(f"{run.path}: no rows to export")
     splits = assign_splits(frame["instruction"].tolist(), train_split)
-    parts = {name: frame[[s == name for s in splits]] for name in ("train", "test")
-             if name in splits}
+    parts: dict[str, pd.DataFrame] = {name: frame[[s == name for s in splits]]
+                                      for name in ("train", "test") if name in splits}
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         files = _write_format(fmt, staging, parts, system_prompt)
         result = ExportResult(
-            output, fmt, {k: int(len(v)) for k, v in parts.items()},
+            output, fmt, {k: len(v) for k, v in parts.items()},
             {k: int(v["task_id"].nunique()) for k, v in parts.items()}, files,
             output / "README.md")
         card = dataset_card(run, result, stats, system_prompt=system_prompt,

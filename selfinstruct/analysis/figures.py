@@ -8,20 +8,26 @@ object-oriented API: no pyplot, no global state, no display needed).
 
 from __future__ import annotations
 
-from typing import Any
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
-def _figure(width: float, height: float):
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _bars(ax, hist: dict[str, Any], color: str) -> None:
+def _bars(ax: Axes, hist: dict[str, Any], color: str) -> None:
     edges = hist["edges"]
     if not edges:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         return
-    widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    widths = [b - a for a, b in pairwise(edges)]
     ax.bar(edges[:-1], hist["counts"], width=widths, align="edge", color=color,
            edgecolor="white", linewidth=0.4)
     if hist.get("over"):
@@ -29,7 +35,7 @@ def _bars(ax, hist: dict[str, Any], color: str) -> None:
                     ha="right", va="top", fontsize=8, color="#555")
 
 
-def figures(stats: dict[str, Any]) -> dict[str, Any]:
+def figures(stats: dict[str, Any]) -> dict[str, Figure]:
     """matplotlib Figures drawn from the statistics dict, by file stem.
 
     ``lengths_words`` (and ``lengths_tokens``): Figure 5; ``rouge_seeds``:
@@ -37,7 +43,7 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
     outside); ``rejections``: reasons by count; ``rounds``: tasks per round.
     A figure is left out when its data is absent.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, Figure] = {}
     titles = {"instruction": "instructions", "input": "non-empty inputs", "output": "outputs"}
     for unit in ("words", "tokens"):
         block = stats["lengths"].get(unit)
@@ -45,7 +51,7 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
             continue
         fig = _figure(11, 3.2)
         axes = fig.subplots(1, 3)
-        for ax, (name, title) in zip(axes, titles.items()):
+        for ax, (name, title) in zip(axes, titles.items(), strict=True):
             _bars(ax, block[name]["histogram"], "#4c72b0")
             ax.set_title(f"{title} (n={block[name]['count']})", fontsize=10)
             ax.set_xlabel(f"length ({unit})")
@@ -85,8 +91,10 @@ def figures(stats: dict[str, Any]) -> dict[str, Any]:
                radius=0.62, labeldistance=0.62, colors=cmap,
                wedgeprops={"width": 0.32, "edgecolor": "white"},
                textprops={"fontsize": 7, "ha": "center"}, startangle=90, counterclock=False)
-        outer_sizes, outer_labels, outer_colors = [], [], []
-        for color, v in zip(cmap, verbs):
+        outer_sizes: list[float] = []
+        outer_labels: list[str] = []
+        outer_colors: list[tuple[float, float, float, float]] = []
+        for color, v in zip(cmap, verbs, strict=True):
             named = sum(o["count"] for o in v["objects"])
             if not named:
                 outer_sizes.append(v["count"])

@@ -9,6 +9,7 @@ page opens anywhere without its directory and fetches nothing.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from pathlib import Path
@@ -57,7 +58,7 @@ def write_report(stats: dict[str, Any], directory: Path | str) -> dict[str, Path
     images: dict[str, bytes] = {}
     for stem, fig in figures(stats).items():
         path = directory / f"{stem}{REPORT_FIGURE_SUFFIX}"
-        write_atomic(path, lambda handle, fig=fig: fig.savefig(handle, format="png"))
+        write_atomic(path, functools.partial(fig.savefig, format="png"))
         images[stem] = path.read_bytes()
         written[stem] = path
     page = render_html(stats, images)

@@ -288,7 +288,7 @@ def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = Non
         "classification_unparseable")
     if unparseable:
         instance["classification_unparseable"] = int(unparseable)
-    rounds = {int(number): {"candidates": int(len(group)),
+    rounds = {int(number): {"candidates": len(group),
                             "kept": int((group["stage"] != "instructions").sum()),
                             "written": int((group["stage"] == "written").sum())}
               for number, group in frame.groupby("round", sort=True)}

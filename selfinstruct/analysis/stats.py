@@ -172,9 +172,9 @@ def count_statistics(run: RunData) -> dict[str, Any]:
     cls_tasks = int(flags[known].astype(bool).sum()) if bool(known.any()) else None
     stats = run.stats
     rounds = pd.to_numeric(frame["round"], errors="coerce").dropna()
-    counts = {
-        "rows": int(len(frame)),
-        "tasks": int(len(tasks)),
+    return {
+        "rows": len(frame),
+        "tasks": len(tasks),
         "rounds": _int_or_none(stats.get("rounds")) if stats else
         (int(rounds.nunique()) if len(rounds) else None),
         "candidates": _int_or_none(stats.get("candidates")),
@@ -187,7 +187,6 @@ def count_statistics(run: RunData) -> dict[str, Any]:
         "empty_inputs": int((frame["input"] == "").sum()),
         "duplicate_rows": int(frame.duplicated(["instruction", "input", "output"]).sum()),
     }
-    return counts
 
 
 def stage_statistics(counts: dict[str, Any], rejections: Rejections) -> list[dict[str, Any]]:
@@ -222,7 +221,7 @@ def round_statistics(frame: pd.DataFrame, rejections: Rejections) -> list[dict[s
     rounds = pd.to_numeric(frame["round"], errors="coerce")
     if rounds.isna().all() and not rejections.rounds:
         return []
-    numbers = sorted(set(int(r) for r in rounds.dropna()) | set(rejections.rounds))
+    numbers = sorted({int(r) for r in rounds.dropna()} | set(rejections.rounds))
     out = []
     for number in numbers:
         rows = frame[rounds == number]
@@ -231,8 +230,8 @@ def round_statistics(frame: pd.DataFrame, rejections: Rejections) -> list[dict[s
         flags = tasks["is_classification"].dropna()
         out.append({
             "round": number,
-            "tasks_written": int(len(tasks)),
-            "rows": int(len(rows)),
+            "tasks_written": len(tasks),
+            "rows": len(rows),
             "classification_tasks": int(flags.astype(bool).sum()) if len(flags) else None,
             "candidates": ledger["candidates"] if ledger else None,
             "kept": ledger["kept"] if ledger else None,
@@ -304,7 +303,7 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         pool = distribution(values.fillna(0.0).to_numpy(), integer=False)
         pool["without_overlap"] = int(values.isna().sum())
 
-    stats_json = {
+    stats_json: dict[str, Any] = {
         "format": STATS_FORMAT,
         "source": {"path": str(run.path), "kind": run.kind, "status": status},
         "model": (run.manifest or {}).get("model"),
@@ -327,5 +326,5 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         "samples": sample_rows(frame, sample, where) if sample or where else None,
         "notes": notes,
     }
-    return json_ready(stats_json)
+    return {key: json_ready(value) for key, value in stats_json.items()}
 

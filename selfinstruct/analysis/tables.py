@@ -9,6 +9,7 @@ same numbers. Cells are plain text; each renderer escapes them for its medium.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ class TableData:
 
     title: str
     headers: tuple[str, ...]
-    rows: list[tuple[str, ...]]
+    rows: Sequence[tuple[str, ...]]
     note: str = ""
 
 
@@ -63,7 +64,7 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
 
     rej = stats["rejections"]
     candidates = counts["candidates"]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for stage, key in (("instruction", "instruction"), ("task (instance stage)", "task"),
                        ("instance", "instance")):
         for reason, count in sorted(rej[key].items(), key=lambda kv: (-kv[1], kv[0])):
@@ -109,7 +110,7 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
                 continue
             pair = count + (hist["counts"][k + 1] if k + 1 < len(hist["counts"]) else 0)
             upper = hist["edges"][min(k + 2, len(hist["edges"]) - 1)]
-            rows.append((f"{hist['edges'][k]:.1f}–{upper:.1f}", str(pair),
+            rows.append((f"{hist['edges'][k]:.1f}\N{EN DASH}{upper:.1f}", str(pair),
                          _fmt(pair / overlap["count"], share=True) if overlap["count"] else ""))
         out.append(TableData(
             "ROUGE-L to the most similar seed (Self-Instruct Figure 4)",
@@ -123,7 +124,7 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
                                   for c in overlap["closest"]]))
 
     verbs = stats["verbs"]
-    share = verbs["with_verb"] / verbs["instructions"] if verbs["instructions"] else 0.0
+    verb_share = verbs["with_verb"] / verbs["instructions"] if verbs["instructions"] else 0.0
     out.append(TableData(
         "Leading verbs and their objects (Self-Instruct Figure 3)",
         ("verb", "instructions", "commonest objects"),
@@ -131,7 +132,7 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
                                                 for o in v["objects"]))
          for v in verbs["top"]],
         f"method: {verbs['method']}; {verbs['with_verb']} of {verbs['instructions']} "
-        f"instructions ({share:.0%}) start with a verb, "
+        f"instructions ({verb_share:.0%}) start with a verb, "
         f"{verbs['with_verb_object']} with an object"))
 
     samples = stats.get("samples")
@@ -146,8 +147,8 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
     return out
 
 
-def _clip(text: Any, limit: int = 300) -> str:
-    text = "" if text is None else str(text)
+def _clip(value: Any, limit: int = 300) -> str:
+    text = "" if value is None else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

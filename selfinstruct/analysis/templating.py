@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 def markdown_cell(text: Any) -> str:
@@ -26,7 +29,7 @@ def markdown_cell(text: Any) -> str:
 
 
 @functools.cache
-def environment():
+def environment() -> jinja2.Environment:
     """The shared :class:`jinja2.Environment`, loading from this package's ``templates``.
 
     Raises:

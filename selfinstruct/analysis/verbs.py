@@ -18,13 +18,15 @@ TOP_VERBS = 20
 OBJECTS_PER_VERB = 4
 """Self-Instruct Figure 3 shows the 20 commonest root verbs and 4 objects each."""
 
+# The word lists are kept as running text, one theme a line (SIM905 would make them
+# hundreds of quoted literals).
 _NOT_VERB = frozenset("""
 a an the this that these those what which who whom whose why how when where
 is are was were be been am do does did can could would should will shall may might must
 i you he she it we they my your our their its his her there here
 if in on at for from with by of to as into about after before during while since than
 given based using according following below above assuming yes no not hi hello dear
-""".split())
+""".split())  # noqa: SIM905
 _LEAD_FILLERS = frozenset({"please", "kindly", "now", "also", "then", "simply", "just"})
 _OBJECT_FILLERS = frozenset("""
 a an the this that these those me us him her them it my your our their its his
@@ -35,12 +37,12 @@ given following above below next first last same different appropriate relevant 
 best worst main top key correct right whole entire famous popular common potential important
 major various specific similar basic current recent effective alternative typical
 up out down back
-""".split())
+""".split())  # noqa: SIM905
 _DEGREE = frozenset({"most", "least", "more", "less", "very"})
 _OBJECT_STOPS = frozenset("""
 of for to in on at with by from about into as than that if whether
 how what why which who when where and or but so because while then is are be
-""".split())
+""".split())  # noqa: SIM905
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
 
@@ -73,8 +75,7 @@ def heuristic_verb_object(instruction: str) -> tuple[str | None, str | None]:
     skip_next = False
     for word in words[k + 1:k + 7]:
         token = word.strip(",.:;!?\"'()[]").lower()
-        if token.endswith("'s"):
-            token = token[:-2]
+        token = token.removesuffix("'s")
         if token in _OBJECT_STOPS:
             break
         if skip_next or token in _DEGREE:  # "the most expensive item": skip the adjective
@@ -138,7 +139,7 @@ def verb_statistics(instructions: Sequence[str], top: int = TOP_VERBS,
         method = ("first-word heuristic (no English spaCy model installed): leading word as "
                   "verb, next content word as object")
     verbs = Counter(v for v, _ in pairs if v)
-    objects: dict[str, Counter] = {}
+    objects: dict[str, Counter[str]] = {}
     for verb, obj in pairs:
         if verb and obj:
             objects.setdefault(verb, Counter())[obj] += 1

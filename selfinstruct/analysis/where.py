@@ -10,6 +10,7 @@ with the expression quoted.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ SAMPLE_COLUMNS = ("id", "task_id", "round", "is_classification", "instruction", 
                   "output", "nearest_instruction", "nearest_rouge_l")
 
 
-_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|=|>|<|~)\s*(.*?)\s*$", re.S)
+_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|=|>|<|~)\s*(.*?)\s*$", re.DOTALL)
 
 
 def parse_where(expression: str, columns: Iterable[str]) -> tuple[str, str, str]:
@@ -67,7 +68,7 @@ def filter_rows(frame: pd.DataFrame, expressions: Sequence[str]) -> pd.DataFrame
             except re.error as exc:
                 raise InspectError(f"--where '{expression}': bad regular expression: {exc}") \
                     from None
-            hit = series.map(lambda v: isinstance(v, str) and pattern.search(v) is not None)
+            hit = _search(series, pattern)
         else:
             value: Any = raw
             numeric = pd.to_numeric(series, errors="coerce")
@@ -84,23 +85,35 @@ def filter_rows(frame: pd.DataFrame, expressions: Sequence[str]) -> pd.DataFrame
                 except ValueError:
                     raise InspectError(f"--where '{expression}': '{column}' is numeric") from None
                 series = numeric
-            ops: dict[str, Callable[[Any], bool]] = {
-                "=": lambda v: v == value, "!=": lambda v: v != value,
-                ">": lambda v: v > value, ">=": lambda v: v >= value,
-                "<": lambda v: v < value, "<=": lambda v: v <= value}
-            compare = ops[op]
-
-            def test(v: Any, compare=compare, op=op) -> bool:
-                if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-                    return op == "!="
-                try:
-                    return bool(compare(v))
-                except TypeError:
-                    return False
-
-            hit = series.map(test)
+            hit = _compare(series, op, value)
         mask &= hit.astype(bool)
     return frame[mask]
+
+
+def _search(series: pd.Series[Any], pattern: re.Pattern[str]) -> pd.Series[bool]:
+    """True where the cell is text and ``pattern`` is found in it."""
+    return series.map(lambda v: isinstance(v, str) and pattern.search(v) is not None)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge,
+    "<": operator.lt, "<=": operator.le}
+
+
+def _compare(series: pd.Series[Any], op: str, value: Any) -> pd.Series[bool]:
+    """``cell OP value`` per cell; a null cell matches only ``!=``, a cell that does not
+    compare with ``value`` (TypeError) matches nothing."""
+    compare = _COMPARE[op]
+
+    def test(v: Any) -> bool:
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return op == "!="
+        try:
+            return bool(compare(v, value))
+        except TypeError:
+            return False
+
+    return series.map(test)
 
 
 def json_ready(value: Any) -> Any:
@@ -131,7 +144,7 @@ def sample_rows(frame: pd.DataFrame, n: int, where: Sequence[str] = (), seed: in
     picked = matched.sample(n=min(n, len(matched)), random_state=seed).sort_index() \
         if n > 0 and len(matched) else matched.iloc[:0]
     columns = [c for c in SAMPLE_COLUMNS if c in frame.columns]
-    return {"where": list(where), "matched": int(len(matched)),
+    return {"where": list(where), "matched": len(matched),
             "rows": [{c: json_ready(row[c]) for c in columns}
                      for row in picked.to_dict("records")]}
 

@@ -13,13 +13,16 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from ..records import SUFFIXES, RecordsError, frame_of, input_files, read_records, value_problem
 from .index import RougeIndex
 from .rouge import DEFAULT_THRESHOLD, _check_tokenizer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class DedupInputError(ValueError):
@@ -129,7 +132,7 @@ def dropped_path(output_path: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{p.stem}.dropped{p.suffix}")
 
 
-def _read_input(path: Path, field: str):
+def _read_input(path: Path, field: str) -> pd.DataFrame:
     """The records at ``path`` (:func:`selfinstruct.records.read_records`) as one
     DataFrame, sources concatenated in order (columns united; a column missing
     from a source is null there), each checked: ``field`` present with a string
@@ -161,7 +164,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _encode(df, fmt: str) -> bytes:
+def _encode(df: pd.DataFrame, fmt: str) -> bytes:
     """``df`` as the bytes of a ``fmt`` file (see :data:`OUTPUT_FORMATS`): Parquet with
     zstd through pyarrow; JSON from pyarrow's Python rows (nulls as null, UTF-8)."""
     import io

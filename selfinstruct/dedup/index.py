@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 from rapidfuzz import process
@@ -89,7 +90,12 @@ class _TextsView(Sequence[str]):
     def __len__(self) -> int:
         return len(self._data)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
         return self._data[i]
 
     def __repr__(self) -> str:
@@ -359,7 +365,9 @@ class RougeIndex:
             seqs = self._seqs
             sim = LCSseq.similarity
             return np.array([sim(sq, seqs[c]) for c in cands.tolist()], dtype=np.int64)
-        return process.cdist([sq], self._seqarr[cands], scorer=LCSseq.similarity, dtype=np.int32)[0]
+        row: np.ndarray = process.cdist([sq], self._seqarr[cands], scorer=LCSseq.similarity,
+                                        dtype=np.int32)[0]
+        return row
 
     def _verify(self, sq: str, lq: int, cands: np.ndarray) -> np.ndarray:
         """Reference-form F1 of the query against pool items ``cands``."""
@@ -503,7 +511,7 @@ class RougeIndex:
             m = float(f.max())
             if m >= best_f:
                 j = int(c[f == m].min())  # lowest index among ties
-                if m > best_f or best_i is None or j < best_i:
+                if m > best_f or j < best_i:  # best_i is set: bootstrapped above
                     best_i, best_f = j, m
         return best_i, best_f
 

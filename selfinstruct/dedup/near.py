@@ -103,7 +103,8 @@ class NearDuplicateIndex:
         best = -1.0
         for s, _, j in hits:
             sc = fuzz.ratio(p, s)
-            if sc >= self.threshold and (sc > best or (sc == best and poss[j] < best_pos)):
+            if sc >= self.threshold and (best_pos is None or sc > best
+                                         or (sc == best and poss[j] < best_pos)):
                 best_pos, best = poss[j], sc
         if best_pos is None:
             return None, 0.0

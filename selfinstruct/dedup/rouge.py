@@ -56,7 +56,7 @@ _ROUGE_WORD = re.compile(r"[a-z0-9]+")
 _CJK = (
     "\u1100-\u11ff"  # Hangul Jamo
     "\u2e80-\u2fdf"  # CJK radicals, Kangxi radicals
-    "\u3005-\u3007"  # 々 〆 〇
+    "\u3005-\u3007"  # iteration mark 々, closing mark 〆, ideographic zero (U+3007)
     "\u3021-\u3029\u3038-\u303b"  # Hangzhou numerals, more iteration marks
     "\u3040-\u30ff"  # Hiragana, Katakana
     "\u3130-\u318f"  # Hangul compatibility Jamo

@@ -1,1 +1,2 @@
-"""Helpers for tests and benchmarks only (never imported by a command): a scripted engine, a local vLLM server."""
+"""Helpers for tests and benchmarks only (never imported by a command): a scripted engine,
+a local vLLM server."""
