@@ -179,11 +179,10 @@ class FakeOpenAI(_BackgroundApp):
                     status=400)
             if action == "malformed":
                 return web.Response(text="{not json", content_type="application/json")
-            if model := body.get("model"):
-                if model not in self.models:
-                    return web.json_response(
-                        {"error": {"message": f"The model `{model}` does not exist."}},
-                        status=404)
+            if (model := body.get("model")) and model not in self.models:
+                return web.json_response(
+                    {"error": {"message": f"The model `{model}` does not exist."}},
+                    status=404)
             text = "echo: " + prompt
             finish = "length" if body.get("max_tokens", 16) < 8 else "stop"
             choice = ({"index": 0, "message": {"role": "assistant", "content": text},

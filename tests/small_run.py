@@ -37,8 +37,8 @@ TASKS = [
     ("r0002-0000", 2, False, "Translate the sentence into French.",
      [("Good morning.", "Bonjour.")]),
     ("r0002-0001", 2, False, "Explain how a rainbow forms.",
-     [("", "Sunlight is refracted, reflected and dispersed in raindrops, splitting it into "
-           "its colours.")]),
+     [("", ("Sunlight is refracted, reflected and dispersed in raindrops, splitting it into "
+            "its colours."))]),
     ("r0002-0002", 2, True, "Is the number even or odd?",
      [("4", "even"), ("7", "odd")]),
 ]
@@ -72,7 +72,7 @@ def rows() -> list[dict]:
                 "is_classification": cls, "model": MODEL_NAME, "round": number,
                 "prompt_task_ids": ["seed_1", "seed_2"],
                 "nearest_instruction": seeds[best] if scores[best] else None,
-                "nearest_rouge_l": scores[best] if scores[best] else None,
+                "nearest_rouge_l": scores[best] or None,
             })
     return out
 

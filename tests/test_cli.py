@@ -24,10 +24,10 @@ def test_help_is_fast_and_imports_no_engine():
     assert time.perf_counter() - started < 1.5  # a loose ceiling; the target is well under 1 s
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from selfinstruct.cli import main\n"
-         "try:\n    main(['generate', '--help'])\nexcept SystemExit:\n    pass\n"
-         "bad = [m for m in ('vllm', 'torch', 'transformers', 'pandas') if m in sys.modules]\n"
-         "print('LOADED', bad)"], capture_output=True, text=True)
+         ("import sys; from selfinstruct.cli import main\n"
+          "try:\n    main(['generate', '--help'])\nexcept SystemExit:\n    pass\n"
+          "bad = [m for m in ('vllm', 'torch', 'transformers', 'pandas') if m in sys.modules]\n"
+          "print('LOADED', bad)")], capture_output=True, text=True)
     assert "LOADED []" in probe.stdout, probe.stdout + probe.stderr
 
 
@@ -42,7 +42,8 @@ GOOD = json.dumps({"id": "a", "instruction": "Add the two numbers together.",
 
 
 @pytest.mark.parametrize("make_args, expected", [
-    (lambda t: ["--seeds", str(seeds_file(t, '{"instruction": "x", "instances": [{"input": "a"}]}\n'))],
+    (lambda t: ["--seeds",
+                str(seeds_file(t, '{"instruction": "x", "instances": [{"input": "a"}]}\n'))],
      "seeds.jsonl:1: field 'instances[0].output': missing"),
     (lambda t: ["--seeds", str(t / "absent.jsonl")], "absent.jsonl: seed file not found"),
     (lambda t: ["--seeds", str(seeds_file(t, ""))], "file is empty"),

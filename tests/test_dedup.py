@@ -208,7 +208,8 @@ def test_batch_internal_rule_and_add_false():
     assert d[1].nearest_index == 2 and d[1].nearest_text == batch[0]
     assert d[1].score == ref_f(batch[1], batch[0]) and d[1].score > 0.7
     assert d[3].nearest_index == 0 and d[3].score == 1.0
-    assert len(idx) == 2 and list(idx.texts) == ["Write a poem about the sea.", "List three colors."]
+    assert len(idx) == 2
+    assert list(idx.texts) == ["Write a poem about the sea.", "List three colors."]
     # nothing of the batch leaked into the index
     assert idx.nearest(batch[0]) == (None, 0.0)
     d2 = idx.dedup_batch(batch)
@@ -225,7 +226,8 @@ def test_kept_nearest_flag():
                            exact_nearest_for_kept=False)[0]
     assert exact.keep and fast.keep
     assert exact.nearest_index == 0
-    assert exact.score == ref_f("Compose a short story about a dragon at sea.", "Write a poem about the sea.")
+    assert exact.score == ref_f("Compose a short story about a dragon at sea.",
+                                "Write a poem about the sea.")
     assert fast.nearest_index is None and math.isnan(fast.score)
 
 
@@ -347,7 +349,8 @@ def test_incremental_batches_equal_one_batch():
     for t in texts[:400]:
         if one_by_one.nearest(t)[1] <= 0.5:
             one_by_one.add(t)
-    assert list(one_by_one.texts) == [t for t, d in zip(texts[:400], one[:400], strict=True) if d.keep]
+    assert list(one_by_one.texts) == [t for t, d in zip(texts[:400], one[:400], strict=True)
+                                      if d.keep]
 
 
 # ---------------------------------------------------------------------------
@@ -512,7 +515,8 @@ def test_dedup_file_round_trip(tmp_path, fmt):
     rows = dropped.to_pylist()
     assert [r["n"] for r in rows] == [3, 5]
     assert [r["nearest_index"] for r in rows] == [0, 1]
-    assert [r["nearest_text"] for r in rows] == ["Write a poem about the sea.", "List three colors."]
+    assert [r["nearest_text"] for r in rows] == ["Write a poem about the sea.",
+                                                 "List three colors."]
     assert [r["rouge_l"] for r in rows] == [1.0, 1.0]
     assert str(dropped.schema.field("nearest_index").type) == "int64"
     # atomic writes leave no temp files behind

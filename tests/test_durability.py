@@ -90,7 +90,7 @@ def test_crash_between_writes_loses_nothing_and_asks_nothing_twice(
     with pytest.raises(Crash):
         finish(tmp_path)
     monkeypatch.undo()
-    _, engine, shards = finish(tmp_path)
+    _, _, shards = finish(tmp_path)
     assert shard_bytes(tmp_path, shards) == shard_bytes(ref_path, ref_shards)
     total = sum(len(b) for b in ref_engine.batches)
     first = RunDirectory(tmp_path)
@@ -102,7 +102,7 @@ def test_crash_between_writes_loses_nothing_and_asks_nothing_twice(
 
 def test_completed_run_replays_without_the_engine(tmp_path):
     finish(tmp_path)
-    loop, _, writer = make_loop(tmp_path, **SETTINGS)
+    loop, _, _ = make_loop(tmp_path, **SETTINGS)
     loop.engine.live = LazyEngine(None)  # any engine call would fail
     stats = loop.run()
     assert stats.replayed_rounds == stats.rounds and stats.live_requests == 0
@@ -121,7 +121,7 @@ def test_damaged_stage_record_of_an_unfinished_round_is_discarded_and_asked_agai
         finish(tmp_path, CrashingEngine(5))  # round 2: instructions recorded, then death
     stage = RunDirectory(tmp_path).round_dir(2) / "requests-instructions.parquet"
     stage.write_bytes(b"PAR1 garbage")
-    loop, engine, writer = make_loop(tmp_path, **SETTINGS)
+    loop, engine, _ = make_loop(tmp_path, **SETTINGS)
     loop.run()
     assert any("damaged record" in w for w in loop.run_dir.warnings)
     assert len(engine.batches[0]) == 3  # round 2's instruction prompts were sent again

@@ -51,7 +51,7 @@ def expected_rows(split: str | None = None, fraction: float = 0.5) -> list[dict]
     if split is None:
         return all_rows
     splits = assign_splits([r["instruction"] for r in all_rows], fraction)
-    return [r for r, s in zip(all_rows, splits) if s == split]
+    return [r for r, s in zip(all_rows, splits, strict=True) if s == split]
 
 
 def read_sharegpt(path: Path) -> list[dict]:
@@ -92,8 +92,8 @@ def test_messages_export_is_openai_jsonl_with_the_system_prompt(run_dir, stats, 
     data = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "train.jsonl"),
                                  split="train")
     assert [m["messages"] for m in data] == [
-        [{"role": "system", "content": "You are terse."}]
-        + messages_for(r["instruction"], r["input"], r["output"]) for r in rows()]
+        [{"role": "system", "content": "You are terse."},
+         *messages_for(r["instruction"], r["input"], r["output"])] for r in rows()]
 
 
 def test_sharegpt_export_reads_back(run_dir, stats, tmp_path):
@@ -146,7 +146,7 @@ def test_split_is_deterministic_by_task_and_never_empty():
     splits = assign_splits(instructions, 0.9)
     assert splits == assign_splits(instructions, 0.9)
     by_task: dict[str, set] = {}
-    for text, split in zip(instructions, splits):
+    for text, split in zip(instructions, splits, strict=True):
         by_task.setdefault(text, set()).add(split)
     assert all(len(s) == 1 for s in by_task.values())
     test_share = sum(1 for s in by_task.values() if s == {"test"}) / len(by_task)
@@ -183,7 +183,8 @@ def test_occupied_output_is_refused_and_overwrite_replaces_only_an_earlier_expor
     result = cli(*args)
     assert result.returncode == 2 and "not empty (pass --overwrite" in result.stderr
     result = cli(*args, "--overwrite")  # a directory of someone else's files is never replaced
-    assert result.returncode == 2 and "holds files that are not a selfinstruct export" in result.stderr
+    assert result.returncode == 2
+    assert "holds files that are not a selfinstruct export" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     (out / "keep.txt").unlink()
     assert cli(*args).returncode == 0

@@ -62,7 +62,8 @@ def test_at_least_one_new_instruction_with_schema_and_provenance(run_dir):
     for entry in manifest["files"]:
         table = pq.read_table(run_dir / entry["path"])
         assert table.schema.equals(SCHEMA)
-        assert pq.ParquetFile(run_dir / entry["path"]).metadata.row_group(0).column(0).compression == "ZSTD"
+        metadata = pq.ParquetFile(run_dir / entry["path"]).metadata
+        assert metadata.row_group(0).column(0).compression == "ZSTD"
         rows += table.to_pylist()
     seed_instructions = {t.instruction for t in load_seed_tasks(default_seeds_dir())}
     for row in rows:

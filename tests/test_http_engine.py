@@ -240,7 +240,7 @@ def test_model_not_served_names_url_and_models(server):
 def test_model_defaults_to_the_one_served_and_must_be_chosen_among_several(server):
     assert probe_endpoints(config(server.url), None).model == "fake-model"
     with FakeOpenAI(models=("a", "b")) as several:
-        with pytest.raises(EngineUnavailable, match="serves 2 models .a, b.; choose one"):
+        with pytest.raises(EngineUnavailable, match=r"serves 2 models \(a, b\); choose one"):
             probe_endpoints(config(several.url), None)
         assert probe_endpoints(config(several.url), "b").model == "b"
 
@@ -298,9 +298,9 @@ def test_not_an_openai_server():
         def app(self):
             return web.Application()
 
-    with Plain() as plain:
-        with pytest.raises(EngineUnavailable, match="not an OpenAI-compatible server"):
-            probe_endpoints(config(plain.url), None)
+    with Plain() as plain, pytest.raises(EngineUnavailable,
+                                         match="not an OpenAI-compatible server"):
+        probe_endpoints(config(plain.url), None)
 
 
 # -- secrets -----------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_cli_engine_failure_mid_run_exits_1_with_checkpoint_message(tmp_path):
             env={**os.environ, "OPENAI_API_KEY": secret})
         assert set(fake.authorizations) == {f"Bearer {secret}"}
     assert result.returncode == 1, result.stderr
-    line = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")][0]
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("Error:"))
     assert fake.url in line and "checkpoint" in line and "run the same command again" in line
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "running"

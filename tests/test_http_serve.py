@@ -150,8 +150,8 @@ def test_wrong_url_and_wrong_model_fail_fast(server, inputs, tmp_path):
     for urls, extra, expected in (
             ([dead], (), f"Error: {dead}: cannot reach the server (connection refused)"),
             ([server.url], ("--model", "no-such-model"),
-             f"Error: {server.url}: does not serve model 'no-such-model' (it serves: "
-             "SmolLM2-135M-Instruct)")):
+             (f"Error: {server.url}: does not serve model 'no-such-model' (it serves: "
+              "SmolLM2-135M-Instruct)"))):
         started = time.perf_counter()
         result = generate(inputs, tmp_path / "out", *urls, extra=extra)
         assert time.perf_counter() - started < 20

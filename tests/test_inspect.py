@@ -193,7 +193,7 @@ def test_verb_statistics_use_a_parser_when_given():
                                children=list(children))
 
     def parse(texts):
-        for text in texts:
+        for _ in texts:
             obj = token("essay", "dobj", "NOUN")
             yield [token("writes", "ROOT", "VERB", [obj]), obj]
 

@@ -39,7 +39,7 @@ def test_a_set_field_is_written_and_unknown_fields_of_other_versions_are_kept(tm
     assert data["refiltered_from"] == "/runs/a"
     data["from_a_newer_version"] = {"x": 1}
     (tmp_path / MANIFEST).write_text(json.dumps(data))
-    again, checked = read_manifest(tmp_path / MANIFEST)
+    _, checked = read_manifest(tmp_path / MANIFEST)
     write_manifest(tmp_path, checked)
     assert json.loads((tmp_path / MANIFEST).read_text())["from_a_newer_version"] == {"x": 1}
 

@@ -8,13 +8,15 @@ from selfinstruct.tasks import Instance
 
 
 def test_list_continuation_starts_inside_the_prompts_last_item():
-    items = parse_instruction_list(" Name a planet.\n10. Sort the words.\n11) Task: Add 2 and 2.", 9)
+    items = parse_instruction_list(" Name a planet.\n10. Sort the words.\n11) Task: Add 2 and 2.",
+                                   9)
     assert [(i.number, i.text) for i in items] == [
         (9, "Name a planet."), (10, "Sort the words."), (11, "Add 2 and 2.")]
 
 
 def test_continuation_lines_join_and_blank_line_ends_the_item():
-    items = parse_instruction_list(" Describe the\n   water cycle.\n\nThat is all for now.\n10. Next.", 9)
+    items = parse_instruction_list(
+        " Describe the\n   water cycle.\n\nThat is all for now.\n10. Next.", 9)
     assert [i.text for i in items] == ["Describe the water cycle.", "Next."]
 
 

@@ -43,7 +43,7 @@ def run(tmp_path, **overrides):
 
 
 def test_rounds_stages_and_reasons(tmp_path):
-    loop, engine, stats, shards = run(tmp_path, n=6)
+    _, engine, stats, shards = run(tmp_path, n=6)
     # each round: 4 instruction prompts, then one classification and one instance
     # request per instruction kept (at most 2 of the 5 items per completion pass)
     sizes = [len(b) for b in engine.batches]
@@ -87,7 +87,8 @@ def test_requests_carry_per_request_seeds_from_coordinates(tmp_path):
 def test_same_seed_same_output(tmp_path):
     a = run(tmp_path / "a", n=5)[3]
     b = run(tmp_path / "b", n=5)[3]
-    assert pq.read_table(tmp_path / "a" / a[0].path).equals(pq.read_table(tmp_path / "b" / b[0].path))
+    assert pq.read_table(tmp_path / "a" / a[0].path).equals(
+        pq.read_table(tmp_path / "b" / b[0].path))
 
 
 def test_near_duplicate_examples_of_other_tasks_are_dropped(tmp_path):

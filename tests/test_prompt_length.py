@@ -21,7 +21,7 @@ class OverflowingEngine(ScriptedEngine):
     def generate(self, requests, progress=None):
         answers = super().generate(requests, progress)
         return [Completion("", 5000, 0, PROMPT_TOO_LONG) if "enormous" in r.prompt else a
-                for r, a in zip(requests, answers)]
+                for r, a in zip(requests, answers, strict=True)]
 
 
 def test_requests_over_the_context_are_rejected_with_a_reason_code(tmp_path, monkeypatch):
@@ -33,7 +33,7 @@ def test_requests_over_the_context_are_rejected_with_a_reason_code(tmp_path, mon
     seeds[0] = type(seeds[0])("big", "", "Describe an enormous " + "very " * 50 + "old tree.",
                               seeds[0].instances, False)
     monkeypatch.setattr(test_pipeline, "SEEDS", seeds)
-    loop, engine, writer = make_loop(tmp_path, engine=OverflowingEngine(), n=4, generation={
+    loop, _, _ = make_loop(tmp_path, engine=OverflowingEngine(), n=4, generation={
         "prompts_per_round": 4, "prompt_tasks": 4, "prompt_human_tasks": 4, "max_rounds": 20})
     stats = loop.run()
     assert stats.rejections[PROMPT_TOO_LONG] > 0

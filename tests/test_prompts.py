@@ -60,13 +60,14 @@ def test_stop_before_item_sixteen():
 def test_custom_template_directory(tmp_path):
     for name in ("instruction_generation", "classification", "instances_input_first",
                  "instances_output_first"):
-        (tmp_path / f"{name}.jinja").write_text("X {{ instruction }}" if name != "instruction_generation"
-                                                 else "{% for t in tasks %}{{ t.instruction }};{% endfor %}")
+        (tmp_path / f"{name}.jinja").write_text(
+            "X {{ instruction }}" if name != "instruction_generation"
+            else "{% for t in tasks %}{{ t.instruction }};{% endfor %}")
     builder = PromptBuilder(tmp_path)
     assert builder.classification("q") == "X q"
     (tmp_path / "classification.jinja").write_text("{% if %}")
     with pytest.raises(PromptError, match=r"classification\.jinja:1: template error"):
         PromptBuilder(tmp_path)
     (tmp_path / "classification.jinja").unlink()
-    with pytest.raises(PromptError, match="classification.jinja: prompt template not found"):
+    with pytest.raises(PromptError, match=r"classification\.jinja: prompt template not found"):
         PromptBuilder(tmp_path)

@@ -68,9 +68,10 @@ def test_a_stage_batch_as_a_ray_data_llm_job_on_cpu():
         out = engine.generate(requests, progress=ticks.append)
         assert len(out) == len(requests) and sum(ticks) == len(requests)
         assert all(c.prompt_tokens > 5 and c.output_tokens > 0 for c in out)
-        assert all(c.output_tokens <= r.sampling.max_tokens for c, r in zip(out, requests))
+        assert all(c.output_tokens <= r.sampling.max_tokens
+                   for c, r in zip(out, requests, strict=True))
         # every 4-token request is cut at its budget and reported as such
-        assert all(c.finish_reason == "length" for c, r in zip(out, requests)
+        assert all(c.finish_reason == "length" for c, r in zip(out, requests, strict=True)
                    if r.sampling.max_tokens == 4)
         assert engine.describe()["jobs"] == 1
     finally:

@@ -191,7 +191,7 @@ def command_outputs(inputs, tmp_path_factory) -> dict[tuple[str, str], object]:
     results: dict[tuple[str, str], object] = {}
     deduped = run_all([["dedup", str(path), "--field", "instruction", "-o",
                         str(out / fmt / "kept.jsonl")] for fmt, path in inputs.items()])
-    for fmt, result in zip(inputs, deduped):
+    for fmt, result in zip(inputs, deduped, strict=True):
         assert result.returncode == 0, (fmt, result.stderr[-2000:])
         summary = result.stdout.splitlines()[0]
         results[(fmt, "dedup")] = (summary[: summary.index(" in ")],
@@ -244,7 +244,7 @@ def _bad(fmt: str, root: Path) -> tuple[Path, str]:
     """A bad ``fmt`` input and the place its error names (after the path)."""
     path = input_path(root, fmt)
     if fmt == "json":  # the third record's instruction is a number
-        write(fmt, path, ROWS[:2] + [{**ROWS[2], "instruction": 3}])
+        write(fmt, path, [*ROWS[:2], {**ROWS[2], "instruction": 3}])
         return path, ":12: field 'instruction': expected a string, got int"
     if fmt == "jsonl":
         path.parent.mkdir(parents=True)

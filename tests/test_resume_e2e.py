@@ -11,6 +11,7 @@ engine, is proven in test_durability.py.)
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -66,14 +67,15 @@ def crashed_and_resumed(tmp_path_factory):
 
 def test_each_crash_killed_the_process_and_the_last_run_finished(crashed_and_resumed):
     _, runs, _ = crashed_and_resumed
-    assert [r.returncode for r in runs[:3]] == [-signal.SIGKILL] * 3, [r.stderr[-2000:] for r in runs]
+    assert [r.returncode for r in runs[:3]] == [-signal.SIGKILL] * 3, \
+        [r.stderr[-2000:] for r in runs]
     assert runs[3].returncode == 0, runs[3].stderr[-3000:]
     assert all("Resuming the run" in r.stderr for r in runs[1:])
 
 
 def test_committed_rounds_are_never_rewritten(crashed_and_resumed):
     _, _, snapshots = crashed_and_resumed
-    for earlier, later in zip(snapshots, snapshots[1:]):
+    for earlier, later in itertools.pairwise(snapshots):
         for round_name, files in earlier.items():
             assert later[round_name] == files, f"{round_name} changed after it was committed"
     assert "round-00001" in snapshots[2]

@@ -103,9 +103,9 @@ def test_a_4xx_body_echoing_the_key_never_shows_part_of_it(padding, monkeypatch)
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_a_models_error_echoing_the_key_never_shows_part_of_it(padding, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    with HostileOpenAI({"/v1/models": "echo_auth"}, status=404, padding=padding) as fake:
-        with pytest.raises(EngineUnavailable) as err:
-            probe_endpoints(config(fake.url), None)
+    with (HostileOpenAI({"/v1/models": "echo_auth"}, status=404, padding=padding) as fake,
+          pytest.raises(EngineUnavailable) as err):
+        probe_endpoints(config(fake.url), None)
     message = str(err.value)
     assert "not an OpenAI-compatible server" in message and leaks(message) == [], message
 
@@ -241,7 +241,7 @@ def test_a_normalized_url_is_its_own_display_form(url, normalized):
                                  "http://127.0.0.1:port/v1", "http://127.0.0.1:/v1",
                                  "http://127.0.0.1:8000/v 1", "http://127.0.0.1:8000/v1\x1b[2J"])
 def test_a_bad_port_or_a_control_character_is_refused(url):
-    with pytest.raises(ConfigError, match="port must be a number|no space or control"):
+    with pytest.raises(ConfigError, match=r"port must be a number|no space or control"):
         load_config(None, {"engine.base_urls": [url]})
 
 
@@ -329,7 +329,8 @@ def test_an_endless_completion_answer_fails_naming_url_and_cap(path):
     with HostileOpenAI({path: "endless"}) as fake:
         engine = HTTPEngine(config(fake.url, max_retries=1, request_timeout=30.0))
         try:
-            batch = [Request("p", Sampling(0.7, 0.5, 16, ()), chat=path.endswith("chat/completions"))]
+            batch = [Request("p", Sampling(0.7, 0.5, 16, ()),
+                             chat=path.endswith("chat/completions"))]
             started = time.perf_counter()
             with pytest.raises(EngineUnavailable) as err:
                 engine.generate(batch)

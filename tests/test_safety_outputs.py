@@ -163,10 +163,10 @@ def test_atomic_files_are_all_written_or_none(tmp_path, monkeypatch):
         hb.write(b"old kept\n")
     assert (a.read_bytes(), b.read_bytes()) == (b"old dropped\n", b"old kept\n")
 
-    with pytest.raises(RuntimeError):  # the writer fails: nothing changes
-        with atomic_files(a, b) as (ha, hb):
-            ha.write(b"new dropped\n")
-            raise RuntimeError("boom")
+    # the writer fails: nothing changes
+    with pytest.raises(RuntimeError), atomic_files(a, b) as (ha, hb):
+        ha.write(b"new dropped\n")
+        raise RuntimeError("boom")
     assert (a.read_bytes(), b.read_bytes()) == (b"old dropped\n", b"old kept\n")
 
     real_replace, calls = os.replace, []
@@ -178,10 +178,9 @@ def test_atomic_files_are_all_written_or_none(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(safety.os, "replace", second_rename_fails)
-    with pytest.raises(OSError):
-        with atomic_files(a, b) as (ha, hb):
-            ha.write(b"new dropped\n")
-            hb.write(b"new kept\n")
+    with pytest.raises(OSError), atomic_files(a, b) as (ha, hb):
+        ha.write(b"new dropped\n")
+        hb.write(b"new kept\n")
     monkeypatch.undo()
     # the first file was renamed, then put back: the old pair is whole
     assert (a.read_bytes(), b.read_bytes()) == (b"old dropped\n", b"old kept\n")
@@ -282,7 +281,7 @@ def test_dedup_kept_and_dropped_appear_as_a_pair(tmp_path, monkeypatch):
         return real_replace(a, b)
 
     monkeypatch.setattr(os, "replace", second_rename_fails)
-    with pytest.raises(OutputPathError, match="kept.parquet: cannot write: Input/output error"):
+    with pytest.raises(OutputPathError, match=r"kept\.parquet: cannot write: Input/output error"):
         dedup_file(src, "instruction", out)
     monkeypatch.undo()
     assert tree(tmp_path) == before  # the old pair, whole; no temporary file

@@ -206,8 +206,8 @@ WRONG_SHAPES = [
     ('"text"', "expected a JSON object, found str"),
     ('{"format": "selfinstruct-shards/1", "files": {"a": 1}}', "field 'files'"),
     ('{"format": "selfinstruct-shards/1", "files": [{"path": 3}]}', "field 'files[0].path'"),
-    ('{"format": "selfinstruct-shards/1", "files": [], "identity": null, "config": {}, '
-     '"seeds": {}, "model": {}, "prompts": "p"}', "field 'identity': missing"),
+    (('{"format": "selfinstruct-shards/1", "files": [], "identity": null, "config": {}, '
+      '"seeds": {}, "model": {}, "prompts": "p"}'), "field 'identity': missing"),
     ('{"format": "selfinstruct-shards/1", "files": [], "identity": [1]}', "field 'identity'"),
     ('{"format": "other/2"}', "field 'format'"),
     ("[" * 100000 + "]" * 100000, "nested too deeply"),
@@ -310,12 +310,12 @@ def read_only_commands(run: Path, elsewhere: Path) -> list[list[str]]:
         ["dedup", shard, "-o", shard],
         ["dedup", shard, "-o", str(run / "data" / "kept.parquet")],
     ]
-    for fmt in ("alpaca", "sharegpt", "messages", "parquet", "datasets"):
-        commands.append(["export", str(run), "--format", fmt, "-o", str(elsewhere / fmt),
-                         "--tokenizer", "none", "--train-split", "0.5"])
-    for target in (run, run / "data", run / "ledger", run / "new"):
-        commands.append(["export", str(run), "--format", "alpaca", "-o", str(target),
-                         "--tokenizer", "none", "--overwrite"])
+    commands.extend(["export", str(run), "--format", fmt, "-o", str(elsewhere / fmt),
+                     "--tokenizer", "none", "--train-split", "0.5"]
+                    for fmt in ("alpaca", "sharegpt", "messages", "parquet", "datasets"))
+    commands.extend(["export", str(run), "--format", "alpaca", "-o", str(target),
+                     "--tokenizer", "none", "--overwrite"]
+                    for target in (run, run / "data", run / "ledger", run / "new"))
     commands.append(["generate", "--seeds", str(run.parent / "seeds.jsonl"), "--model",
                      str(run.parent / "model"), "-o", str(run), "--seed", "4"])
     return commands

@@ -119,7 +119,7 @@ def write_hostile_run(base: Path) -> Path:
     for f in manifest["files"]:
         (out / f["path"]).unlink()
     writer = ShardWriter(out, shard_size=4)
-    writer.add(rows() + [hostile])
+    writer.add([*rows(), hostile])
     shards = writer.close()
     manifest["files"] = [{"path": s.path, "rows": s.rows, "sha256": s.sha256} for s in shards]
     manifest["rows"] = sum(s.rows for s in shards)
@@ -524,7 +524,7 @@ def test_sigterm_to_a_vllm_run_is_one_line_and_resumes(tmp_path, seeds12, whole_
     check_stopped_cleanly(proc.returncode, stderr, out)
     assert "Traceback" not in stdout, stdout
     assert "RuntimeError" not in stdout + stderr, stdout + stderr
-    gone, alive = psutil.wait_procs(engine, timeout=30)
+    _, alive = psutil.wait_procs(engine, timeout=30)
     assert not alive, f"engine processes left: {alive}"
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=1800)

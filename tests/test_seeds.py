@@ -117,7 +117,7 @@ def test_missing_file_unsupported_suffix_duplicate_id(tmp_path):
     with pytest.raises(SeedError, match="seed file not found"):
         load_seed_tasks(tmp_path / "nope.jsonl")
     (tmp_path / "s.yaml").write_text("x: 1")
-    with pytest.raises(SeedError, match="unsupported format '.yaml'"):
+    with pytest.raises(SeedError, match=r"unsupported format '\.yaml'"):
         load_seed_tasks(tmp_path / "s.yaml")
     path = write_lines(tmp_path / "d.jsonl",
                        [SI_RECORD, dict(SI_RECORD, instruction="Another task here.")])

@@ -51,8 +51,7 @@ def test_shards_load_with_datasets(tmp_path):
 
 def test_atomic_file_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "x.bin"
-    with pytest.raises(RuntimeError):
-        with atomic_file(target) as handle:
-            handle.write(b"partial")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_file(target) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
