@@ -2,7 +2,7 @@
 
 The instance stage drops an example (instruction + input) whose
 ``rapidfuzz.fuzz.ratio`` with an example kept earlier is at least a threshold
-(90 by default, ``instances.near_duplicate_threshold``). Self-Instruct's
+(``instances.near_duplicate_threshold`` by default). Self-Instruct's
 filtering drops instances that are exactly the same ("Filtering and
 Postprocessing"); this also catches the near-verbatim repeats a small model
 produces.
@@ -14,6 +14,12 @@ import math
 from collections.abc import Iterable
 
 from rapidfuzz import fuzz, process, utils
+
+from ..config import InstanceConfig
+
+DEFAULT_NEAR_THRESHOLD: float = InstanceConfig.model_fields["near_duplicate_threshold"].default
+"""The rapidfuzz ratio (0-100) at or above which two examples are near-duplicates;
+stated in the config model (``instances.near_duplicate_threshold``)."""
 
 
 _NEAR_MARGIN = 0.01
@@ -41,13 +47,13 @@ class NearDuplicateIndex:
     Cost: one C++ scan over the kept texts of similar length per query.
 
     Args:
-        threshold: 0-100 (default 90).
+        threshold: 0-100 (default :data:`DEFAULT_NEAR_THRESHOLD`).
 
     Raises:
         ValueError: threshold outside [0, 100].
     """
 
-    def __init__(self, threshold: float = 90.0) -> None:
+    def __init__(self, threshold: float = DEFAULT_NEAR_THRESHOLD) -> None:
         threshold = float(threshold)
         if not (0.0 <= threshold <= 100.0):
             raise ValueError(f"threshold must be in [0, 100], got {threshold!r}")
@@ -131,7 +137,8 @@ class NearDuplicateIndex:
         return hit
 
 
-def near_duplicates(texts: Iterable[str], threshold: float = 90.0) -> list[int | None]:
+def near_duplicates(texts: Iterable[str], threshold: float = DEFAULT_NEAR_THRESHOLD
+                    ) -> list[int | None]:
     """Sequential near-duplicate detection over whole examples.
 
     Typical input: ``instruction + "\\n" + input`` per example.  Text i is a

@@ -26,10 +26,12 @@ from functools import lru_cache
 import numpy as np
 from rapidfuzz.distance import LCSseq
 
+from ..config import FilterConfig
+
 #: Self-Instruct ("Filtering and Postprocessing") and its code, as copied by
-#: Alpaca: a candidate whose ROUGE-L F1 with any pool instruction is ``> 0.7``
-#: is dropped (exactly 0.7 is kept).
-DEFAULT_THRESHOLD = 0.7
+#: Alpaca: a candidate whose ROUGE-L F1 with any pool instruction is above 0.7
+#: is dropped (exactly 0.7 is kept). Read from the config model, where it is stated.
+DEFAULT_THRESHOLD: float = FilterConfig.model_fields["rouge_threshold"].default
 
 #: Names accepted by the ``tokenizer`` arguments.
 TOKENIZERS = ("rouge", "unicode")
