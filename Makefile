@@ -8,7 +8,7 @@ N ?= 50
 SEEDS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck check clean-venv
+.PHONY: setup demo test test-fast lint typecheck check clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier: no engine, no slow tests (see README, Development).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not engine and not slow" $(PYTEST_ARGS)
 
 # Static checks (configured in pyproject.toml); .ci/run runs both before the tests.
 lint: $(STAMP)

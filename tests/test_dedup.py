@@ -309,6 +309,7 @@ def _alpaca_instructions(n):
         return [r["instruction"] for r in json.load(f)[:n]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threshold", [0.7, 0.5])
 def test_alpaca_decisions_equal_sequential_reference(threshold):
     texts = _alpaca_instructions(3000)
@@ -324,6 +325,7 @@ def test_alpaca_decisions_equal_sequential_reference(threshold):
         assert sum(not r[0] for r in ref) > 500  # the drop path is exercised
 
 
+@pytest.mark.slow
 def test_alpaca_against_rouge_score_itself():
     """The true reference: rouge_score's own LCS and F1, Alpaca-style loop."""
     texts = _alpaca_instructions(300)

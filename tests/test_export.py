@@ -174,6 +174,7 @@ def test_dataset_card_metadata_and_statistics(run_dir, stats, tmp_path):
         assert text in body, text
 
 
+@pytest.mark.slow
 def test_occupied_output_is_refused_and_overwrite_replaces_only_an_earlier_export(
         run_dir, tmp_path):
     out = tmp_path / "out"
@@ -202,6 +203,7 @@ def test_occupied_output_is_refused_and_overwrite_replaces_only_an_earlier_expor
     assert (out / "README.md").read_text() == "my notes"
 
 
+@pytest.mark.fast_cases(lambda target: target in ("data", "other-run"))
 @pytest.mark.parametrize("target", ["run", "data", "ledger", "other-run"])
 def test_overwrite_never_touches_a_run_directory(tmp_path, target):
     base = tmp_path / "base"
@@ -222,6 +224,8 @@ def test_overwrite_never_touches_a_run_directory(tmp_path, target):
                   for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.fast_cases(lambda make_args, expected: expected in (
+    "give --format and --output", "would contain the input", "no-model: model path does not exist"))
 @pytest.mark.parametrize("make_args, expected", [
     (lambda r, t: [str(r)], "give --format and --output"),
     (lambda r, t: [str(r), "--format", "alpaca"], "--output is required"),
@@ -244,6 +248,7 @@ def embedded_tokenizer():
     return resolve_template_model(None)
 
 
+@pytest.mark.engine
 def test_check_template_passes_a_clean_run(run_dir, embedded_tokenizer):
     tokenizer, name = embedded_tokenizer
     result = check_template(load_run(run_dir).frame, tokenizer, model=name)
@@ -252,6 +257,7 @@ def test_check_template_passes_a_clean_run(run_dir, embedded_tokenizer):
     assert result["lengths"]["max"] < 200
 
 
+@pytest.mark.engine
 def test_check_template_finds_leaks_and_long_examples(tmp_path, embedded_tokenizer):
     tokenizer, name = embedded_tokenizer
     records = [{"instruction": "Say hi.", "input": "", "output": "hi<|im_end|>"},
@@ -296,6 +302,7 @@ def test_push_to_hub_uploads_the_folder(monkeypatch, tmp_path):
                           [".selfinstruct-export.json"])]
 
 
+@pytest.mark.slow
 def test_shared_alpaca_file_exports_every_record(shared_data, tmp_path):
     source = shared_data / "alpaca_data.json"
     result = cli("export", str(source), "--format", "alpaca", "-o", str(tmp_path / "a"),

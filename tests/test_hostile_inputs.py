@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,7 +43,25 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-def workspace(t: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> Path:
+    """A whole run with its ledger (made by GenerateJob once per module; copied into
+    each workspace)."""
+    return make_scripted_run(tmp_path_factory.mktemp("whole"))
+
+
+def copy_run(template: Path, base: Path) -> Path:
+    """``template``'s directory (seeds, model, run) copied to ``base``, the absolute
+    paths in its manifest moved with it: the run as if ``generate`` had made it there."""
+    shutil.copytree(template.parent, base, symlinks=True)
+    manifest = base / template.name / "manifest.json"
+    old, new = (json.dumps(str(p))[1:-1] for p in (template.parent, base))
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(old, new),
+                        encoding="utf-8")
+    return base / template.name
+
+
+def workspace(t: Path, whole_run: Path) -> dict[str, Path]:
     """Good inputs: seeds, a model directory that resolves (never loaded), a small run
     (shards and manifest only) and a whole run with its ledger (for refilter)."""
     (t / "seeds.jsonl").write_text(GOOD_SEED)
@@ -52,7 +71,7 @@ def workspace(t: Path) -> dict[str, Path]:
                                                  "output": "Hi."}) + "\n")
     (t / "afile").write_text("a regular file")
     run = write_small_run(t / "small")
-    ledger_run = make_scripted_run(t / "whole")
+    ledger_run = copy_run(whole_run, t / "whole")
     return {"seeds": t / "seeds.jsonl", "model": t / "model", "records": t / "records.jsonl",
             "file": t / "afile", "run": run, "ledger_run": ledger_run}
 
@@ -172,10 +191,12 @@ def check(t: Path, args: list[str], expected: str) -> None:
     assert snapshot(t) == before, f"{args} wrote something"
 
 
+@pytest.mark.fast_cases(lambda command, kind: kind == "fifo" or (command == "generate"
+                                                                 and kind == "nested-jsonl"))
 @pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
 @pytest.mark.parametrize("command", sorted(READERS))
-def test_hostile_input_files(tmp_path, command, kind):
-    w = workspace(tmp_path)
+def test_hostile_input_files(tmp_path, whole_run, command, kind):
+    w = workspace(tmp_path, whole_run)
     if kind == "nested-jsonl" and command in ("inspect", "export", "dedup"):
         path = hostile_file(tmp_path, kind)
         path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + NESTED + "\n")
@@ -184,17 +205,21 @@ def test_hostile_input_files(tmp_path, command, kind):
     check(tmp_path, READERS[command](w, path, tmp_path), INPUT_KINDS[kind])
 
 
+@pytest.mark.fast_cases("generate-under-file", "refilter-onto-file", "inspect-report-under-file")
 @pytest.mark.parametrize("case, build, expected", unwritable_cases(),
                          ids=[c[0] for c in unwritable_cases()])
-def test_unwritable_outputs(tmp_path, case, build, expected):
-    w = workspace(tmp_path)
+def test_unwritable_outputs(tmp_path, whole_run, case, build, expected):
+    w = workspace(tmp_path, whole_run)
     check(tmp_path, build(w, tmp_path), expected)
 
 
+@pytest.mark.fast_cases("generate-temperature-nan", "refilter-threshold-nan", "compression-bogus",
+                        "dedup-a-directory-of-nothing")
 @pytest.mark.parametrize("case, build, expected", bad_value_cases(),
                          ids=[c[0] for c in bad_value_cases()])
-def test_values_that_pass_a_first_look_but_fail_later(tmp_path, case, build, expected):
-    w = workspace(tmp_path)
+def test_values_that_pass_a_first_look_but_fail_later(tmp_path, whole_run, case, build,
+                                                      expected):
+    w = workspace(tmp_path, whole_run)
     check(tmp_path, build(w, tmp_path), expected)
 
 
@@ -213,9 +238,10 @@ def read_only_dir(tmp_path):
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
+@pytest.mark.fast_cases(lambda command: command in ("generate", "export"))
 @pytest.mark.parametrize("command", ["generate", "refilter", "export", "dedup", "inspect"])
-def test_outputs_on_a_read_only_file_system(tmp_path, read_only_dir, command):
-    w = workspace(tmp_path)
+def test_outputs_on_a_read_only_file_system(tmp_path, whole_run, read_only_dir, command):
+    w = workspace(tmp_path, whole_run)
     target = read_only_dir / "out"
     args = {
         "generate": generate(w, "-o", str(target)),

@@ -94,6 +94,7 @@ def test_rouge_to_seeds_is_the_exact_maximum_over_seeds():
     assert sum(overlap["histogram"]["counts"]) == len(instructions)
 
 
+@pytest.mark.engine
 def test_token_lengths_use_the_embedded_models_tokenizer(run_dir):
     from selfinstruct.models import resolve_model
 
@@ -107,6 +108,7 @@ def test_token_lengths_use_the_embedded_models_tokenizer(run_dir):
         len(source.tokenizer("Bonjour.", add_special_tokens=False)["input_ids"])]
 
 
+@pytest.mark.engine
 def test_the_run_model_is_found_by_its_recorded_hash_not_its_recorded_path():
     from selfinstruct.analysis.sources import trusted_model_path
     from selfinstruct.models import cache_dir, resolve_model
@@ -258,6 +260,9 @@ def test_a_damaged_ledger_falls_back_to_the_manifest(ledger_run, tmp_path):
         == dict(stats.rejections)
 
 
+@pytest.mark.fast_cases(lambda make, expected: expected in (
+    "no manifest.json", "b.json (record 1): field 'instruction': expected a string",
+    "unknown column 'colour'"))
 @pytest.mark.parametrize("make, expected", [
     (lambda t: [str(t / "absent")], "absent: no such file or directory"),
     (lambda t: [str(t)], "no manifest.json"),
@@ -280,6 +285,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, make, expected):
     assert expected in lines[0]
 
 
+@pytest.mark.slow
 def test_shared_alpaca_file_inspects(shared_data):
     run = load_run(shared_data / "alpaca_data.json")
     stats = collect_statistics(run, None, None, verb_parser=None)

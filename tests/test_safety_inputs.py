@@ -171,6 +171,8 @@ def _command(name: str, path: Path, out: Path) -> list[str]:
     return ["dedup", str(path), "--output", str(out / "kept.parquet")]
 
 
+@pytest.mark.fast_cases(lambda command, kind: kind == "device" or (command == "dedup"
+                                                                   and kind == "deep.jsonl"))
 @pytest.mark.parametrize("kind", ["deep.json", "deep.jsonl", "fifo", "device", "loop"])
 @pytest.mark.parametrize("command", ["generate", "inspect", "export", "dedup"])
 def test_commands_answer_hostile_inputs_with_one_line(tmp_path, odd_paths, command, kind):

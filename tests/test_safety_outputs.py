@@ -192,6 +192,8 @@ def test_atomic_files_are_all_written_or_none(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 
 
+# fast tier: the same path, the dropped companion, a directory input, the control
+@pytest.mark.fast_cases("<lambda>0", "<lambda>5", "<lambda>6", "<lambda>8")
 @pytest.mark.parametrize("make", [
     lambda t: (["g.jsonl", "-o", "g.jsonl"], "--output is INPUT g.jsonl"),
     lambda t: (["g.jsonl", "-o", "sub/../g.jsonl"], "--output is INPUT"),
@@ -258,6 +260,7 @@ def test_dedup_json_output_keeps_unicode_nulls_and_nesting(tmp_path):
     assert pd.read_json(tmp_path / "o.dropped.jsonl", lines=True)["tags"].tolist() == [[]]
 
 
+@pytest.mark.fast_cases(lambda name: name == "kept")
 @pytest.mark.parametrize("name", ["kept.csv", "kept", "kept.txt"])
 def test_dedup_refuses_an_output_extension_it_cannot_write(tmp_path, name):
     src = write_jsonl(tmp_path / "g.jsonl")
@@ -313,6 +316,7 @@ def test_dedup_into_a_read_only_mount_is_one_line(tmp_path, read_only_dir):
     assert list(read_only_dir.iterdir()) == []
 
 
+@pytest.mark.fast_cases(lambda value: value == "-nan")
 @pytest.mark.parametrize("value", ["nan", "NaN", "-nan"])
 def test_dedup_threshold_nan_is_refused(tmp_path, value):
     src = write_jsonl(tmp_path / "g.jsonl")
@@ -384,6 +388,7 @@ def test_config_file_nan_and_inf_are_refused_naming_the_line(tmp_path):
         load_config(path)
 
 
+@pytest.mark.fast_cases(lambda option: option == "--temperature")
 @pytest.mark.parametrize("option", ["--temperature", "--top-p", "--rouge-threshold",
                                     "--request-timeout"])
 def test_generate_float_options_refuse_nan(tmp_path, option):
@@ -415,6 +420,8 @@ def seeds_dir(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.fast_cases(lambda make, expected: expected in (
+    "--output lies inside the seeds", "tasks.jsonl is not a directory", "--output is the seeds"))
 @pytest.mark.parametrize("make, expected", [
     (lambda t: (["--seeds", seeds_dir(t)], t / "seeds" / "run"),
      "--output lies inside the seeds"),
@@ -452,6 +459,7 @@ def test_generate_into_a_read_only_mount_is_one_line(tmp_path, fake_server, read
     assert list(read_only_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_generate_resumes_a_run_holding_an_input_where_it_does_not_write(tmp_path,
                                                                          fake_server):
     out = tmp_path / "run"
@@ -488,6 +496,9 @@ def real_run(tmp_path_factory, fake_server):
     return out
 
 
+@pytest.mark.fast_cases(lambda make, expected: expected in (
+    "--output is the source run", "manifest.json is not a directory",
+    "--output contains the source run"))
 @pytest.mark.parametrize("make, expected", [
     (lambda run: run, "--output is the source run"),
     (lambda run: run / "data", "--output lies inside the source run"),
@@ -533,6 +544,8 @@ def test_refilter_checks_the_output_before_reading_the_source(tmp_path):
     assert tree(tmp_path) == before
 
 
+@pytest.mark.fast_cases(lambda make, expected: expected in (
+    "--report lies inside RUN", "manifest.json is not a directory"))
 @pytest.mark.parametrize("make, expected", [
     (lambda run: run, "--report is RUN"),
     (lambda run: run / "report", "--report lies inside RUN"),
@@ -548,6 +561,7 @@ def test_inspect_report_apart_from_the_run_and_writable(real_run, make, expected
     assert tree(real_run.parent) == before
 
 
+@pytest.mark.slow
 def test_inspect_report_beside_a_file_input_but_never_over_it(tmp_path):
     data = tmp_path / "stats.json"  # the name of a file the report writes
     data.write_text(json.dumps(RECORDS))

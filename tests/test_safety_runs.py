@@ -178,6 +178,7 @@ def test_a_shard_changed_since_the_run_is_refused(run_copy, tmp_path, command):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.fast_cases(lambda command, how: command == "export")
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
 @pytest.mark.parametrize("command", ["inspect", "export"])
 def test_shard_paths_never_leave_the_run(run_copy, tmp_path, command, how):
@@ -226,6 +227,8 @@ def manifest_commands(run: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.fast_cases(lambda command, text, expected: text == "[]" or (
+    command == "refilter" and expected in ("nested too deeply", "field 'identity': missing")))
 @pytest.mark.parametrize("text, expected", WRONG_SHAPES)
 @pytest.mark.parametrize("command", ["generate", "refilter", "inspect", "export"])
 def test_manifests_of_the_wrong_shape_get_one_line(run_copy, tmp_path, command, text, expected):
@@ -246,6 +249,8 @@ def test_manifests_of_the_wrong_shape_get_one_line(run_copy, tmp_path, command, 
 # -- refilter needs a whole ledger --------------------------------------------------------
 
 
+@pytest.mark.fast_cases(lambda damage, expected: damage in ("no-ledger", "commit-not-json",
+                                                           "first-commit-gone"))
 @pytest.mark.parametrize("damage, expected", [
     ("no-ledger", "ledger: missing or empty"),
     ("no-commit", "round-00002/commit.json: missing, but the manifest records"),
@@ -334,6 +339,7 @@ def assert_commands_change_nothing(run: Path, elsewhere: Path) -> list:
     return results
 
 
+@pytest.mark.slow
 def test_no_command_changes_a_run_directory(run_copy, tmp_path):
     results = assert_commands_change_nothing(run_copy, tmp_path / "elsewhere")
     failed = [args for args, result in results if result.returncode]
@@ -359,6 +365,7 @@ def read_only_run(run_copy, tmp_path):
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_commands_on_a_read_only_run_get_one_line_and_change_nothing(read_only_run, tmp_path):
     assert_commands_change_nothing(read_only_run, tmp_path / "elsewhere")
     before = tree_digests(read_only_run)

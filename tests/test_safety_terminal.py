@@ -294,6 +294,7 @@ def check_stopped_cleanly(result_code: int, stderr: str, out: Path) -> None:
     assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("whole_group", [False, True], ids=["process", "process-group"])
 def test_sigterm_mid_stage_keeps_the_checkpoint_and_resumes(tmp_path, seeds12, whole_group):
     out = tmp_path / "run"

@@ -11,9 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.small_run import rows, write_small_run
 
 BIN = Path(sys.executable).parent / "selfinstruct"
+
+# torch, transformers and TRL, and the embedded model's tokenizer (a GGUF conversion on
+# a machine that has not made one yet)
+pytestmark = pytest.mark.engine
 
 
 def test_sft_trainer_trains_two_steps_on_the_messages_export(tmp_path, monkeypatch):
