@@ -117,8 +117,6 @@ class SelfInstruct:
                                                   self.machine)
         self.classification = ClassificationIdentification(config, prompts, self.stats)
         self.instances = InstanceGeneration(config, prompts, self.stats, self.human)
-        if engine.on_batch is None:
-            engine.on_batch = self._on_batch
 
     # -- the algorithm -------------------------------------------------------
 
@@ -244,7 +242,7 @@ class SelfInstruct:
     def answers(self, round_number: int, stage: str, requests: list[Request],
                 shown: dict[str, tuple[str, ...]] | None = None) -> Records:
         """The engine's answers to one stage's requests, counted in the token totals."""
-        records = self.engine.answer(round_number, requests, shown)
+        records = self.engine.answer(round_number, requests, shown, self._on_batch)
         self.stats.engine.count(stage, [
             Completion(r.text, r.prompt_tokens, r.output_tokens, r.finish_reason)
             for r in records.values() if r is not None])

@@ -58,11 +58,11 @@ if TYPE_CHECKING:
 __all__ = ["MISSING", "SUFFIXES", "TABULAR", "Position", "Record", "Records", "RecordsError",
            "dataset_dir_kind", "frame_of", "input_files", "read_records", "value_problem"]
 
-#: File suffixes read as records (case-insensitive), and in a directory.
-SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet", ".pq", ".csv")
-
 _FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
             ".pq": "parquet", ".csv": "csv"}
+
+#: File suffixes read as records (case-insensitive), and in a directory.
+SUFFIXES = tuple(_FORMATS)
 
 #: Formats whose columns exist without any record (a header, a schema).
 TABULAR = ("csv", "parquet", "dataset")

@@ -20,9 +20,6 @@ from ..records import SUFFIXES, RecordsError, dataset_dir_kind, frame_of, read_r
 from ..storage.manifest import MANIFEST
 from ..storage.shards import DATA_DIR
 
-PLAIN_SUFFIXES = SUFFIXES
-"""Suffixes of the plain record files read (:data:`selfinstruct.records.SUFFIXES`)."""
-
 
 class InspectError(ValueError):
     """A run directory or dataset file that cannot be inspected; one-line message

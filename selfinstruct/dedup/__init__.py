@@ -22,7 +22,7 @@ or torch.
 
 from __future__ import annotations
 
-from .files import (INPUT_SUFFIXES, OUTPUT_FORMATS, DedupInputError, DroppedRecord,
+from .files import (OUTPUT_FORMATS, DedupInputError, DroppedRecord,
                     dedup_file, dedup_records, dropped_path, output_format)
 from .index import Decision, RougeIndex
 from .near import NearDuplicateIndex, near_duplicates
@@ -30,7 +30,6 @@ from .rouge import DEFAULT_THRESHOLD, TOKENIZERS, empty_fraction, rouge_l, rouge
 
 __all__ = [
     "DEFAULT_THRESHOLD",
-    "INPUT_SUFFIXES",
     "OUTPUT_FORMATS",
     "TOKENIZERS",
     "Decision",

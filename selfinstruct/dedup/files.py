@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..records import SUFFIXES, RecordsError, frame_of, input_files, read_records, value_problem
+from ..records import RecordsError, frame_of, input_files, read_records, value_problem
 from .index import RougeIndex
 from .rouge import DEFAULT_THRESHOLD, _check_tokenizer
 
@@ -95,10 +95,6 @@ def dedup_records(
             dropped.append(DroppedRecord(pos, kept[d.nearest_index], d.nearest_text, d.score))
     return kept, dropped
 
-
-#: Record files a directory INPUT of :func:`dedup_file` is read from (in name order):
-#: :data:`selfinstruct.records.SUFFIXES`.
-INPUT_SUFFIXES = SUFFIXES
 
 #: Output extension -> format written by :func:`dedup_file` (the format follows the name).
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",

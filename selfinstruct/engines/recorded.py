@@ -89,17 +89,13 @@ class RecordedEngine:
         source: the run directory whose records are read; the ledger itself
             unless refiltering another run (then ``ledger`` gets a copy of every
             record used, so the new run's ledger is complete on its own).
-        on_batch: told ``(stage, n)`` before ``n`` live requests are sent, and
-            then passed as the live engine's progress callback.
     """
 
     def __init__(self, ledger: RunDirectory, live: LazyEngine,
-                 source: RunDirectory | None = None,
-                 on_batch: Callable[[str, int], Progress | None] | None = None):
+                 source: RunDirectory | None = None):
         self.ledger = ledger
         self.source = source or ledger
         self.live = live
-        self.on_batch = on_batch
         self.stats = LiveStats()
         self._commits: dict[int, dict[str, Any] | None] = {}
         self._reasons: dict[tuple[int, str], set[str]] = {}
@@ -137,7 +133,8 @@ class RecordedEngine:
         return self._reasons[round_number, reason]
 
     def answer(self, round_number: int, requests: Sequence[Request],
-               shown: Mapping[str, tuple[str, ...]] | None = None
+               shown: Mapping[str, tuple[str, ...]] | None = None,
+               on_batch: Callable[[str, int], Progress | None] | None = None
                ) -> dict[str, RecordedRequest | None]:
         """Completions of one stage's requests, by key.
 
@@ -145,6 +142,8 @@ class RecordedEngine:
             round_number: the round asking.
             requests: the stage's requests (one ``stage``, distinct ``key``\\ s).
             shown: key -> ids of the tasks the prompt shows (provenance, recorded).
+            on_batch: told ``(stage, n)`` before ``n`` live requests are sent; what
+                it returns is the live engine's progress callback.
 
         Returns:
             ``{request.key: record}`` in request order; a record is None when the
@@ -166,7 +165,8 @@ class RecordedEngine:
         recorded = {r.key: r for r in loaded or ()}
         missing = [r for r in requests if r.key not in recorded]
         if missing and commit is None and self.live.available:
-            for request, completion in zip(missing, self._ask(stage, missing), strict=True):
+            completions = self._ask(missing, on_batch(stage, len(missing)) if on_batch else None)
+            for request, completion in zip(missing, completions, strict=True):
                 recorded[request.key] = _record(request, (shown or {}).get(request.key, ()),
                                                 completion)
             self.ledger.save_stage(round_number, stage,
@@ -177,8 +177,7 @@ class RecordedEngine:
                                    [recorded[r.key] for r in requests if r.key in recorded])
         return {r.key: recorded.get(r.key) for r in requests}
 
-    def _ask(self, stage: str, batch: list[Request]) -> list[Completion]:
-        progress = self.on_batch(stage, len(batch)) if self.on_batch else None
+    def _ask(self, batch: list[Request], progress: Progress | None) -> list[Completion]:
         engine = self.live.get()
         started = time.perf_counter()
         completions = engine.generate(batch, progress=progress)
