@@ -328,6 +328,80 @@ class EngineConfig(_Section):
         return normalized
 
 
+class QualityConfig(_Section):
+    """Quality scoring: a model judges every example (the three questions of Self-Instruct
+    §3.3, each on a fixed scale with a rationale, plus an overall score), and cuts or a
+    budget keep the best. Off by default, so a default run is the paper's algorithm.
+    """
+
+    judge: bool = Field(False, description="judge every example after instance generation")
+    judge_model: str | None = Field(
+        None, description="the judge: HF id, local directory or .gguf (or a served model name "
+                          "with judge_base_urls); None = the generating model and engine")
+    judge_base_urls: list[str] = Field(
+        default_factory=list, validate_default=True,
+        description="OpenAI-compatible endpoints serving the judge; empty = judge in the "
+                    "generating backend")
+    rubric: str = Field("judge", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                        description="rubric template: prompts/<rubric>.jinja")
+    scale_min: int = Field(1, description="lowest score of the fixed scale")
+    scale_max: int = Field(5, description="highest score of the fixed scale")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="judge sampling temperature")
+    max_tokens: int = Field(256, ge=16, description="output token limit per judge request")
+    chat_template: bool = Field(True, description="wrap judge prompts in the judge's chat "
+                                                  "template")
+    structured_output: bool = Field(
+        True, description="constrain judge answers to the verdict's JSON schema where the "
+                          "backend can (vLLM's structured outputs)")
+    min_overall: float | None = Field(None, description="drop examples whose overall score "
+                                                        "is below this (low_quality)")
+    min_instruction: float | None = Field(None, description="the same cut on the instruction "
+                                                            "score")
+    min_input: float | None = Field(None, description="the same cut on the input score")
+    min_output: float | None = Field(None, description="the same cut on the output score")
+    keep_best: float | None = Field(
+        None, gt=0.0, description="budget: keep the N best examples (N >= 1, a whole "
+                                  "number) or that fraction of them (0 < N < 1)")
+    diversity_threshold: float = Field(
+        0.7, ge=0.0, le=1.0,
+        description="with keep_best: skip an example whose instruction's ROUGE-L F1 to one "
+                    "already selected exceeds this")
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityConfig:
+        if self.scale_min >= self.scale_max:
+            raise ValueError("scale_min must be smaller than scale_max")
+        if self.keep_best is not None and self.keep_best >= 1 \
+                and self.keep_best != int(self.keep_best):
+            raise ValueError("keep_best is a whole number of examples (>= 1) or a fraction "
+                             "(0 < keep_best < 1)")
+        for name, cut in self.cuts().items():
+            if not self.scale_min <= cut <= self.scale_max:
+                raise ValueError(f"min_{name} {cut:g} is outside the scale {self.scale_min}"
+                                 f"-{self.scale_max}")
+        if self.judge_base_urls and not self.judge:
+            raise ValueError("judge_base_urls need judge = true (--judge)")
+        return self
+
+    @field_validator("judge_base_urls")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        normalized = [normalize_base_url(u) for u in urls]
+        if len(set(normalized)) != len(normalized):
+            raise ValueError("the same base URL is given twice")
+        return normalized
+
+    def cuts(self) -> dict[str, float]:
+        """Score name (:data:`~selfinstruct.quality.SCORES`) -> the lowest score kept."""
+        values = {"overall": self.min_overall, "instruction": self.min_instruction,
+                  "input": self.min_input, "output": self.min_output}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def selecting(self) -> bool:
+        """Whether a cut or a budget uses the scores."""
+        return bool(self.cuts()) or self.keep_best is not None
+
+
 class ShardConfig(_Section):
     """Parquet shard layout."""
 
@@ -366,6 +440,7 @@ class Config(_Section):
     instances: InstanceConfig = Field(default_factory=InstanceConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
 
     def to_json_dict(self) -> dict[str, Any]:
