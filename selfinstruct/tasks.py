@@ -58,6 +58,8 @@ class Candidate:
     instances: tuple[Instance, ...] = ()
     instance_rejections: list[str] = field(default_factory=list)
     task_id: str = ""
+    judged: list[tuple[float | None, bool]] = field(default_factory=list)
+    """Judged runs: (overall score or None, passed the cuts) of each judged instance."""
 
     def reject(self, stage: str, reason: str) -> None:
         """Stop the candidate at ``stage`` with reason code ``reason``."""
@@ -73,4 +75,6 @@ class Candidate:
             "instances": len(self.instances) if self.stage == "written" else 0,
             "instance_rejections": self.instance_rejections,
             "prompt_task_ids": list(self.prompt_task_ids), "completion": self.completion,
+            "quality": [score for score, _ in self.judged] if self.judged else None,
+            "quality_kept": [kept for _, kept in self.judged] if self.judged else None,
         }

@@ -66,6 +66,8 @@ CANDIDATE_SCHEMA = pa.schema([
     ("instance_rejections", pa.list_(pa.string())),
     ("prompt_task_ids", pa.list_(pa.string())),
     ("completion", pa.string()),       # the raw instruction-generation completion
+    ("quality", pa.list_(pa.float64())),      # judged runs: overall score of each judged
+    ("quality_kept", pa.list_(pa.bool_())),   # instance (null: unparseable), passed the cuts
 ])
 """One row per candidate instruction of a round (the ledger of decisions)."""
 
