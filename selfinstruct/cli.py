@@ -118,7 +118,65 @@ GENERATE_OPTIONS: dict[str, str] = {
     "api_key_env": "engine.api_key_env",
     "ray_address": "engine.ray_address",
     "ray_replicas": "engine.ray_replicas",
+    "judge": "quality.judge",
+    "judge_model": "quality.judge_model",
+    "judge_base_url": "quality.judge_base_urls",
+    "keep_best": "quality.keep_best",
+    "diversity_threshold": "quality.diversity_threshold",
 }
+
+QUALITY_CUTS = {"overall": "quality.min_overall", "instruction": "quality.min_instruction",
+                "input": "quality.min_input", "output": "quality.min_output"}
+"""``--min-quality [QUESTION=]SCORE`` -> the config key of that cut."""
+
+
+def quality_cuts(values: tuple[str, ...]) -> dict[str, float]:
+    """``--min-quality`` values (``4``, ``output=3``) as config keys -> lowest score kept.
+
+    A bare score is the overall cut; ``QUESTION=SCORE`` cuts one question
+    (instruction, input, output) or the overall score.
+
+    Raises:
+        UserError: a value that is not ``[QUESTION=]NUMBER`` with a known question
+            and a finite number.
+    """
+    import math
+
+    cuts = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        name = name.strip().lower() or "overall"
+        if name not in QUALITY_CUTS:
+            raise UserError(f"option --min-quality: {value!r}: the question must be one of "
+                            f"{', '.join(QUALITY_CUTS)}")
+        try:
+            score = float(number)
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise UserError(f"option --min-quality: {value!r}: not [QUESTION=]NUMBER "
+                            "(e.g. 4 or output=3)")
+        cuts[QUALITY_CUTS[name]] = score
+    return cuts
+
+
+def quality_options(f: Any) -> Any:
+    """The selection options generate and refilter share: cuts, budget, diversity."""
+    for option in reversed((
+        click.option("--min-quality", multiple=True, metavar="[QUESTION=]SCORE",
+                     help="Drop examples scored below SCORE overall, or on QUESTION "
+                          "(instruction, input, output, overall), with reason low_quality. "
+                          "Repeatable. Needs --judge."),
+        click.option("--keep-best", type=float, default=None, callback=finite,
+                     help=config_help("quality.keep_best", "Keep the N best-scored examples "
+                                      "(N >= 1), or that fraction (0 < N < 1), skipping "
+                                      "near-duplicate instructions. Needs --judge.",
+                                      "all")),
+        click.option("--diversity-threshold", type=float, default=None, callback=finite,
+                     help=config_help("quality.diversity_threshold")),
+    )):
+        f = option(f)
+    return f
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -209,7 +267,19 @@ def main() -> None:
 @click.option("--ray-replicas", type=int, default=None,
               help=config_help("engine.ray_replicas", "vLLM replicas for --backend ray, one "
                                "GPU each.", "one per GPU"))
-def generate(config_file: Path | None, **options: Any) -> None:
+@click.option("--judge/--no-judge", default=None,
+              help=config_help("quality.judge", "Score every example with a judge model "
+                               "(Self-Instruct §3.3's three questions and an overall score).",
+                               "no"))
+@click.option("--judge-model", default=None,
+              help=config_help("quality.judge_model", "Judge model: Hugging Face id, local "
+                               "directory or .gguf; with --judge-base-url, the served name.",
+                               "the generating model"))
+@click.option("--judge-base-url", multiple=True, metavar="URL",
+              help="OpenAI-compatible endpoint serving the judge. Repeatable.  "
+                   "[default: judge with the generating engine]")
+@quality_options
+def generate(config_file: Path | None, min_quality: tuple[str, ...], **options: Any) -> None:
     """Bootstrap new (instruction, input, output) examples from seed tasks.
 
     Runs the Self-Instruct loop (Wang et al. 2023, §2) on an in-process vLLM
@@ -223,9 +293,13 @@ def generate(config_file: Path | None, **options: Any) -> None:
     from .terminal import terminal_safe
 
     options["base_url"] = list(options["base_url"]) or None
+    options["judge_base_url"] = list(options["judge_base_url"]) or None
     options["stop"] = list(options["stop"]) or None
+    keys = dict(GENERATE_OPTIONS)
+    for key, score in quality_cuts(min_quality).items():
+        options[f"min_quality:{key}"], keys[f"min_quality:{key}"] = score, key
     try:
-        job = GenerateJob.prepare(config_file, options, GENERATE_OPTIONS)
+        job = GenerateJob.prepare(config_file, options, keys)
     except JobError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -272,6 +346,7 @@ RUN_VALUE = "the run's"
                                "Drop an example whose instruction + input scores at "
                                "least this (rapidfuzz ratio, 0-100) against another "
                                "task's.", RUN_VALUE))
+@quality_options
 @click.option("--seeds", type=click.Path(path_type=Path), default=None,
               help="Where the run's seed tasks are now, if not at the recorded path; "
                    "their sha256 must equal the recorded ones.")
@@ -279,7 +354,7 @@ RUN_VALUE = "the run's"
               help="Where the run's prompt templates are now, likewise verified.  "
                    "[default: the recorded directory, else the bundled templates]")
 def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path | None,
-             **options: Any) -> None:
+             min_quality: tuple[str, ...], **options: Any) -> None:
     """Re-derive a run's kept set under new filter settings, with no model call.
 
     Replays RUN_DIR's ledger (every recorded completion) through the filters
@@ -294,6 +369,9 @@ def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path 
 
     keys = {name: REFILTER_OPTIONS[name] for name in options}
     names = {key: "--" + name.replace("_", "-") for name, key in keys.items()}
+    for key, score in quality_cuts(min_quality).items():
+        options[f"min_quality:{key}"], keys[f"min_quality:{key}"] = score, key
+        names[key] = "--min-quality"
     absent = not output.exists() and not output.is_symlink()
     try:
         occupied = not absent and (output.is_symlink() or not output.is_dir()
@@ -349,7 +427,105 @@ REFILTER_OPTIONS = {
     "reject_non_ascii_start": "filters.reject_non_ascii_start",
     "max_instances": "instances.max_instances",
     "near_duplicate_threshold": "instances.near_duplicate_threshold",
+    "keep_best": "quality.keep_best",
+    "diversity_threshold": "quality.diversity_threshold",
 }
+
+
+SCORE_OPTIONS: dict[str, str] = {
+    "model": "model",
+    "output": "output",
+    "seed": "seed",
+    "prompts_dir": "prompts",
+    "rubric": "quality.rubric",
+    "max_tokens": "quality.max_tokens",
+    "structured_output": "quality.structured_output",
+    "keep_best": "quality.keep_best",
+    "diversity_threshold": "quality.diversity_threshold",
+    "dtype": "engine.dtype",
+    "max_model_len": "engine.max_model_len",
+    "backend": "engine.backend",
+    "base_url": "engine.base_urls",
+    "api_key_env": "engine.api_key_env",
+}
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Directory for the judged shards, ledger and manifest (running the same "
+                   "command again resumes, or re-cuts with no model call).")
+@click.option("--model", default=None,
+              help=config_help("model", "The judge: Hugging Face id, local model directory or "
+                               ".gguf; with --base-url, the served model name.",
+                               f"embedded {EMBEDDED_NAME}"))
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="TOML file with any configuration field ([quality], [engine]); flags "
+                   "override it.")
+@click.option("--base-url", multiple=True, metavar="URL",
+              help="OpenAI-compatible endpoint serving the judge. Repeatable.")
+@click.option("--backend", type=click.Choice(choices_of("engine.backend")), default=None,
+              help=config_help("engine.backend"))
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help=config_help("engine.api_key_env"))
+@click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path), default=None,
+              help=config_help("prompts", "Directory holding the rubric template.",
+                               "bundled prompts/"))
+@click.option("--rubric", default=None, help=config_help("quality.rubric"))
+@click.option("--max-tokens", type=int, default=None, help=config_help("quality.max_tokens"))
+@click.option("--structured-output/--no-structured-output", default=None,
+              help=config_help("quality.structured_output", default="yes"))
+@click.option("--dtype", default=None, help=config_help("engine.dtype"))
+@click.option("--max-model-len", type=int, default=None,
+              help=config_help("engine.max_model_len"))
+@click.option("--seed", type=int, default=None, help=config_help("seed"))
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Judge only the first N examples.  [default: all]")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Examples per ledger round: a crash loses at most one chunk's answers.")
+@quality_options
+def score(input_path: Path, config_file: Path | None, limit: int | None, chunk_size: int,
+          min_quality: tuple[str, ...], **options: Any) -> None:
+    """Judge every example of a data set with a model, and keep the best.
+
+    INPUT is anything `inspect` reads: a `generate` run, the Alpaca JSON, JSONL,
+    Parquet or CSV records, a save_to_disk directory. Each example gets the
+    judge's scores on Self-Instruct §3.3's three questions (instruction valid,
+    input appropriate, output correct) and an overall score, with rationales;
+    --min-quality and --keep-best choose which become shards.
+    """
+    from .engines.base import EngineError
+    from .run import JobError
+    from .scoring import ScoreJob
+    from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+    from .terminal import terminal_safe
+
+    options["base_url"] = list(options["base_url"]) or None
+    keys = dict(SCORE_OPTIONS)
+    for key, value in quality_cuts(min_quality).items():
+        options[f"min_quality:{key}"], keys[f"min_quality:{key}"] = value, key
+    try:
+        job = ScoreJob.prepare(input_path, config_file, options, keys, chunk_size=chunk_size,
+                               limit=limit)
+        stats = job.execute()
+    except JobError as exc:
+        raise UserError(str(exc)) from None
+    except EngineError as exc:
+        click.echo(terminal_safe(
+            f"Error: {exc}. Judged chunks are saved in {options['output']}: run the same "
+            "command again to resume.", newlines=False), err=True)
+        sys.exit(EXIT_ENGINE)
+    except KeyboardInterrupt as exc:
+        how = "Stopped (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+        click.echo(terminal_safe(
+            f"{how}. Judged chunks are saved in {options['output']}; run the same command "
+            "again to resume.", newlines=False), err=True)
+        sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
+    verdicts = stats.get("quality", {}).get("verdicts", {})
+    click.echo(terminal_safe(
+        f"{stats.get('quality', {}).get('judged', 0)} examples judged "
+        f"({verdicts.get('ok', 0)} verdicts, {verdicts.get('judge_unparseable', 0)} "
+        f"unparseable); {stats['rows_written']} rows kept -> {options['output']}/"))
 
 
 @main.command()

@@ -371,21 +371,42 @@ class QualityConfig(_Section):
     def _check(self) -> QualityConfig:
         if self.scale_min >= self.scale_max:
             raise ValueError("scale_min must be smaller than scale_max")
-        if self.keep_best is not None and self.keep_best >= 1 \
-                and self.keep_best != int(self.keep_best):
-            raise ValueError("keep_best is a whole number of examples (>= 1) or a fraction "
-                             "(0 < keep_best < 1)")
-        for name, cut in self.cuts().items():
-            if not self.scale_min <= cut <= self.scale_max:
-                raise ValueError(f"min_{name} {cut:g} is outside the scale {self.scale_min}"
-                                 f"-{self.scale_max}")
-        if self.judge_base_urls and not self.judge:
-            raise ValueError("judge_base_urls need judge = true (--judge)")
         return self
+
+    @field_validator("min_overall", "min_instruction", "min_input", "min_output")
+    @classmethod
+    def _cut_on_scale(cls, cut: float | None, info: ValidationInfo) -> float | None:
+        low, high = info.data.get("scale_min", 1), info.data.get("scale_max", 5)
+        if cut is not None:
+            if not info.data.get("judge"):
+                raise ValueError("a quality cut needs judge = true (--judge)")
+            if not low <= cut <= high:
+                raise ValueError(f"{cut:g} is outside the scale {low}-{high}")
+        return cut
+
+    @field_validator("keep_best")
+    @classmethod
+    def _whole_or_fraction(cls, budget: float | None, info: ValidationInfo) -> float | None:
+        if budget is not None:
+            if not info.data.get("judge"):
+                raise ValueError("a budget needs judge = true (--judge)")
+            if budget >= 1 and budget != int(budget):
+                raise ValueError("a whole number of examples (>= 1) or a fraction "
+                                 "(0 < keep_best < 1)")
+        return budget
+
+    @field_validator("judge_model")
+    @classmethod
+    def _judge_model_needs_judge(cls, model: str | None, info: ValidationInfo) -> str | None:
+        if model is not None and not info.data.get("judge"):
+            raise ValueError("a judge model needs judge = true (--judge)")
+        return model
 
     @field_validator("judge_base_urls")
     @classmethod
-    def _check_urls(cls, urls: list[str]) -> list[str]:
+    def _check_urls(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        if urls and not info.data.get("judge"):
+            raise ValueError("judge endpoints need judge = true (--judge)")
         normalized = [normalize_base_url(u) for u in urls]
         if len(set(normalized)) != len(normalized):
             raise ValueError("the same base URL is given twice")

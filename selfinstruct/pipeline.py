@@ -14,9 +14,16 @@ Each round follows the steps of §2.2:
 4. **Instance generation** (:mod:`.stages.instances`): output-first for
    classification tasks, input-first otherwise; then the instance filters and
    near-duplicate detection of each example against other tasks' examples.
+   With ``quality.judge`` (off by default), a judge model then scores every
+   example on §3.3's three questions (:mod:`.stages.judging`), and examples below
+   a cut (``quality.min_*``) are dropped.
 5. **Commit**: the round's candidates (kept or not, with reasons) and examples go
    to the ledger; tasks with at least one instance join the pool as machine tasks
    and become rows of the shards.
+
+After the last round, a budget (``quality.keep_best``) selects the best examples
+of the whole run in score order, skipping near-duplicate instructions
+(:func:`~selfinstruct.selection.select_best`); only those become shards.
 
 Rounds repeat until ``num_instructions`` new tasks are written, ``max_rounds``
 pass, or the engine can answer no further round (``refilter`` ends where its
@@ -47,9 +54,11 @@ from .stages.base import CandidateStage, Records, request_seed
 from .stages.classification import ClassificationIdentification
 from .stages.instances import InstanceGeneration
 from .stages.instructions import InstructionGeneration
+from .stages.judging import QualityJudging
 from .stats import RunStats
 from .storage.ledger import crash_point
 from .storage.shards import ShardWriter, messages_for
+from .quality import Judgement, quality_values
 from .tasks import Candidate, Instance, Task
 
 __all__ = ["Reporter", "SelfInstruct", "SilentReporter", "request_seed"]
@@ -94,12 +103,15 @@ class SelfInstruct:
         reporter: progress sink.
         on_commit: called after each round newly committed to the ledger (the
             caller writes the manifest); not for a round the ledger already held.
+        judge_name: the judge model's name, recorded in judged rows
+            (default: ``model_name``).
     """
 
     def __init__(self, config: Config, engine: RecordedEngine, prompts: PromptBuilder,
                  seed_tasks: Sequence[Task], writer: ShardWriter, model_name: str,
                  reporter: Reporter | None = None,
-                 on_commit: Callable[[SelfInstruct], None] | None = None):
+                 on_commit: Callable[[SelfInstruct], None] | None = None,
+                 judge_name: str | None = None):
         self.config = config
         self.engine = engine
         self.run_dir = engine.ledger
@@ -117,6 +129,10 @@ class SelfInstruct:
                                                   self.machine)
         self.classification = ClassificationIdentification(config, prompts, self.stats)
         self.instances = InstanceGeneration(config, prompts, self.stats, self.human)
+        self.judging = (QualityJudging(config, prompts, self.stats) if config.quality.judge
+                        else None)
+        self.judge_name = judge_name or model_name
+        self.pending: list[dict[str, Any]] = []  # rows awaiting the keep_best selection
 
     # -- the algorithm -------------------------------------------------------
 
@@ -135,10 +151,13 @@ class SelfInstruct:
             kept = self.filter_instructions(candidates)             # step 2
             self.ask(self.classification, round_number, kept)       # step 3
             self.ask(self.instances, round_number, kept)            # step 4
+            if self.judging is not None:
+                self.ask(self.judging, round_number, kept)          # step 4b
             rows = self.write(round_number, kept)                   # step 5
             self.commit(round_number, candidates, rows)
             self.stats.seconds = time.perf_counter() - started
             self.reporter.round_done(self.stats)
+        self.select()                                               # the budget
         self.stats.seconds = time.perf_counter() - started
         return self.stats
 
@@ -215,8 +234,10 @@ class SelfInstruct:
             self.machine.append(task)
             self.stats.tasks_written += 1
             self.stats.classification_tasks += bool(candidate.is_classification)
-            for k, instance in enumerate(candidate.instances):
-                rows.append(self._row(candidate, round_number, k, instance))
+            verdicts = candidate.judgements or ((None, None),) * len(candidate.instances)
+            for k, (instance, verdict) in enumerate(zip(candidate.instances, verdicts,
+                                                        strict=True)):
+                rows.append(self._row(candidate, round_number, k, instance, verdict))
         self.stats.rows_written += len(rows)
         return rows
 
@@ -231,11 +252,27 @@ class SelfInstruct:
                                                        for c in candidates], rows)
         if self.engine.committed(round_number) is not None:
             self.stats.replayed_rounds += 1
-        self.writer.add(rows)
+        if self.config.quality.keep_best is None:
+            self.writer.add(rows)
+        else:
+            self.pending.extend(rows)
         self.stats.rounds = round_number
         crash_point(f"round-{round_number}:before-manifest")
         if new and self.on_commit is not None:
             self.on_commit(self)
+
+    def select(self) -> None:
+        """With a ``quality.keep_best`` budget: the best of the run's rows become the
+        shards, in run order (:func:`~selfinstruct.selection.select_best`)."""
+        quality = self.config.quality
+        if quality.keep_best is None:
+            return
+        from .selection import select_best
+
+        selection = select_best(self.pending, quality.keep_best, quality.diversity_threshold,
+                                self.config.filters.rouge_tokenizer)
+        self.stats.selection = selection.to_json_dict()
+        self.writer.add(selection.rows)
 
     # -- helpers -------------------------------------------------------------
 
@@ -252,9 +289,9 @@ class SelfInstruct:
         self.reporter.stage(stage, total)
         return self.reporter.advance
 
-    def _row(self, candidate: Candidate, round_number: int, k: int,
-             instance: Instance) -> dict[str, Any]:
-        return {
+    def _row(self, candidate: Candidate, round_number: int, k: int, instance: Instance,
+             verdict: tuple[Judgement | None, str | None]) -> dict[str, Any]:
+        row = {
             "id": f"{candidate.task_id}-{k}",
             "task_id": candidate.task_id,
             "instruction": candidate.instruction,
@@ -268,3 +305,6 @@ class SelfInstruct:
             "nearest_instruction": candidate.nearest_instruction,
             "nearest_rouge_l": candidate.rouge_l,
         }
+        if self.judging is not None:
+            row.update(quality_values(*verdict, judge=self.judge_name))
+        return row

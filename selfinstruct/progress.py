@@ -25,6 +25,7 @@ _STAGE_NAMES = {
     "instructions": "generating instructions",
     "classification": "identifying classification tasks",
     "instances": "generating instances",
+    "judging": "judging examples",
 }
 
 

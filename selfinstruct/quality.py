@@ -113,7 +113,7 @@ def quality_values(judgement: Judgement | None, reason: str | None,
                    judge: str) -> dict[str, object]:
     """A row's quality columns (:data:`QUALITY_COLUMNS`) from a verdict, or nulls and
     the ``reason`` when there is none."""
-    values: dict[str, object] = {name: None for name in QUALITY_COLUMNS}
+    values: dict[str, object] = dict.fromkeys(QUALITY_COLUMNS)
     if judgement is not None:
         for name in SCORES:
             values[column(name)] = float(judgement.score(name))
@@ -122,3 +122,13 @@ def quality_values(judgement: Judgement | None, reason: str | None,
     values["quality_reason"] = reason if judgement is None else None
     values["quality_judge"] = judge
     return values
+
+
+def passes_cuts(row: dict[str, object], cuts: dict[str, float]) -> bool:
+    """Whether a judged row's scores meet every cut (score name -> lowest kept); a
+    missing score fails any cut on it. With no cut, every row passes."""
+    for name, cut in cuts.items():
+        value = row.get(column(name))
+        if not isinstance(value, (int, float)) or value < cut:
+            return False
+    return True

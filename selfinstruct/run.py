@@ -34,6 +34,7 @@ from .storage.shards import DATA_DIR, ShardInfo, ShardWriter
 from .storage.files import file_digest
 
 if TYPE_CHECKING:
+    from .engines.recorded import LazyEngine
     from .pipeline import SelfInstruct
     from .stats import RunStats
 
@@ -48,7 +49,11 @@ RESUMABLE_CHANGES = ("output", "num_instructions", "generation.max_rounds", "eng
                      "engine.backend", "engine.base_urls", "engine.api_key_env",
                      "engine.max_in_flight", "engine.request_timeout", "engine.max_retries",
                      "engine.retry_backoff", "engine.endpoint_down_after", "engine.ray_address",
-                     "engine.ray_replicas", "engine.ray_batch_size")
+                     "engine.ray_replicas", "engine.ray_batch_size",
+                     # where the judge is served, and the budget (applied after the
+                     # last round, to the rows every round recorded)
+                     "quality.judge_base_urls", "quality.keep_best",
+                     "quality.diversity_threshold")
 
 
 class JobError(ValueError):
@@ -96,6 +101,25 @@ def prepare_backend(config: Config) -> Prepared:
     return backend(config.engine.backend).prepare(config)
 
 
+def judge_config(config: Config) -> Config | None:
+    """The configuration of a judge that is not the generating engine, or None.
+
+    ``quality.judge_base_urls`` serve the judge over HTTP (``quality.judge_model``
+    then names the served model, or the one model they serve); a
+    ``quality.judge_model`` alone is loaded by the run's own backend (with vLLM:
+    a second engine in this process, so leave GPU memory for it with
+    ``engine.gpu_memory_utilization``).
+    """
+    quality = config.quality
+    if not quality.judge or (quality.judge_model is None and not quality.judge_base_urls):
+        return None
+    engine = config.engine
+    if quality.judge_base_urls:
+        engine = engine.model_copy(update={"backend": "http",
+                                           "base_urls": list(quality.judge_base_urls)})
+    return config.model_copy(update={"model": quality.judge_model, "engine": engine})
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in data.items():
@@ -121,9 +145,12 @@ class GenerateJob:
     warnings: list[str]
     previous: dict[str, Any] | None = None
     prepared: Prepared | None = None
+    judge: Prepared | None = None
+    """The judge's backend, checked, when it is not the generating engine."""
     created: str = field(default_factory=lambda: datetime.now(UTC)
                          .isoformat(timespec="seconds"))
     _engine: Any = field(default=None, repr=False)
+    _judge_engine: Any = field(default=None, repr=False)
 
     @classmethod
     def prepare(cls, config_file: Path | None, options: dict[str, Any],
@@ -154,7 +181,8 @@ class GenerateJob:
         from .dedup import empty_fraction
 
         overrides = {option_keys[name]: value for name, value in options.items()}
-        names = {key: "--" + name.replace("_", "-") for name, key in option_keys.items()}
+        names = {key: "--" + name.split(":")[0].replace("_", "-")
+                 for name, key in option_keys.items()}
         try:
             config = load_config(config_file, overrides, names)
             given = Path(config.seeds or default_seeds_dir())
@@ -170,8 +198,15 @@ class GenerateJob:
                 f"{room} tokens for the prompt and each word is at least one token, so it "
                 "cannot fit")
             seeds_path = given.resolve()  # after load_seed_tasks has refused symlink loops
-            prompts = PromptBuilder(config.prompts)
+            prompts = PromptBuilder(config.prompts, rubric=(
+                config.quality.rubric if config.quality.judge else None))
             prepared = prepare_backend(config)
+            judging, judge = judge_config(config), None
+            if judging is not None:
+                try:
+                    judge = prepare_backend(judging)
+                except (ModelError, EngineError) as exc:
+                    raise JobError(f"the judge: {exc}") from None
         except (ConfigError, SeedError, PromptError, ModelError, EngineError) as exc:
             raise JobError(str(exc)) from None
         warnings = []
@@ -183,7 +218,7 @@ class GenerateJob:
                     "rouge tokenizer makes them empty and ROUGE-L dedup cannot fire on them; "
                     "use --rouge-tokenizer unicode for non-Latin text")
         job = cls(config, seeds_path, seed_tasks, prompts, prepared.model, warnings,
-                  prepared=prepared)
+                  prepared=prepared, judge=judge)
         job.previous = job._check_output_dir(config_file)
         if job.previous is not None:
             job.created = job.previous.get("created", job.created)
@@ -194,14 +229,20 @@ class GenerateJob:
     def identity(self) -> dict[str, Any]:
         """What makes two invocations the same run: settings, model, seeds, templates."""
         settings = {k: v for k, v in _flatten(self.config.to_json_dict()).items()
-                    if k not in RESUMABLE_CHANGES and k not in ("seeds", "prompts", "model")}
-        return {
+                    if k not in RESUMABLE_CHANGES and k not in ("seeds", "prompts", "model")
+                    and (self.config.quality.judge or not k.startswith("quality."))}
+        identity = {
             "settings": settings,
             "model": {"name": self.model.name, "path": self.model.path,
                       "gguf_sha256": self.model.sha256},
             "seeds_sha256": [file_digest(p) for p in seed_files(self.seeds_path)],
             "prompts_sha256": dict(self.prompts.sha256),
         }
+        if self.judge is not None:
+            judge = self.judge.model
+            identity["judge"] = {"name": judge.name, "path": judge.path,
+                                 "gguf_sha256": judge.sha256}
+        return identity
 
     def _check_output_dir(self, config_file: Path | None = None) -> dict[str, Any] | None:
         """None for a new run; the previous manifest for a run to resume.
@@ -297,7 +338,7 @@ class GenerateJob:
 
         chosen = backend(config.engine.backend)
         engine = RecordedEngine(run_dir, LazyEngine(start_engine, on_start=lambda: console.print(
-            rich_safe(chosen.starting(config, self.model.name)))))
+            rich_safe(chosen.starting(config, self.model.name)))), judge=self._lazy_judge())
         writer = ShardWriter(config.output, config.shards.shard_size, config.shards.compression)
         if self.previous is not None:
             console.print(f"Resuming the run in {rich_safe(config.output)} "
@@ -312,7 +353,8 @@ class GenerateJob:
 
             with RichReporter(config.num_instructions) as reporter:
                 loop = SelfInstruct(config, engine, self.prompts, self.seed_tasks, writer,
-                                    self.model.name, reporter, on_commit)
+                                    self.model.name, reporter, on_commit,
+                                    judge_name=self.judge_name)
                 stats = loop.run()
             shards = writer.close()
             write_manifest(config.output,
@@ -325,6 +367,39 @@ class GenerateJob:
         for warning in engine.warnings:
             console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
         print_summary(stats, config.output, startup["seconds"], chosen.label(config))
+
+    @property
+    def judge_name(self) -> str | None:
+        """The judge model's name when judging (None: not judging)."""
+        if not self.config.quality.judge:
+            return None
+        return self.judge.model.name if self.judge is not None else self.model.name
+
+    def _lazy_judge(self) -> LazyEngine | None:
+        """The judge's engine, started on its first request, when it is its own."""
+        from .engines.recorded import LazyEngine
+        from .progress import console
+        from .terminal import rich_safe
+
+        judging, prepared = judge_config(self.config), self.judge
+        if judging is None or prepared is None:
+            return None
+        chosen = backend(judging.engine.backend)
+
+        def start() -> Engine:
+            try:
+                self._judge_engine = chosen.start(judging, prepared)
+            except EngineError as exc:
+                raise JobError(f"the judge: {exc}") from None
+            except Exception as exc:  # vLLM raises many types; the first line says what failed
+                text = str(exc).strip()
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise JobError(f"{prepared.model.path}: the judge engine could not start: "
+                               f"{first}") from None
+            return self._judge_engine  # type: ignore[no-any-return]
+
+        return LazyEngine(start, on_start=lambda: console.print(
+            rich_safe("Judge: " + chosen.starting(judging, prepared.model.name))))
 
     def manifest(self, shards: list[ShardInfo], loop: SelfInstruct | None, status: str,
                  startup_seconds: float) -> Manifest:
@@ -366,6 +441,10 @@ class GenerateJob:
             info["capabilities"] = {"batch_invariant": caps.batch_invariant,
                                     "finish_reasons": sorted(caps.finish_reasons),
                                     "loads_weights": caps.loads_weights}
+        if self._judge_engine is not None:
+            info["judge"] = {"backend": (judge_config(self.config) or self.config).engine.backend,
+                             "model": self._judge_engine.model_name,
+                             **self._judge_engine.describe()}
         return info
 
 
@@ -388,7 +467,8 @@ def throughput(stats: RunStats, startup_seconds: float = 0.0) -> dict[str, Any]:
     }
 
 
-REFILTER_KEYS = ("filters.", "instances.max_instances", "instances.near_duplicate_threshold")
+REFILTER_KEYS = ("filters.", "instances.max_instances", "instances.near_duplicate_threshold",
+                 "quality.min_", "quality.keep_best", "quality.diversity_threshold")
 """Settings ``refilter`` may change: those applied after the model has answered."""
 
 
@@ -458,6 +538,12 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         if not key.startswith(REFILTER_KEYS):
             raise JobError(f"option {option_names.get(key, key)}: cannot change in refilter "
                            "(it changes what the model is asked)")
+    judged = bool((previous["config"].get("quality") or {}).get("judge"))
+    for key in given:
+        if key.startswith("quality.") and not judged:
+            raise JobError(f"option {option_names.get(key, key)}: {source} was not judged, so "
+                           "it has no scores to cut by (run `selfinstruct score` on it, or "
+                           "generate with --judge)")
     data = dict(previous["config"], output=str(output))
     try:
         config = load_config(None, {**_flatten(data), **given}, option_names)
@@ -465,7 +551,8 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         raise JobError(str(exc)) from None
     warnings = source_ledger_warnings(source, checked)
     seeds_path, seed_tasks = _recorded_seeds(checked, path, seeds)
-    prompts = _recorded_prompts(checked, path, prompts_dir)
+    prompts = _recorded_prompts(checked, path, prompts_dir,
+                                config.quality.rubric if config.quality.judge else None)
     model = checked.model
     if model is None or model.name is None or model.path is None:
         raise JobError(f"{path}: field 'model': needs the strings 'name' and 'path'")
@@ -478,8 +565,9 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     try:
         with RichReporter(checked.tasks) as reporter:
             recorded = RecordedEngine(run_dir, LazyEngine(None), source=RunDirectory(source))
+            recorded_judge = (checked.identity.judge or {}) if checked.identity else {}
             loop = SelfInstruct(config, recorded, prompts, seed_tasks, writer, model.name,
-                                reporter)
+                                reporter, judge_name=recorded_judge.get("name"))
             loop.run()
         manifest = job.manifest(writer.close(), loop, "complete", 0.0)
         manifest.refiltered_from = str(source)
@@ -558,7 +646,8 @@ def _recorded_seeds(manifest: Manifest, path: Path, given: Path | None) -> tuple
         raise JobError(str(exc)) from None
 
 
-def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None) -> PromptBuilder:
+def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None,
+                      rubric: str | None = None) -> PromptBuilder:
     """The templates a run was made from (``given``, else the recorded directory, else
     the bundled ones), verified against ``identity.prompts_sha256``."""
     if manifest.identity is None or manifest.prompts is None:
@@ -573,7 +662,7 @@ def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None) -> Pro
     first_error = None
     for candidate in candidates:
         try:
-            return PromptBuilder(candidate, expected_sha256=expected)
+            return PromptBuilder(candidate, expected_sha256=expected, rubric=rubric)
         except PromptError as exc:
             first_error = first_error or exc
     raise JobError(f"{first_error}; pass --prompts with the run's templates")

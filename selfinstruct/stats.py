@@ -28,6 +28,10 @@ class RunStats:
         classification_tasks: of the written tasks, classification ones.
         rejections: reason code -> count, over candidates.
         instance_rejections: reason code -> count of dropped instances.
+        judged: examples judged (judged runs).
+        judge_failures: "ok", or the reason an example has no verdict
+            (``judge_unparseable``, ``prompt_too_long``, ``not_judged``) -> count.
+        selection: the ``keep_best`` selection's counts (budgeted runs), else None.
         engine: token totals of every request the run used (recorded or live),
             by stage.
         useful_output_tokens: stage -> output tokens inside what the stage's
@@ -48,6 +52,9 @@ class RunStats:
     classification_tasks: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
     instance_rejections: Counter[str] = field(default_factory=Counter)
+    judged: int = 0
+    judge_failures: Counter[str] = field(default_factory=Counter)
+    selection: dict[str, Any] | None = None
     engine: EngineStats = field(default_factory=EngineStats)
     useful_output_tokens: Counter[str] = field(default_factory=Counter)
     live: LiveStats = field(default_factory=LiveStats)
@@ -95,6 +102,10 @@ class RunStats:
             "classification_tasks": self.classification_tasks,
             "rejections": dict(sorted(self.rejections.items())),
             "instance_rejections": dict(sorted(self.instance_rejections.items())),
+            **({"quality": {"judged": self.judged,
+                            "verdicts": dict(sorted(self.judge_failures.items()))}}
+               if self.judged else {}),
+            **({"selection": self.selection} if self.selection is not None else {}),
             "engine": {
                 "requests": self.engine.requests,
                 "prompt_tokens": self.engine.prompt_tokens,

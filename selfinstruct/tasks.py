@@ -7,7 +7,10 @@ pair; the human seed tasks and the machine-made tasks of the pool share this sha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .quality import Judgement
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Candidate:
     instances: tuple[Instance, ...] = ()
     instance_rejections: list[str] = field(default_factory=list)
     task_id: str = ""
+    judgements: tuple[tuple[Judgement | None, str | None], ...] = ()
+    """Judged runs: the verdict (or None) and its absence's reason, per kept instance."""
     judged: list[tuple[float | None, bool]] = field(default_factory=list)
     """Judged runs: (overall score or None, passed the cuts) of each judged instance."""
 

@@ -89,13 +89,17 @@ class RecordedEngine:
         source: the run directory whose records are read; the ledger itself
             unless refiltering another run (then ``ledger`` gets a copy of every
             record used, so the new run's ledger is complete on its own).
+        judge: the live engine of the judging stage when the judge is not the
+            generating model (``quality.judge_model``); None = ``live`` judges.
+            Its requests and tokens count in :attr:`stats` like any others.
     """
 
     def __init__(self, ledger: RunDirectory, live: LazyEngine,
-                 source: RunDirectory | None = None):
+                 source: RunDirectory | None = None, judge: LazyEngine | None = None):
         self.ledger = ledger
         self.source = source or ledger
         self.live = live
+        self.judge = judge
         self.stats = LiveStats()
         self._commits: dict[int, dict[str, Any] | None] = {}
         self._reasons: dict[tuple[int, str], set[str]] = {}
@@ -178,7 +182,10 @@ class RecordedEngine:
         return {r.key: recorded.get(r.key) for r in requests}
 
     def _ask(self, batch: list[Request], progress: Progress | None) -> list[Completion]:
-        engine = self.live.get()
+        from ..quality import JUDGING
+
+        lazy = self.judge if self.judge is not None and batch[0].stage == JUDGING else self.live
+        engine = lazy.get()
         started = time.perf_counter()
         completions = engine.generate(batch, progress=progress)
         self.stats.seconds += time.perf_counter() - started
@@ -187,8 +194,10 @@ class RecordedEngine:
         return completions
 
     def close(self) -> None:
-        """Shut the live engine down if it was started."""
+        """Shut the live engines down if they were started."""
         self.live.close()
+        if self.judge is not None:
+            self.judge.close()
 
 
 def _record(request: Request, shown: tuple[str, ...], completion: Completion) -> RecordedRequest:

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from .shards import SCHEMA
+from .shards import schema_for
 from .files import file_digest, write_bytes_atomic, write_json
 
 LEDGER_DIR = "ledger"
@@ -290,7 +290,7 @@ class RunDirectory:
         directory = self.round_dir(round_number)
         files = {}
         for name, data in (("candidates.parquet", _parquet_bytes(candidates, CANDIDATE_SCHEMA)),
-                           ("rows.parquet", _parquet_bytes(rows, SCHEMA))):
+                           ("rows.parquet", _parquet_bytes(rows, schema_for(rows)))):
             files[name] = write_bytes_atomic(directory / name, data)
         crash_point(f"round-{round_number}:before-commit")
         for path in sorted(directory.glob("requests-*.parquet")):

@@ -58,6 +58,7 @@ class Identity(_Lenient):
     model: dict[str, Any] = {}
     seeds_sha256: list[str] = []
     prompts_sha256: dict[str, str] = {}
+    judge: dict[str, Any] | None = None
 
 
 class ModelRecord(_Lenient):

@@ -5,7 +5,8 @@ Layout of an output directory::
     manifest.json                 files, row counts, sha256, config, versions, stats
     data/shard-00000.parquet      at most ``shard_size`` rows each, zstd
 
-One row per instance, with the columns of :data:`SCHEMA`. ``messages`` is the
+One row per instance, with the columns of :data:`SCHEMA` (:data:`JUDGED_SCHEMA`
+in a judged run). ``messages`` is the
 chat form SFT trainers take (TRL's ``SFTTrainer`` reads it directly): the user
 turn is the instruction, plus a blank line and the input when there is one; the
 assistant turn is the output. ``datasets.load_dataset("parquet",
@@ -18,13 +19,14 @@ so a reader sees it whole or not at all.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from ..quality import QUALITY_COLUMNS, QUALITY_FIELDS
 from .files import write_bytes_if_changed
 
 DATA_DIR = "data"
@@ -45,6 +47,16 @@ SCHEMA = pa.schema([
 ])
 """Columns of every shard; ``nearest_*`` is the most similar pool instruction at
 the time the task was kept, and its ROUGE-L F1 (null when nothing overlapped)."""
+
+JUDGED_SCHEMA = pa.schema([*SCHEMA, *QUALITY_FIELDS])
+"""Columns of a judged run's shards (``quality.judge``): :data:`SCHEMA` followed by
+:data:`~selfinstruct.quality.QUALITY_FIELDS` (the judge's scores and rationales)."""
+
+
+def schema_for(rows: Sequence[dict[str, Any]]) -> pa.Schema:
+    """:data:`JUDGED_SCHEMA` when the rows carry quality columns, else :data:`SCHEMA`
+    (so a run without the judge writes the same bytes as before judging existed)."""
+    return JUDGED_SCHEMA if rows and QUALITY_COLUMNS[0] in rows[0] else SCHEMA
 
 
 def user_turn(instruction: str, input_text: str) -> str:
@@ -108,7 +120,7 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer,
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema_for(rows)), buffer,
                        compression=self.compression)
         relative = f"{DATA_DIR}/shard-{len(self.shards):05d}.parquet"
         digest = write_bytes_if_changed(self.output_dir / relative, buffer.getvalue())

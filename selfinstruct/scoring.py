@@ -1,0 +1,343 @@
+"""``selfinstruct score``: judge any SFT data set, resumably, with the judging stage.
+
+The input is anything ``inspect`` reads (a run directory, the 52K Alpaca file,
+another tool's JSON/JSONL/Parquet/CSV output, a ``save_to_disk`` directory).
+Its examples are judged in chunks of ``chunk_size``; each chunk is one round of
+a ledger like a ``generate`` run's (the judge requests and the judged rows,
+then ``commit.json``), so a crash loses at most the chunk in flight and the same
+command resumes it. The output directory is a run like any other (shards with
+the quality columns of :data:`~selfinstruct.quality.QUALITY_FIELDS`, a
+manifest), so ``inspect`` and ``export`` read it.
+
+The ledger keeps every judged example; the cuts (``quality.min_*``) and the
+budget (``quality.keep_best``) decide which rows become shards, so running the
+same command again with other cuts re-derives the shards from the recorded
+verdicts, with no model call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .engines import Completion, Engine, EngineError, Prepared, backend
+from .models import ModelError
+from .prompts import PromptBuilder, PromptError
+from .quality import example_key, passes_cuts, quality_values
+from .run import RESUMABLE_CHANGES, JobError, _flatten, package_versions, throughput
+from .storage.ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
+from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError,
+                               read_manifest, write_manifest)
+from .storage.shards import DATA_DIR, ShardInfo, ShardWriter, messages_for
+from .tasks import Candidate, Instance
+
+SCORE_RESUMABLE = (*RESUMABLE_CHANGES, "quality.min_overall", "quality.min_instruction",
+                   "quality.min_input", "quality.min_output")
+"""Settings a ``score`` run may change when it is run again: hosting, and which
+recorded verdicts become shards."""
+
+KEPT_COLUMNS = ("is_classification", "model", "round", "prompt_task_ids",
+                "nearest_instruction", "nearest_rouge_l")
+"""Shard columns taken from the input when it has them (a ``generate`` run's)."""
+
+
+@dataclass
+class ScoreJob:
+    """A validated ``score`` job. Build it with :meth:`prepare`; run it with :meth:`execute`.
+
+    Attributes:
+        config: ``model`` and ``engine`` are the judge's; ``quality`` the rubric,
+            scale, sampling, cuts and budget (``quality.judge`` is on).
+        source: the input as given.
+        examples: the input's rows (``id``, ``task_id``, ``instruction``, ``input``,
+            ``output`` and any :data:`KEPT_COLUMNS`), in input order.
+        chunk_size: examples per ledger round.
+    """
+
+    config: Config
+    source: Path
+    examples: list[dict[str, Any]]
+    prompts: PromptBuilder
+    prepared: Prepared
+    chunk_size: int
+    previous: dict[str, Any] | None = None
+    created: str = field(default_factory=lambda: datetime.now(UTC)
+                         .isoformat(timespec="seconds"))
+    _engine: Any = field(default=None, repr=False)
+
+    @classmethod
+    def prepare(cls, source: Path, config_file: Path | None, options: dict[str, Any],
+                option_keys: dict[str, str], chunk_size: int = 1000,
+                limit: int | None = None) -> ScoreJob:
+        """Check the config, the input, the rubric, the judge and the output directory.
+
+        Args:
+            source: what to judge (any input of ``inspect``).
+            config_file, options, option_keys: as :meth:`selfinstruct.run.GenerateJob.prepare`.
+            chunk_size: examples per ledger round (>= 1).
+            limit: judge only the first ``limit`` examples.
+
+        Raises:
+            JobError: a bad config or option, an unreadable input, a rubric
+                template that is missing or lacks a required variable, a judge
+                model that does not exist or an endpoint that is down or serves
+                another model (seconds: nothing is loaded yet), an output
+                directory that is an input, lies in a run, or holds something
+                other than a score run of the same settings and input.
+        """
+        from .analysis.loading import InspectError, load_run
+
+        overrides = {option_keys[name]: value for name, value in options.items()}
+        names = {key: "--" + name.split(":")[0].replace("_", "-")
+                 for name, key in option_keys.items()}
+        overrides["quality.judge"] = True
+        try:
+            config = load_config(config_file, overrides, names)
+            prompts = PromptBuilder(config.prompts, rubric=config.quality.rubric)
+        except (ConfigError, PromptError) as exc:
+            raise JobError(str(exc)) from None
+        cls._check_output(config.output, source, config_file)
+        try:
+            run = load_run(source)
+        except InspectError as exc:
+            raise JobError(str(exc)) from None
+        frame = run.frame if limit is None else run.frame.head(limit)
+        columns = ["id", "task_id", "instruction", "input", "output",
+                   *[c for c in KEPT_COLUMNS if c in frame.columns]]
+        examples = [_plain(row) for row in frame[columns].to_dict("records")]
+        try:
+            prepared = backend(config.engine.backend).prepare(config)
+        except (ModelError, EngineError) as exc:
+            raise JobError(f"the judge: {exc}") from None
+        job = cls(config, source, examples, prompts, prepared, chunk_size)
+        job.previous = job._previous_run()
+        if job.previous is not None:
+            job.created = job.previous.get("created", job.created)
+        return job
+
+    @staticmethod
+    def _check_output(output: Path, source: Path, config_file: Path | None) -> None:
+        from .safety import (OutputPathError, check_not_in_run, check_output_apart,
+                             check_writable_dir)
+
+        if output.exists() and not output.is_dir():
+            raise JobError(f"{output}: output path exists and is not a directory")
+        try:
+            check_writable_dir(output, "--output")
+            check_not_in_run(output, "--output", allow_run=True)
+            check_output_apart(output, {"the input": source, "the config file": config_file},
+                               "--output", writes=(MANIFEST, DATA_DIR, LEDGER_DIR, LOCK_FILE))
+        except OutputPathError as exc:
+            raise JobError(str(exc)) from None
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two ``score`` invocations the same run: settings, judge,
+        rubric and the examples (by content, whatever file holds them)."""
+        settings = {k: v for k, v in _flatten(self.config.to_json_dict()).items()
+                    if k not in SCORE_RESUMABLE and k not in ("model", "prompts")}
+        digest = hashlib.sha256()
+        for example in self.examples:
+            digest.update(example_key(example["instruction"], example["input"],
+                                      example["output"]).encode())
+        model = self.prepared.model
+        return {"settings": {**settings, "chunk_size": self.chunk_size},
+                "model": {"name": model.name, "path": model.path, "gguf_sha256": model.sha256},
+                "examples": len(self.examples), "examples_sha256": digest.hexdigest(),
+                "prompts_sha256": dict(self.prompts.sha256)}
+
+    def _previous_run(self) -> dict[str, Any] | None:
+        output = self.config.output
+        if not output.is_dir() or not any(p.name != LOCK_FILE for p in output.iterdir()):
+            return None
+        path = output / MANIFEST
+        if not path.is_file():
+            raise JobError(f"{output}: output directory is not empty and holds no "
+                           "selfinstruct run; choose another --output")
+        try:
+            previous, _ = read_manifest(path, require=("identity",))
+        except ManifestError as exc:
+            raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
+                           "--output)") from None
+        before, now = _flatten(previous["identity"]), _flatten(self.identity())
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                raise JobError(f"{output}: holds a run made with {key} = {before.get(key)!r}, "
+                               f"not {now.get(key)!r}; run it with the same settings, or "
+                               "choose another --output")
+        return previous
+
+    # -- running -------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        """Judge every chunk not yet committed, then write shards and the manifest.
+
+        Returns:
+            The run's stats (as in the manifest).
+
+        Raises:
+            JobError: the output directory is locked or its ledger damaged; the
+                judge cannot start.
+            EngineError: the judge failed mid-run (committed chunks are kept).
+            KeyboardInterrupt: after the run directory is left consistent.
+        """
+        from .engines.recorded import LazyEngine, RecordedEngine
+        from .progress import RichReporter, console
+        from .stages.judging import QualityJudging
+        from .stats import RunStats
+        from .terminal import rich_safe
+
+        config = self.config
+        run_dir = RunDirectory(config.output)
+        try:
+            run_dir.lock()
+        except LedgerError as exc:
+            raise JobError(str(exc)) from None
+        chosen = backend(config.engine.backend)
+        startup = {"seconds": 0.0}
+
+        def start() -> Engine:
+            started = time.perf_counter()
+            try:
+                self._engine = chosen.start(config, self.prepared)
+            except EngineError as exc:
+                raise JobError(f"the judge: {exc}") from None
+            except Exception as exc:  # vLLM raises many types; the first line says what failed
+                text = str(exc).strip()
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise JobError(f"{self.prepared.model.path}: the judge engine could not "
+                               f"start: {first}") from None
+            startup["seconds"] = time.perf_counter() - started
+            return self._engine  # type: ignore[no-any-return]
+
+        engine = RecordedEngine(run_dir, LazyEngine(start, on_start=lambda: console.print(
+            rich_safe(chosen.starting(config, self.prepared.model.name)))))
+        # every verdict goes to the ledger; the cuts and the budget pick the shards
+        judging_config = config.model_copy(update={"quality": config.quality.model_copy(
+            update={"min_overall": None, "min_instruction": None, "min_input": None,
+                    "min_output": None})})
+        stats = RunStats(live=engine.stats)
+        stage = QualityJudging(judging_config, self.prompts, stats)
+        writer = ShardWriter(config.output, config.shards.shard_size, config.shards.compression)
+        started = time.perf_counter()
+        judged: list[dict[str, Any]] = []
+        try:
+            if self.previous is None:
+                write_manifest(config.output, self.manifest([], stats, "running", 0.0))
+            with RichReporter(len(self.examples)) as reporter:
+                for number, start_at in enumerate(range(0, len(self.examples),
+                                                        self.chunk_size), start=1):
+                    chunk = self.examples[start_at:start_at + self.chunk_size]
+                    rows = self._judge_chunk(engine, stage, number, chunk, reporter)
+                    new = run_dir.commit_round(number, [], rows)
+                    judged.extend(rows)
+                    stats.rounds, stats.tasks_written = number, len(judged)
+                    stats.seconds = time.perf_counter() - started
+                    reporter.round_done(stats)
+                    if new:
+                        write_manifest(config.output, self.manifest(
+                            [], stats, "running", startup["seconds"], pending=len(judged)))
+            selected = self.select(judged, stats)
+            writer.add(selected)
+            stats.rows_written = len(selected)
+            stats.seconds = time.perf_counter() - started
+            write_manifest(config.output, self.manifest(writer.close(), stats, "complete",
+                                                        startup["seconds"]))
+        except LedgerError as exc:
+            raise JobError(str(exc)) from None
+        finally:
+            engine.close()
+            run_dir.unlock()
+        return stats.to_json_dict()
+
+    def _judge_chunk(self, engine: Any, stage: Any, number: int,
+                     chunk: list[dict[str, Any]], reporter: Any) -> list[dict[str, Any]]:
+        """The judged rows of one chunk (every example, verdict or not)."""
+        candidates = [Candidate(slot=k, item=None, instruction=e["instruction"],
+                                prompt_task_ids=(), completion="",
+                                instances=(Instance(e["input"], e["output"]),))
+                      for k, e in enumerate(chunk)]
+
+        def on_batch(name: str, total: int) -> Any:
+            reporter.stage(name, total)
+            return reporter.advance
+
+        records = engine.answer(number, stage.requests(number, candidates), None, on_batch)
+        stage.stats.engine.count(stage.name, [
+            Completion(r.text, r.prompt_tokens, r.output_tokens, r.finish_reason)
+            for r in records.values() if r is not None])
+        stage.apply(candidates, records)
+        rows = []
+        for example, candidate in zip(chunk, candidates, strict=True):
+            judgement, reason = candidate.judgements[0]
+            rows.append({
+                "id": example["id"], "task_id": example["task_id"],
+                "instruction": example["instruction"], "input": example["input"],
+                "output": example["output"],
+                "messages": messages_for(example["instruction"], example["input"],
+                                         example["output"]),
+                "is_classification": example.get("is_classification"),
+                "model": example.get("model"),
+                "round": int(example["round"]) if example.get("round") is not None else None,
+                "prompt_task_ids": list(example.get("prompt_task_ids") or []),
+                "nearest_instruction": example.get("nearest_instruction"),
+                "nearest_rouge_l": example.get("nearest_rouge_l"),
+                **quality_values(judgement, reason, judge=self.prepared.model.name),
+            })
+        return rows
+
+    def select(self, rows: list[dict[str, Any]], stats: Any) -> list[dict[str, Any]]:
+        """The rows that become shards: those passing the cuts, then the budget."""
+        quality = self.config.quality
+        cuts = quality.cuts()
+        kept = [row for row in rows if passes_cuts(row, cuts)]
+        stats.rejections["low_quality"] = len(rows) - len(kept)
+        if quality.keep_best is None:
+            return kept
+        from .selection import select_best
+
+        selection = select_best(kept, quality.keep_best, quality.diversity_threshold,
+                                self.config.filters.rouge_tokenizer)
+        stats.selection = selection.to_json_dict()
+        return list(selection.rows)
+
+    def manifest(self, shards: list[ShardInfo], stats: Any, status: str,
+                 startup_seconds: float, pending: int = 0) -> Manifest:
+        """The manifest of the score run (the same shape as a ``generate`` run's)."""
+        in_shards = sum(s.rows for s in shards)
+        model = self.prepared.model
+        info: dict[str, Any] = {"backend": self.config.engine.backend}
+        if self._engine is not None:
+            info.update(self._engine.describe())
+        return Manifest.model_validate({
+            "format": MANIFEST_FORMAT, "status": status, "created": self.created,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": [{"path": s.path, "rows": s.rows, "sha256": s.sha256} for s in shards],
+            "rows": in_shards, "rows_pending": pending, "tasks": in_shards,
+            "rounds": stats.rounds, "ledger": LEDGER_DIR, "identity": self.identity(),
+            "model": {"name": model.name, "path": model.path, "source": model.source,
+                      "gguf_sha256": model.sha256},
+            "prompts": str(self.prompts.directory), "config": self.config.to_json_dict(),
+            "versions": package_versions(), "stats": stats.to_json_dict(),
+            "engine_startup_seconds": round(startup_seconds, 3), "backend": info,
+            "throughput": throughput(stats, startup_seconds),
+            "scored_from": str(self.source),
+        })
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A frame row with numpy arrays and NaN turned into lists and None."""
+    import math
+
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        out[key] = value
+    return out
