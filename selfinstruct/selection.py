@@ -15,6 +15,7 @@ Pure: no I/O, the rows are read and never changed.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -77,8 +78,9 @@ class Selection:
 
 
 def _is_number(value: object) -> bool:
-    """An int or a float, not a bool (callers may pass anything a config or a file holds)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number (int, float, numpy scalar), not a bool (callers may pass anything
+    a config or a file holds)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def resolve_budget(budget: float, scored: int) -> int:

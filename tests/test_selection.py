@@ -257,6 +257,14 @@ def test_selection_is_frozen_and_json_dict() -> None:
     }
 
 
+def test_numpy_scores_are_read() -> None:
+    np = pytest.importorskip("numpy")
+    rows = [row(0, np.int64(3)), row(1, np.float64(5.0)), row(2, np.float64("nan"))]
+    sel = select_best(rows, np.int64(1), 0.7)
+    assert ids(sel) == ["r1-1-0"]
+    assert sel.unscored == 1
+
+
 def test_rows_are_not_changed() -> None:
     rows = [row(i, 5 - i) for i in range(5)]
     before = [dict(r) for r in rows]
