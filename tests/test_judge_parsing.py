@@ -41,6 +41,8 @@ def test_first_complete_verdict_wins():
     assert parse_judgement(f"{GOOD}\n{second}", 1, 5) == EXPECTED
     partial = json.dumps({"instruction": 2, "input": 2, "output": 2})  # no overall
     assert parse_judgement(f'{partial} then {{"note": 1}} and {GOOD}', 1, 5) == EXPECTED
+    # the first object with all four scores decides, even when one is out of the scale
+    assert parse_judgement(f"{json.dumps(verdict(6))}\n{GOOD}", 1, 5) is None
 
 
 def test_truncated_json_is_unparseable():
@@ -51,6 +53,10 @@ def test_truncated_json_is_unparseable():
     flat = json.dumps({"instruction": 4, "input": 3, "output": 5, "overall": 4}, indent=1)
     assert parse_judgement(flat[:-1], 1, 5) is None
     assert parse_judgement(pretty[:-2], 1, 5) is None
+    # a begun JSON verdict rules out the line form, even beside score lines
+    lines = "Instruction: 4\nInput: 3\nOutput: 5\nOverall: 4\n"
+    assert parse_judgement(lines, 1, 5) is not None
+    assert parse_judgement(lines + GOOD[:30], 1, 5) is None
 
 
 @pytest.mark.parametrize("bad", [0, 6, -1, 5.5, "6", "0"])
