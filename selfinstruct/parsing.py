@@ -1,15 +1,21 @@
-"""Parsing model completions: numbered instruction lists, yes/no answers, instances.
+"""Parsing model completions: numbered instruction lists, yes/no answers, instances,
+and the judge's verdicts.
 
 Pure functions of text. Anything that cannot be read is reported, never raised:
 the pipeline counts it as a rejected candidate with reason ``unparseable``
-(Self-Instruct's released code likewise drops what it cannot split).
+(Self-Instruct's released code likewise drops what it cannot split), and an
+unreadable verdict as ``judge_unparseable``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
+from .quality import QUESTIONS, SCORES, Judgement
 from .tasks import Instance
 
 _ITEM = re.compile(r"^\s*(\d{1,3})\s*[.)]\s*(.*)$")
@@ -140,3 +146,188 @@ def parse_output_first(completion: str) -> list[Instance]:
         label = block[:inp.start()].strip()
         instances.append(Instance(input=_normalise_input(block[inp.end():]), output=label))
     return instances
+
+
+RATIONALE_MAX_CHARS = 500
+"""A verdict's rationales are cut to this many characters when parsed."""
+
+RATIONALE_SCHEMA_MAX_LENGTH = 300
+"""``maxLength`` of a rationale in :func:`judgement_schema` (one sentence)."""
+
+_RATIONALE_KEYS = ("rationale", "reason", "explanation")
+_NUMBER = re.compile(r"\s*([+-]?\d{1,6}(?:\.\d{1,6})?)\s*(?:/\s*(\d{1,6}(?:\.\d{1,6})?)\s*)?")
+_JSON_OBJECT_START = re.compile(r"\{\s*\"")
+_SCORE_LINE = re.compile(
+    r"""^[\s>*#•-]*                     # bullets, quotes, markdown emphasis
+        (?:\(?[a-d]\)\s*|[1-4][.)]\s*)?   # (a) / a) / 1. numbering
+        \**\s*(instruction|input|output|overall)\b
+        [\w ()]{0,24}?                  # " score", " (a)", " validity"
+        \**\s*[:=]\s*\**\s*
+        ([+-]?\d{1,6}(?:\.\d{1,6})?)      # the score
+        (?:\s*/\s*(\d{1,6}(?:\.\d{1,6})?))?  # out of
+        (?![\d.]*\d)\**
+        (.*)$""",
+    re.IGNORECASE | re.MULTILINE | re.VERBOSE)
+
+
+def judgement_schema(scale_min: int, scale_max: int) -> dict[str, Any]:
+    """The JSON Schema of the verdict the rubric asks for (Self-Instruct §3.3's three
+    questions, each a score and a one-sentence rationale, plus an overall score)::
+
+        {"instruction": {"score": N, "rationale": "..."},
+         "input": {"score": N, "rationale": "..."},
+         "output": {"score": N, "rationale": "..."}, "overall": N}
+
+    Scores are integers in ``[scale_min, scale_max]``; every key is required and no
+    other is allowed. Only plain keywords are used (``type``, ``properties``,
+    ``required``, ``minimum``, ``maximum``, ``maxLength``, ``additionalProperties``)
+    so vLLM's structured-output backends (xgrammar, guidance) accept it.
+
+    Raises:
+        ValueError: ``scale_min >= scale_max``, or a boolean end.
+    """
+    if isinstance(scale_min, bool) or isinstance(scale_max, bool) or scale_min >= scale_max:
+        raise ValueError(f"scale {scale_min!r}-{scale_max!r}: needs integers with "
+                         "scale_min < scale_max")
+    score = {"type": "integer", "minimum": scale_min, "maximum": scale_max}
+    question = {
+        "type": "object",
+        "properties": {"score": dict(score),
+                       "rationale": {"type": "string", "maxLength": RATIONALE_SCHEMA_MAX_LENGTH}},
+        "required": ["score", "rationale"],
+        "additionalProperties": False,
+    }
+    properties: dict[str, Any] = {q: json.loads(json.dumps(question)) for q in QUESTIONS}
+    properties["overall"] = dict(score)
+    return {"type": "object", "properties": properties, "required": list(SCORES),
+            "additionalProperties": False}
+
+
+def _score(value: object, scale_min: int, scale_max: int) -> float | None:
+    """A score as a float in ``[scale_min, scale_max]``, or None: an int, a finite
+    float, a numeric string (``"4"``, ``"3.5"``, ``"4/5"`` when 5 is ``scale_max``),
+    or ``{"score": ...}`` of one; booleans are not scores."""
+    if isinstance(value, dict):
+        inner = _lower_keys(value)
+        if "score" not in inner or isinstance(inner["score"], dict):
+            return None
+        value = inner["score"]
+    if isinstance(value, str):
+        match = _NUMBER.fullmatch(value)
+        if match is None or (match.group(2) is not None
+                             and float(match.group(2)) != scale_max):
+            return None
+        value = float(match.group(1))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not scale_min <= value <= scale_max:
+        return None
+    return float(value)
+
+
+def _rationale(value: object) -> str:
+    if not isinstance(value, dict):
+        return ""
+    inner = _lower_keys(value)
+    for key in _RATIONALE_KEYS:
+        text = inner.get(key)
+        if isinstance(text, str):
+            return text.strip()
+    return ""
+
+
+def _lower_keys(mapping: dict[Any, Any]) -> dict[str, Any]:
+    return {k.strip().lower(): v for k, v in mapping.items() if isinstance(k, str)}
+
+
+def _judgement(scores: dict[str, float], rationales: dict[str, str]) -> Judgement:
+    return Judgement(instruction=scores["instruction"], input=scores["input"],
+                     output=scores["output"], overall=scores["overall"],
+                     instruction_rationale=rationales["instruction"][:RATIONALE_MAX_CHARS],
+                     input_rationale=rationales["input"][:RATIONALE_MAX_CHARS],
+                     output_rationale=rationales["output"][:RATIONALE_MAX_CHARS])
+
+
+def _from_mapping(verdict: dict[str, Any], scale_min: int, scale_max: int) -> Judgement | None:
+    scores = {}
+    for name in SCORES:
+        score = _score(verdict[name], scale_min, scale_max)
+        if score is None:
+            return None
+        scores[name] = score
+    return _judgement(scores, {q: _rationale(verdict[q]) for q in QUESTIONS})
+
+
+def _from_lines(text: str, scale_min: int, scale_max: int) -> Judgement | None:
+    found: dict[str, tuple[str, str | None, str]] = {}
+    for match in _SCORE_LINE.finditer(text):
+        # the last line of a name wins: a judge that first echoes the example
+        # ("Output: 5") gives its verdict after it
+        found[match.group(1).lower()] = (match.group(2), match.group(3), match.group(4))
+    if set(found) != set(SCORES):
+        return None
+    scores = {}
+    rationales = {}
+    for name, (number, out_of, rest) in found.items():
+        score = _score(number if out_of is None else f"{number}/{out_of}", scale_min, scale_max)
+        if score is None:
+            return None
+        scores[name] = score
+        rationales[name] = rest.strip().lstrip("-\u2013\u2014:;,.)*").strip()
+    return _judgement(scores, rationales)
+
+
+def parse_judgement(text: str, scale_min: int, scale_max: int) -> Judgement | None:
+    """The judge's verdict on one example, read from its answer to the rubric
+    (Self-Instruct §3.3's three questions: a valid task, an appropriate input, a
+    correct output; each scored, plus an overall score).
+
+    The answer is read tolerantly:
+
+    * a JSON object with the keys ``instruction``, ``input``, ``output`` and
+      ``overall`` (any case), alone, inside a ```` ```json ```` fence or inside prose:
+      candidates are decoded at every ``{`` and the first object carrying all four
+      keys decides (an object nested in a wrapper counts);
+    * a question is ``{"score": N, "rationale": "..."}`` or a bare score;
+    * a score is an int, a finite float (fractions within the scale, such as 3.5,
+      are kept), or a numeric string (``"4"``, ``"4/5"`` when 5 is ``scale_max``);
+      booleans are not scores;
+    * with no JSON object in the text at all, one line per score, such as
+      ``Instruction: 4 - the task is clear`` / ``Input: 3/5 ...`` / ``Overall: 3``
+      (the last line of each name counts).
+
+    Rationales are stripped and cut to :data:`RATIONALE_MAX_CHARS` characters; ""
+    when absent.
+
+    Args:
+        text: the judge's completion.
+        scale_min, scale_max: the score scale (``quality.scale_min``/``scale_max``).
+
+    Returns:
+        The :class:`~selfinstruct.quality.Judgement`, or None (never raises) for an
+        empty answer, no verdict, a truncated one (no complete object with all four
+        scores), a missing, non-numeric, non-finite or out-of-scale score, or JSON
+        nested too deep to decode. The caller records ``judge_unparseable``.
+    """
+    if not text.strip():
+        return None
+    decoder = json.JSONDecoder()
+    position = text.find("{")
+    try:
+        while position != -1:
+            try:
+                candidate, _ = decoder.raw_decode(text, position)
+            except ValueError:  # JSONDecodeError, or an integer too long to convert
+                candidate = None
+            if isinstance(candidate, dict):
+                verdict = _lower_keys(candidate)
+                if all(name in verdict for name in SCORES):
+                    return _from_mapping(verdict, scale_min, scale_max)
+            position = text.find("{", position + 1)
+    except RecursionError:
+        return None
+    if _JSON_OBJECT_START.search(text):
+        return None  # a JSON verdict was begun but never completed: truncated
+    return _from_lines(text, scale_min, scale_max)

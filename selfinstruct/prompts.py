@@ -9,6 +9,10 @@ Four templates, one per model call of the algorithm (Self-Instruct §2.2):
 * ``instances_output_first.jinja``: class label then input, for classification
   tasks; gets ``instruction``.
 
+And, when quality scoring is on, a rubric (``judge.jinja`` by default,
+``quality.rubric``): one example (``instruction``, ``input``, ``output``) and the
+three questions of Self-Instruct §3.3 scored from ``scale_min`` to ``scale_max``.
+
 Templates are looked up in the configured directory, else in the package's
 bundled copy. Users edit them without touching code.
 """
@@ -57,35 +61,61 @@ TEMPLATE_VARIABLES = {
 }
 """The variables each template is rendered with; any other is an error when loading."""
 
+RUBRIC_VARIABLES = {"instruction", "input", "output", "scale_min", "scale_max"}
+"""The variables a rubric template is rendered with (:meth:`PromptBuilder.judge`)."""
+
+RUBRIC_REQUIRED = ("instruction", "input", "output")
+"""The variables a rubric must use: the judge has to see the whole example
+(Self-Instruct §3.3 asks about all three fields)."""
+
+_SAMPLES: dict[str, object] = {
+    "tasks": [{"instruction": "Name a colour.", "id": "sample"}] * 2,
+    "instruction": "Name a colour.",
+    "input": "",
+    "output": "Blue.",
+    "scale_min": 1,
+    "scale_max": 5,
+}
+
 
 class PromptBuilder:
-    """Renders the four prompts from a template directory.
+    """Renders the four prompts, and the judge's rubric, from a template directory.
 
     Templates are data, possibly from someone else's run: they are read once,
     hashed, compiled from those bytes in a sandboxed Jinja environment (no
-    attribute access to Python internals, no file access: only the four
+    attribute access to Python internals, no file access: only the loaded
     templates can include each other) with undefined variables as errors, and
     rendered once with sample values, so every mistake surfaces here, before a
     run creates anything.
 
     Args:
-        directory: holds ``<name>.jinja`` for every name in ``TEMPLATE_NAMES``;
-            None = the bundled templates.
+        directory: holds ``<name>.jinja`` for every name in ``TEMPLATE_NAMES``
+            (and ``<rubric>.jinja`` when ``rubric`` is given); None = the bundled
+            templates.
         expected_sha256: template name -> the hex sha256 it must have (a run's
             ``identity.prompts_sha256``), or None to accept any content.
+        rubric: the rubric template's name (``quality.rubric``, e.g. ``"judge"``)
+            to load as well, for :meth:`judge`; None = no rubric, and
+            ``sha256`` holds exactly the four names of ``TEMPLATE_NAMES``.
 
     Attributes:
-        sha256: template name -> hex sha256 of the bytes in use.
+        sha256: template name -> hex sha256 of the bytes in use (the rubric's
+            name included when one is loaded).
+        rubric: the rubric's name, or None.
 
     Raises:
         PromptError: a template file is missing or not a regular file
             (:func:`selfinstruct.inputs.check_regular_file`), is not valid
             Jinja2, uses a variable it is not given, fails its sample render (a
-            sandbox violation included), or does not match ``expected_sha256``.
+            sandbox violation included), or does not match ``expected_sha256``;
+            a rubric name that is not a plain file stem or is one of
+            ``TEMPLATE_NAMES``; a rubric that does not use ``instruction``,
+            ``input`` and ``output``.
     """
 
     def __init__(self, directory: Path | None = None,
-                 expected_sha256: dict[str, str] | None = None):
+                 expected_sha256: dict[str, str] | None = None,
+                 rubric: str | None = None):
         import hashlib
 
         import jinja2
@@ -97,9 +127,20 @@ class PromptBuilder:
                               else default_prompts_dir())
         except (RuntimeError, OSError):  # Path.resolve() on a symlink loop
             raise PromptError(f"{directory}: symlink loop") from None
+        if rubric is not None and (Path(rubric).name != rubric or rubric in ("", ".", "..")
+                                   or "\\" in rubric):
+            raise PromptError(f"{self.directory}: rubric {rubric!r} is not a template name "
+                              "(a file name without .jinja)")
+        if rubric in TEMPLATE_NAMES:
+            raise PromptError(f"{self.directory / f'{rubric}.jinja'}: rubric {rubric!r} is one "
+                              "of the generation templates, not a rubric")
+        self.rubric = rubric
+        variables: dict[str, set[str]] = dict(TEMPLATE_VARIABLES)
+        if rubric is not None:
+            variables[rubric] = RUBRIC_VARIABLES
         sources: dict[str, str] = {}
         self.sha256: dict[str, str] = {}
-        for name in TEMPLATE_NAMES:
+        for name in variables:
             path = self.directory / f"{name}.jinja"
             try:
                 check_regular_file(path, missing="prompt template not found")
@@ -121,19 +162,25 @@ class PromptBuilder:
             autoescape=False,
         )
         self._templates = {}
-        sample_task = {"instruction": "Name a colour.", "id": "sample"}
-        samples = {"tasks": [sample_task, sample_task], "instruction": "Name a colour."}
-        for name in TEMPLATE_NAMES:
+        for name, given in variables.items():
             path = self.directory / f"{name}.jinja"
             try:
-                unknown = meta.find_undeclared_variables(env.parse(sources[path.name])) \
-                    - TEMPLATE_VARIABLES[name]
+                used = meta.find_undeclared_variables(env.parse(sources[path.name]))
+                unknown = used - given
                 if unknown:
                     raise PromptError(f"{path}: template uses undefined variable "
                                       f"'{min(unknown)}' (it is given: "
-                                      f"{', '.join(sorted(TEMPLATE_VARIABLES[name]))})")
+                                      f"{', '.join(sorted(given))})")
                 template = env.get_template(path.name)
-                template.render(**{k: samples[k] for k in TEMPLATE_VARIABLES[name]})
+                sample = {k: _SAMPLES[k] for k in given}
+                template.render(**sample)
+                if name == rubric:
+                    missing = [v for v in RUBRIC_REQUIRED if v not in used]
+                    if missing:
+                        raise PromptError(f"{path}: rubric template does not use required "
+                                          f"variable '{missing[0]}'")
+                    # both branches of an "is there an input" test must render
+                    template.render(**{**sample, "input": "The sky is blue."})
             except jinja2.TemplateSyntaxError as exc:
                 raise PromptError(f"{path}:{exc.lineno}: template error: {exc.message}") from None
             except jinja2.TemplateNotFound as exc:
@@ -167,6 +214,30 @@ class PromptBuilder:
         (Self-Instruct §2.2, "Instance Generation")."""
         name = "instances_output_first" if is_classification else "instances_input_first"
         return self._templates[name].render(instruction=one_line(instruction))
+
+    def judge(self, instruction: str, input_text: str, output: str, scale_min: int,
+              scale_max: int) -> str:
+        """The judge prompt for one example: the rubric rendered with the example's
+        three fields as they are (no whitespace collapsing: layout matters in an
+        output) and the scale, trailing newlines removed. It asks Self-Instruct
+        §3.3's three questions (valid task, appropriate input, correct output),
+        each scored from ``scale_min`` to ``scale_max``, plus an overall score.
+
+        Args:
+            instruction, input_text, output: the example (``input_text`` is ""
+                when the task takes no input).
+            scale_min, scale_max: the ends of the score scale
+                (``quality.scale_min`` / ``quality.scale_max``).
+
+        Raises:
+            PromptError: the builder was made without ``rubric``.
+        """
+        if self.rubric is None:
+            raise PromptError(f"{self.directory}: no rubric template loaded (PromptBuilder "
+                              "was made without rubric=...)")
+        return self._templates[self.rubric].render(
+            instruction=instruction, input=input_text, output=output,
+            scale_min=scale_min, scale_max=scale_max).rstrip("\n")
 
 
 def instruction_stop(max_list_items: int) -> tuple[str, ...]:
