@@ -10,6 +10,8 @@ reading the prompt's wording, so template edits do not change what it says:
   "Decide", " No" otherwise;
 * ``instances``: two class-labelled instances (output-first) for those, one
   input-first example for the rest;
+* ``judging``: a JSON verdict whose scores come from the key (an example's hash,
+  see :func:`scripted_verdict`), or prose no parser can read for one key in 16;
 * any other stage: :attr:`ScriptedEngine.other` (a callable of the request).
 
 Completions depend only on the request, so it is batch-invariant like vLLM.
@@ -17,6 +19,7 @@ Completions depend only on the request, so it is batch-invariant like vLLM.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +42,18 @@ def scripted_instructions(seed: int) -> str:
 def is_scripted_classification(instruction: str) -> bool:
     """Whether the scripted engine calls an instruction a classification task."""
     return "Decide" in instruction
+
+
+def scripted_verdict(key: str) -> str:
+    """The judge answer for an example key: scores 1-5 from its hex digits (overall the
+    rounded mean of the three), or an unreadable refusal when the key starts with "f"."""
+    if key.startswith("f"):
+        return "I am unable to rate this example."
+    a, b, c = (int(ch, 16) % 5 + 1 for ch in key[:3])
+    return json.dumps({"instruction": {"score": a, "rationale": "Clear task."},
+                       "input": {"score": b, "rationale": "Fits."},
+                       "output": {"score": c, "rationale": "Plausible."},
+                       "overall": round((a + b + c) / 3)})
 
 
 class ScriptedEngine:
@@ -71,6 +86,8 @@ class ScriptedEngine:
             else:
                 text = "Example 1\nInput: some input\nOutput: some output\n"
             return Completion(text, 50, 10, "stop")
+        if request.stage == "judging":
+            return Completion(scripted_verdict(request.key), 200, 60, "stop")
         return self.other(request)
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None
