@@ -9,9 +9,11 @@ pipeline never sends one request at a time. Nothing here imports vLLM.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -26,6 +28,18 @@ class Sampling:
             generated, in [-2, 2] (OpenAI's and vLLM's definition); > 0 discourages
             the repetition loops small models fall into.
         frequency_penalty: subtracted per earlier occurrence, in [-2, 2].
+        json_schema: a JSON Schema as JSON text (the keywords vLLM's grammar
+            backends support: xgrammar's, else guidance's), or None. Set, an engine whose
+            :attr:`Capabilities.structured_output` is True constrains decoding so
+            that the text is one JSON document valid against it (vLLM's
+            "structured outputs": offline and Ray through
+            ``SamplingParams(structured_outputs=...)``, HTTP through the request's
+            ``response_format``); other engines ignore it and the text is free.
+            Text rather than a dict, so the settings stay hashable. ``stop``
+            strings and ``max_tokens`` still apply and can cut the document.
+
+    Raises:
+        ValueError: ``json_schema`` is not the JSON text of an object.
     """
 
     temperature: float
@@ -34,6 +48,17 @@ class Sampling:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    json_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.json_schema is not None:
+            try:
+                schema = json.loads(self.json_schema)
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"Sampling.json_schema is not JSON: {exc}") from None
+            if not isinstance(schema, dict):
+                raise ValueError("Sampling.json_schema must be a JSON object (a schema), "
+                                 f"not {type(schema).__name__}")
 
 
 @dataclass(frozen=True)
@@ -149,11 +174,17 @@ class Capabilities:
             ("stop", "length", :data:`PROMPT_TOO_LONG`).
         loads_weights: the engine loads the model itself (offline, Ray), so
             ``--model`` is a path or hub id; otherwise it is a served model name.
+        structured_output: the engine honours :attr:`Sampling.json_schema` (its
+            texts are JSON valid against the schema unless cut by ``max_tokens``
+            or a stop string). True for vLLM offline, Ray Data LLM and HTTP (a
+            server that reads OpenAI's ``response_format``: ``vllm serve`` does);
+            where False the schema is ignored and a caller must parse free text.
     """
 
     batch_invariant: bool
     finish_reasons: frozenset[str]
     loads_weights: bool
+    structured_output: bool
 
 
 class Engine(Protocol):

@@ -9,7 +9,9 @@ A stage's whole batch is sent at once, asynchronously, to every endpoint given:
   what fills them: keep it at least ``max_in_flight`` x endpoints.
 * **Prompts.** Plain requests go to ``/completions`` (the paper's prompts are
   list continuations); ``Request.chat`` ones to ``/chat/completions``, where the
-  server applies the model's own chat template.
+  server applies the model's own chat template. A request's JSON schema
+  (``Sampling.json_schema``) is sent as OpenAI's ``response_format`` on either
+  path; ``vllm serve`` constrains the output to it.
 * **Retries.** A connection error, a timeout (``engine.request_timeout``), a 429
   or a 5xx is retried up to ``engine.max_retries`` times after an exponential
   backoff with full jitter (``Retry-After`` is honoured), possibly on another
@@ -126,8 +128,11 @@ class HTTPEngine:
     """
 
     # Batch-invariant when the servers honour each request's ``seed`` (vLLM does).
+    # Structured output when the servers read ``response_format`` (vLLM does, on
+    # both paths); one that rejects it fails the batch with a 400.
     capabilities = Capabilities(batch_invariant=True, loads_weights=False,
-                                finish_reasons=frozenset({"stop", "length", PROMPT_TOO_LONG}))
+                                finish_reasons=frozenset({"stop", "length", PROMPT_TOO_LONG}),
+                                structured_output=True)
 
     def __init__(self, config: EngineConfig, model: str | None = None,
                  probe: ProbeResult | None = None):

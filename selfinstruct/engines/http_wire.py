@@ -5,7 +5,8 @@ and text but hold no connection state:
 
 * **Request bodies.** :func:`completion_request` turns a
   :class:`~selfinstruct.engines.base.Request` into the path and JSON body of
-  ``/completions`` or ``/chat/completions``.
+  ``/completions`` or ``/chat/completions``; a JSON schema to hold the output
+  to goes in ``response_format`` (:func:`response_format`).
 * **Answers.** :func:`parse_completion` reads one completion answer;
   :func:`error_text` the message of an error answer (OpenAI and FastAPI shapes).
 * **Bounded reads.** :func:`read_body` reads no answer past a cap; the caps are
@@ -236,14 +237,36 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+RESPONSE_FORMAT_NAME = "output"
+"""The ``name`` of every ``response_format`` sent (OpenAI requires one; vLLM ignores it)."""
+
+
+def response_format(json_schema: str) -> dict[str, Any]:
+    """The ``response_format`` of a request whose output must match ``json_schema``
+    (JSON text of a schema): ``{"type": "json_schema", "json_schema": {"name":
+    "output", "schema": <the schema as an object>}}``.
+
+    OpenAI's shape for chat completions; vLLM 0.32's server reads it on
+    ``/v1/completions`` and ``/v1/chat/completions`` alike and turns it into
+    ``StructuredOutputsParams(json=<schema>)``, as the offline engine does. (Its
+    own ``structured_outputs: {"json": ...}`` field means the same there, but
+    servers other than vLLM do not know it; the older ``guided_json`` is ignored
+    by vLLM 0.32 with only a warning in its log, leaving the output unconstrained.) ``strict``
+    is not sent: OpenAI's strict mode restricts the schemas it accepts.
+    """
+    return {"type": "json_schema",
+            "json_schema": {"name": RESPONSE_FORMAT_NAME, "schema": json.loads(json_schema)}}
+
+
 def completion_request(request: Request, model: str) -> tuple[str, dict[str, Any]]:
     """The path (``/completions``, or ``/chat/completions`` for ``request.chat``)
     and JSON body asking ``model`` for one completion of ``request``.
 
     The body carries ``max_tokens``, ``temperature``, ``top_p``, ``n=1``, no
     streaming; ``stop``, ``presence_penalty``, ``frequency_penalty`` and ``seed``
-    only when set. A chat request is one user message (the server applies the
-    model's chat template).
+    only when set, and ``response_format`` (:func:`response_format`) only when
+    ``request.sampling.json_schema`` is. A chat request is one user message (the
+    server applies the model's chat template).
     """
     sampling = request.sampling
     body: dict[str, Any] = {
@@ -261,6 +284,8 @@ def completion_request(request: Request, model: str) -> tuple[str, dict[str, Any
             body[name] = getattr(sampling, name)
     if request.seed is not None:
         body["seed"] = request.seed
+    if sampling.json_schema is not None:
+        body["response_format"] = response_format(sampling.json_schema)
     if request.chat:
         body["messages"] = [{"role": "user", "content": request.prompt}]
         return "/chat/completions", body

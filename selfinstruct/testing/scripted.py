@@ -66,8 +66,10 @@ class ScriptedEngine:
 
     model_name = "scripted"
     version = "0"
+    # Its answers are scripted: a request's json_schema is not looked at.
     capabilities = Capabilities(batch_invariant=True, loads_weights=False,
-                                finish_reasons=frozenset({"stop", "length"}))
+                                finish_reasons=frozenset({"stop", "length"}),
+                                structured_output=False)
 
     def __init__(self, other: Callable[[Request], Completion] | None = None):
         self.batches: list[list[Request]] = []
