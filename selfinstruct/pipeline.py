@@ -272,7 +272,7 @@ class SelfInstruct:
         selection = select_best(self.pending, quality.keep_best, quality.diversity_threshold,
                                 self.config.filters.rouge_tokenizer)
         self.stats.selection = selection.to_json_dict()
-        self.writer.add(selection.rows)
+        self.writer.add(dict(row) for row in selection.rows)
 
     # -- helpers -------------------------------------------------------------
 

@@ -303,7 +303,7 @@ class ScoreJob:
         selection = select_best(kept, quality.keep_best, quality.diversity_threshold,
                                 self.config.filters.rouge_tokenizer)
         stats.selection = selection.to_json_dict()
-        return list(selection.rows)
+        return [dict(row) for row in selection.rows]
 
     def manifest(self, shards: list[ShardInfo], stats: Any, status: str,
                  startup_seconds: float, pending: int = 0) -> Manifest:
@@ -329,7 +329,7 @@ class ScoreJob:
         })
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
+def _plain(row: dict[Any, Any]) -> dict[str, Any]:
     """A frame row with numpy arrays and NaN turned into lists and None."""
     import math
 
@@ -339,5 +339,5 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
             value = value.tolist()
         if isinstance(value, float) and math.isnan(value):
             value = None
-        out[key] = value
+        out[str(key)] = value
     return out
