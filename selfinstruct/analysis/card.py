@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .loading import RunData
-from .tables import tables
+from .tables import EXAMPLE_TITLES, tables
 from .templating import render
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | Non
         model=manifest.get("model") or {}, seeds=manifest.get("seeds") or {},
         config=manifest.get("config") or {}, versions=manifest.get("versions") or {},
         created=manifest.get("created"),
-        tables=None if stats is None else [t for t in tables(stats) if t.title != "Sample rows"],
+        tables=None if stats is None else [t for t in tables(stats)
+                                           if t.title not in EXAMPLE_TITLES],
         notes=(stats or {}).get("notes") or [])
     metadata = card_metadata(result, f"{name} (self-instruct)")
     return str(DatasetCard(f"---\n{metadata.to_yaml()}\n---\n{body}"))

@@ -40,8 +40,10 @@ def figures(stats: dict[str, Any]) -> dict[str, Figure]:
 
     ``lengths_words`` (and ``lengths_tokens``): Figure 5; ``rouge_seeds``:
     Figure 4; ``verbs``: Figure 3 as two rings (verbs inside, their objects
-    outside); ``rejections``: reasons by count; ``rounds``: tasks per round.
-    A figure is left out when its data is absent.
+    outside); ``rejections``: reasons by count; ``rounds``: tasks per round;
+    ``quality``: a judged run's count per score value of each question and
+    the overall score (Self-Instruct §3.3). A figure is left out when its data
+    is absent.
     """
     out: dict[str, Figure] = {}
     titles = {"instruction": "instructions", "input": "non-empty inputs", "output": "outputs"}
@@ -141,7 +143,47 @@ def figures(stats: dict[str, Any]) -> dict[str, Figure]:
         ax.legend(fontsize=8)
         ax.set_title("Per round", fontsize=10)
         out["rounds"] = fig
+
+    quality = stats.get("quality")
+    if quality and quality["scores"]:
+        out["quality"] = quality_figure(quality)
     return out
+
+
+QUALITY_TITLES = {"instruction": "instruction: a valid task?",
+                  "input": "input: appropriate?", "output": "output: correct?",
+                  "overall": "overall"}
+
+
+def quality_figure(quality: dict[str, Any]) -> Figure:
+    """Count per score value of each question and the overall score, one panel each
+    (``stats["quality"]["scores"]``, from
+    :func:`selfinstruct.analysis.quality.quality_statistics`; a score the rows
+    lack has no panel); the unparseable count is written under each panel."""
+    from matplotlib.ticker import MaxNLocator
+
+    shown = [name for name in QUALITY_TITLES if name in quality["scores"]]
+    fig = _figure(2.75 * len(shown) + 0.5, 3.2)
+    axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
+    colors = {"instruction": "#4c72b0", "input": "#55a868", "output": "#dd8452",
+              "overall": "#8172b3"}
+    for ax, name in zip(axes, shown, strict=True):
+        title = QUALITY_TITLES[name]
+        summary = quality["scores"][name]
+        values = [d["score"] for d in summary["distribution"]]
+        ax.bar(values, [d["count"] for d in summary["distribution"]], width=0.8,
+               color=colors[name])
+        if len(values) <= 20:  # out-of-scale scores may spread far: then matplotlib's ticks
+            ax.set_xticks(values)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        mean = "" if summary["mean"] is None else f", mean {summary['mean']:.2f}"
+        ax.set_title(f"{title} (n={summary['count']}{mean})", fontsize=9)
+        bad = summary["unparseable"]
+        ax.set_xlabel(f"score ({bad} unparseable)" if bad else "score")
+    axes[0].set_ylabel("examples")
+    # No data in the title: matplotlib would read a '$' in a judge's name as mathtext.
+    fig.suptitle("Quality scores by question (Self-Instruct §3.3)", fontsize=11)
+    return fig
 
 
 def _colormap(n: int) -> list[tuple[float, float, float, float]]:

@@ -18,7 +18,7 @@ from typing import Any
 from ..storage.files import atomic_file, write_atomic
 from .constants import REPORT_FIGURE_SUFFIX, REPORT_INDEX, REPORT_STATS
 from .figures import figures
-from .tables import tables
+from .tables import QUALITY_SECTION, tables
 from .templating import render
 
 CAPTIONS = {
@@ -30,6 +30,9 @@ CAPTIONS = {
     "verbs": "Commonest leading verbs and their direct objects (Self-Instruct Figure 3).",
     "rejections": "What the filters threw away, by reason code.",
     "rounds": "Tasks written per round.",
+    "quality": "The judge's scores: examples per score value for each of Self-Instruct "
+               "§3.3's questions (is the instruction a valid task, is the input appropriate, "
+               "is the output correct) and the overall score.",
 }
 """Caption of each figure (by file stem) on the page."""
 
@@ -80,15 +83,22 @@ def render_html(stats: dict[str, Any], images: dict[str, bytes]) -> str:
 
     Returns:
         The page (``templates/report.html.jinja``, autoescaped). A cell that
-        looks like a number (digits, ``.,%—+-``) is right-aligned.
+        looks like a number (digits, ``.,%—+-``) is right-aligned. A judged
+        run's quality tables and its ``quality`` figure form a section of their
+        own (``<section id="quality">``) after the other figures.
     """
-    shown = [{"title": data.title, "headers": data.headers, "note": data.note,
-              "rows": [[("num" if _NUMERIC.fullmatch(cell or "-") else "cell", cell)
-                        for cell in row] for row in data.rows]}
-             for data in tables(stats)]
-    figures_shown = [{"stem": stem, "caption": CAPTIONS.get(stem, stem),
-                      "uri": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
-                     for stem, png in images.items()]
+    shown: dict[str, list[dict[str, Any]]] = {"": [], QUALITY_SECTION: []}
+    for data in tables(stats):
+        shown[data.section if data.section in shown else ""].append(
+            {"title": data.title, "headers": data.headers, "note": data.note,
+             "rows": [[("num" if _NUMERIC.fullmatch(cell or "-") else "cell", cell)
+                       for cell in row] for row in data.rows]})
+    figures_shown: dict[str, list[dict[str, str]]] = {"": [], QUALITY_SECTION: []}
+    for stem, png in images.items():
+        figures_shown[QUALITY_SECTION if stem == QUALITY_SECTION else ""].append(
+            {"stem": stem, "caption": CAPTIONS.get(stem, stem),
+             "uri": "data:image/png;base64," + base64.b64encode(png).decode("ascii")})
     path = stats["source"]["path"]
-    return render("report.html.jinja", path=path, name=Path(path).name, tables=shown,
-                  figures=figures_shown, notes=stats["notes"])
+    return render("report.html.jinja", path=path, name=Path(path).name, tables=shown[""],
+                  figures=figures_shown[""], quality_tables=shown[QUALITY_SECTION],
+                  quality_figures=figures_shown[QUALITY_SECTION], notes=stats["notes"])

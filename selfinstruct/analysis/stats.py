@@ -21,7 +21,9 @@ Table 1, applied to the user's own run):
 * each new instruction's ROUGE-L F1 to its most similar seed instruction
   (Figure 4), computed exactly as the dedup filter does;
 * the commonest leading verbs and their direct objects (Figure 3,
-  :mod:`selfinstruct.analysis.verbs`).
+  :mod:`selfinstruct.analysis.verbs`);
+* for a judged run, the judge's scores (§3.3's questions;
+  :mod:`selfinstruct.analysis.quality`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import pandas as pd
 
 from ..filters import word_count
 from .loading import RunData
+from .quality import quality_statistics
 from .sources import Rejections, SeedSource, TokenizerSource, rejection_summary
 from .verbs import verb_statistics
 from .where import json_ready, sample_rows
@@ -260,6 +263,9 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         ``{"format", "source", "model", "seeds", "counts", "stages",
         "rejections", "rounds", "lengths", "rouge_to_seeds", "pool_rouge",
         "verbs", "samples", "notes"}``; absent measurements are None with a note.
+        A judged run (shards with quality columns) adds ``"quality"``
+        (:func:`selfinstruct.analysis.quality.quality_statistics`); other runs
+        and plain files have no such key.
 
     Raises:
         InspectError: a bad ``where`` expression.
@@ -303,6 +309,9 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         pool = distribution(values.fillna(0.0).to_numpy(), integer=False)
         pool["without_overlap"] = int(values.isna().sum())
 
+    quality, quality_notes = quality_statistics(run)
+    notes.extend(quality_notes)
+
     stats_json: dict[str, Any] = {
         "format": STATS_FORMAT,
         "source": {"path": str(run.path), "kind": run.kind, "status": status},
@@ -323,6 +332,7 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         "rouge_to_seeds": overlap,
         "pool_rouge": pool,
         "verbs": verb_statistics(instructions, parser=verb_parser),
+        **({"quality": quality} if quality is not None else {}),
         "samples": sample_rows(frame, sample, where) if sample or where else None,
         "notes": notes,
     }

@@ -9,18 +9,37 @@ same numbers. Cells are plain text; each renderer escapes them for its medium.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+QUALITY_SECTION = "quality"
+""":attr:`TableData.section` of the quality tables (the report shows them together)."""
+
+SAMPLE_TITLE = "Sample rows"
+QUALITY_EXAMPLES_TITLE = "Quality: an example at each overall score"
+EXAMPLE_TITLES = frozenset({SAMPLE_TITLE, QUALITY_EXAMPLES_TITLE})
+"""Titles of the tables of example rows (which the dataset card leaves out)."""
+
+QUESTION_LABELS = {"instruction": "instruction (a valid task?)",
+                   "input": "input (appropriate?)",
+                   "output": "output (correct?)", "overall": "overall"}
+"""Row labels of the score table: Self-Instruct §3.3's three questions."""
+
+
 @dataclass(frozen=True)
 class TableData:
-    """A table as plain data, drawn by both the terminal and the HTML renderer."""
+    """A table as plain data, drawn by both the terminal and the HTML renderer.
+
+    ``section`` groups tables on the HTML page (``""``: the main statistics,
+    :data:`QUALITY_SECTION`: the quality scores)."""
 
     title: str
     headers: tuple[str, ...]
     rows: Sequence[tuple[str, ...]]
     note: str = ""
+    section: str = ""
 
 
 def _fmt(value: Any, share: bool = False) -> str:
@@ -142,14 +161,112 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
             rows.append((str(row.get("id")), _clip(row.get("instruction")), _clip(row.get("input")),
                          _clip(row.get("output"))))
         where = " and ".join(samples["where"]) or "all rows"
-        out.append(TableData("Sample rows", ("id", "instruction", "input", "output"), rows,
+        out.append(TableData(SAMPLE_TITLE, ("id", "instruction", "input", "output"), rows,
                              f"{len(rows)} of {samples['matched']} matching ({where})"))
+    if stats.get("quality"):
+        out += quality_tables(stats["quality"])
+    return out
+
+
+def _score(value: Any) -> str:
+    """A score as text: whole numbers without a decimal point, others to 2 places."""
+    if value is None:
+        return "—"
+    number = float(value)
+    return str(int(number)) if number.is_integer() else f"{number:.2f}"
+
+
+def _bins(summaries: Sequence[dict[str, Any]]) -> list[int]:
+    return sorted({d["score"] for s in summaries for d in s["distribution"]})
+
+
+def _by_bin(summary: dict[str, Any], bins: Sequence[int]) -> list[str]:
+    counts = {d["score"]: d["count"] for d in summary["distribution"]}
+    return [str(counts.get(b, 0)) for b in bins]
+
+
+def quality_tables(quality: dict[str, Any]) -> list[TableData]:
+    """The tables of a judged run's scores (``stats["quality"]``, from
+    :func:`selfinstruct.analysis.quality.quality_statistics`), in display order:
+    scores per question, per round, an example at each overall score, kept and
+    dropped by score (when the ledger has them) and the budget's selection (when
+    the manifest has it). Each has :attr:`TableData.section` :data:`QUALITY_SECTION`."""
+    out: list[TableData] = []
+    scale = quality["scale"]
+    scores = quality["scores"]
+    bins = _bins(list(scores.values()))
+    reasons = ", ".join(f"{k} {v}" for k, v in quality["reasons"].items())
+    judges = ", ".join(quality["judges"]) or "unknown"
+    out.append(TableData(
+        "Quality scores (Self-Instruct §3.3 questions)",
+        ("question", "n", "mean", "unparseable", *map(str, bins)),
+        [(QUESTION_LABELS.get(name, name), str(s["count"]), _score(s["mean"]),
+          str(s["unparseable"]), *_by_bin(s, bins)) for name, s in scores.items()],
+        f"judge: {judges}; scale {scale['min']}-{scale['max']}, fractional scores counted "
+        f"at the whole number below; {quality['rows']} rows"
+        + (f"; unscored by reason: {reasons}" if reasons else ""),
+        QUALITY_SECTION))
+
+    rounds = quality["rounds"]
+    if rounds:
+        round_bins = _bins(rounds)
+        out.append(TableData(
+            "Quality per round (overall score)",
+            ("round", "n", "mean", "unparseable", *map(str, round_bins)),
+            [(str(r["round"]), str(r["count"]), _score(r["mean"]), str(r["unparseable"]),
+              *_by_bin(r, round_bins)) for r in rounds], "", QUALITY_SECTION))
+
+    examples = quality["examples"]
+    if examples:
+        example_rows: list[tuple[str, ...]] = []
+        for example in examples:
+            reasons_text = "\n".join(
+                f"{q} ({_score(example['scores'].get(q))}): {example['rationales'].get(q) or '—'}"
+                for q in ("instruction", "input", "output"))
+            example_rows.append((_score(example["score"]), str(example["id"]),
+                                 _clip(example["instruction"]), _clip(example["input"]),
+                                 _clip(example["output"]), _clip(reasons_text, 600)))
+        out.append(TableData(
+            QUALITY_EXAMPLES_TITLE,
+            ("overall", "id", "instruction", "input", "output", "judge's rationales"),
+            example_rows,
+            "one row drawn at each overall score value (fixed seed)", QUALITY_SECTION))
+
+    kept = quality.get("kept_by_score")
+    if kept:
+        rows: list[tuple[str, ...]] = [
+            (str(r["score"]), str(r["judged"]), str(r["kept"]), str(r["dropped"]),
+             _fmt(r["kept"] / r["judged"], share=True) if r["judged"] else "—")
+            for r in kept["rows"]]
+        bad = kept["unparseable"]
+        if bad["judged"]:
+            rows.append(("unparseable", str(bad["judged"]), str(bad["kept"]),
+                         str(bad["dropped"]), _fmt(bad["kept"] / bad["judged"], share=True)))
+        cuts = quality.get("cuts") or {}
+        cut_text = (", ".join(f"{name} >= {_score(v)}" for name, v in cuts.items())
+                    if cuts else "none recorded")
+        out.append(TableData(
+            "Quality: kept and dropped by overall score (from the ledger)",
+            ("overall", "judged", "kept", "dropped", "kept rate"), rows,
+            f"{kept['judged']} judged examples: {kept['kept']} passed the cuts, "
+            f"{kept['dropped']} dropped (not in the shards); cuts: {cut_text}",
+            QUALITY_SECTION))
+
+    selection = quality.get("selection")
+    if selection:
+        out.append(TableData(
+            "Quality: selection (keep_best budget)", ("measure", "value"),
+            [(key.replace("_", " "), _fmt(value)) for key, value in selection.items()],
+            "examples not selected are not in the shards", QUALITY_SECTION))
     return out
 
 
 def _clip(value: Any, limit: int = 300) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_NUMBER = re.compile(r"-?\d+")
 
 
 def render_console(stats: dict[str, Any], console: Any = None) -> None:
@@ -171,7 +288,9 @@ def render_console(stats: dict[str, Any], console: Any = None) -> None:
         for k, header in enumerate(data.headers):
             numeric = header in ("count", "n", "mean", "median", "p90", "max", "instructions",
                                  "share", "rows", "kept", "candidates", "tasks written",
-                                 "kept rate", "of candidates", "kept of previous")
+                                 "kept rate", "of candidates", "kept of previous",
+                                 "unparseable", "judged", "dropped") \
+                or _NUMBER.fullmatch(header) is not None
             table.add_column(header, justify="right" if numeric else "left",
                              overflow="fold", max_width=None if k < 1 else 70)
         for row in data.rows:
