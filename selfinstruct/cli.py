@@ -465,7 +465,9 @@ SCORE_OPTIONS: dict[str, str] = {
 @click.option("--base-url", multiple=True, metavar="URL",
               help="OpenAI-compatible endpoint serving the judge. Repeatable.")
 @click.option("--backend", type=click.Choice(choices_of("engine.backend")), default=None,
-              help=config_help("engine.backend"))
+              help=config_help("engine.backend", "vllm: in-process engine; http: "
+                               "OpenAI-compatible servers (--base-url); ray: Ray Data jobs.",
+                               f"{default_of('engine.backend')}, or http with --base-url"))
 @click.option("--api-key-env", default=None, metavar="VAR",
               help=config_help("engine.api_key_env"))
 @click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path), default=None,
