@@ -9,6 +9,7 @@ consoles escape control characters in whatever else they render
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -41,15 +42,23 @@ class RichReporter:
     The first bar counts tasks written against the target (with kept/generated,
     the commonest rejection reasons and output tokens/s); the second follows the
     engine requests of the current stage. Use as a context manager.
+
+    Args:
+        target: what the first bar counts up to.
+        unit: its label.
+        status: the text beside it after each round (default: the kept share,
+            the commonest rejections and the output tokens/s).
     """
 
-    def __init__(self, target: int):
+    def __init__(self, target: int, unit: str = "tasks written",
+                 status: Callable[[RunStats], str] | None = None):
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
             console=console, transient=False,
         )
-        self._overall = self._progress.add_task("tasks written", total=target, info="")
+        self._overall = self._progress.add_task(unit, total=target, info="")
+        self._status = status
         self._stage = self._progress.add_task("starting", total=1, info="", visible=False)
         self._round = 1
         self._started = time.perf_counter()
@@ -74,6 +83,10 @@ class RichReporter:
     def round_done(self, stats: RunStats) -> None:
         """Update the overall bar and its status text."""
         self._round = stats.rounds + 1
+        if self._status is not None:
+            self._progress.update(self._overall, completed=stats.tasks_written,
+                                  info=rich_safe(self._status(stats)))
+            return
         info = (f"kept {stats.kept_instructions}/{stats.candidates} instructions · "
                 f"rejected: {_top_reasons(stats)} · "
                 f"{stats.live_tokens_per_second:.0f} output tok/s")

@@ -30,7 +30,7 @@ from .seeds import SeedError, default_seeds_dir, load_seed_tasks, seed_files
 from .tasks import Task
 from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError,
                                read_manifest, write_manifest)
-from .storage.shards import DATA_DIR, ShardInfo, ShardWriter
+from .storage.shards import DATA_DIR, ShardInfo, ShardWriter, remove_unlisted
 from .storage.files import file_digest
 
 if TYPE_CHECKING:
@@ -359,6 +359,7 @@ class GenerateJob:
             shards = writer.close()
             write_manifest(config.output,
                            self.manifest(shards, loop, "complete", startup["seconds"]))
+            remove_unlisted(config.output, shards)
         except LedgerError as exc:
             raise JobError(str(exc)) from None
         finally:

@@ -33,7 +33,7 @@ from .run import RESUMABLE_CHANGES, JobError, _flatten, package_versions, throug
 from .storage.ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
 from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError,
                                read_manifest, write_manifest)
-from .storage.shards import DATA_DIR, ShardInfo, ShardWriter, messages_for
+from .storage.shards import DATA_DIR, ShardInfo, ShardWriter, messages_for, remove_unlisted
 from .tasks import Candidate, Instance
 
 SCORE_RESUMABLE = (*RESUMABLE_CHANGES, "quality.min_overall", "quality.min_instruction",
@@ -228,7 +228,10 @@ class ScoreJob:
         try:
             if self.previous is None:
                 write_manifest(config.output, self.manifest([], stats, "running", 0.0))
-            with RichReporter(len(self.examples)) as reporter:
+            with RichReporter(len(self.examples), "examples judged", lambda s: (
+                    f"{s.judge_failures['ok']} verdicts, "
+                    f"{s.judge_failures['judge_unparseable']} unparseable · "
+                    f"{s.live_tokens_per_second:.0f} output tok/s")) as reporter:
                 for number, start_at in enumerate(range(0, len(self.examples),
                                                         self.chunk_size), start=1):
                     chunk = self.examples[start_at:start_at + self.chunk_size]
@@ -245,8 +248,10 @@ class ScoreJob:
             writer.add(selected)
             stats.rows_written = len(selected)
             stats.seconds = time.perf_counter() - started
-            write_manifest(config.output, self.manifest(writer.close(), stats, "complete",
+            shards = writer.close()
+            write_manifest(config.output, self.manifest(shards, stats, "complete",
                                                         startup["seconds"]))
+            remove_unlisted(config.output, shards)
         except LedgerError as exc:
             raise JobError(str(exc)) from None
         finally:

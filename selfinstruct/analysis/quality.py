@@ -203,6 +203,8 @@ def ledger_quality(run_dir: Path) -> tuple[list[tuple[float | None, bool]] | Non
         return None, ("quality kept/dropped by score: the ledger records no scores "
                       "(written before quality scoring)" if committed else
                       "quality kept/dropped by score: the ledger has no committed round")
+    if not pairs:  # a `score` run: its cuts choose shards, not ledger candidates
+        return None, ""
     return pairs, ""
 
 

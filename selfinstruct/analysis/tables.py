@@ -221,11 +221,12 @@ def quality_tables(quality: dict[str, Any]) -> list[TableData]:
         example_rows: list[tuple[str, ...]] = []
         for example in examples:
             reasons_text = "\n".join(
-                f"{q} ({_score(example['scores'].get(q))}): {example['rationales'].get(q) or '—'}"
+                f"{q} ({_score(example['scores'].get(q))}): "
+                f"{_clip(example['rationales'].get(q) or '—', 120)}"
                 for q in ("instruction", "input", "output"))
             example_rows.append((_score(example["score"]), str(example["id"]),
                                  _clip(example["instruction"]), _clip(example["input"]),
-                                 _clip(example["output"]), _clip(reasons_text, 600)))
+                                 _clip(example["output"]), _clip(reasons_text, 400)))
         out.append(TableData(
             QUALITY_EXAMPLES_TITLE,
             ("overall", "id", "instruction", "input", "output", "judge's rationales"),

@@ -125,3 +125,25 @@ class ShardWriter:
         relative = f"{DATA_DIR}/shard-{len(self.shards):05d}.parquet"
         digest = write_bytes_if_changed(self.output_dir / relative, buffer.getvalue())
         self.shards.append(ShardInfo(relative, len(rows), digest))
+
+
+def remove_unlisted(output_dir: Path, shards: Sequence[ShardInfo]) -> list[str]:
+    """Delete ``data/shard-*.parquet`` files that ``shards`` does not list.
+
+    A run re-derived with a smaller result (a resumed run with a tighter budget,
+    ``score`` run again with a stricter cut) writes fewer shards than before;
+    the extra files would still match ``data/*.parquet``. Call this only after
+    the manifest listing ``shards`` is written, so a crash never leaves a
+    manifest naming a deleted file.
+
+    Returns:
+        The relative paths removed.
+    """
+    listed = {s.path for s in shards}
+    removed = []
+    for path in sorted((Path(output_dir) / DATA_DIR).glob("shard-*.parquet")):
+        relative = f"{DATA_DIR}/{path.name}"
+        if relative not in listed:
+            path.unlink()
+            removed.append(relative)
+    return removed
