@@ -151,7 +151,7 @@ def parse_output_first(completion: str) -> list[Instance]:
 RATIONALE_MAX_CHARS = 500
 """A verdict's rationales are cut to this many characters when parsed."""
 
-RATIONALE_SCHEMA_MAX_LENGTH = 200
+RATIONALE_SCHEMA_MAX_LENGTH = 160
 """``maxLength`` of a rationale in :func:`judgement_schema` (one sentence)."""
 
 _RATIONALE_KEYS = ("rationale", "reason", "explanation")

@@ -54,8 +54,9 @@ class QualityJudging(CandidateStage):
     def __init__(self, config: Config, prompts: PromptBuilder, stats: RunStats):
         super().__init__(config, prompts, stats)
         quality = config.quality
-        schema = (json.dumps(judgement_schema(quality.scale_min, quality.scale_max),
-                             sort_keys=True) if quality.structured_output else None)
+        # key order matters: the grammar emits properties in the schema's order
+        schema = (json.dumps(judgement_schema(quality.scale_min, quality.scale_max))
+                  if quality.structured_output else None)
         self.sampling = Sampling(quality.temperature, 1.0, quality.max_tokens,
                                  json_schema=schema)
 
