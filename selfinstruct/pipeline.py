@@ -152,7 +152,7 @@ class SelfInstruct:
             self.ask(self.classification, round_number, kept)       # step 3
             self.ask(self.instances, round_number, kept)            # step 4
             if self.judging is not None:
-                self.ask(self.judging, round_number, kept)          # step 4b
+                self.ask(self.judging, round_number, self.to_judge(kept))  # step 4b
             rows = self.write(round_number, kept)                   # step 5
             self.commit(round_number, candidates, rows)
             self.stats.seconds = time.perf_counter() - started
@@ -206,6 +206,15 @@ class SelfInstruct:
         answers parsed and filtered into the candidates by the stage."""
         stage.apply(kept, self.answers(round_number, stage.name,
                                        stage.requests(round_number, kept)))
+
+    def to_judge(self, kept: list[Candidate]) -> list[Candidate]:
+        """The candidates worth judging: with no cut, only as many surviving ones as the
+        target still takes (the rest would be cut at the target unjudged: judging cannot
+        reject without a cut); with a cut, every survivor."""
+        survivors = [c for c in kept if c.reason is None]
+        if self.config.quality.cuts():
+            return survivors
+        return survivors[:max(self.config.num_instructions - self.stats.tasks_written, 0)]
 
     def write(self, round_number: int, kept: list[Candidate]) -> list[dict[str, Any]]:
         """Step 5a: tasks with instances join the pool and become rows, up to the target.

@@ -441,7 +441,8 @@ class GenerateJob:
             caps = self._engine.capabilities
             info["capabilities"] = {"batch_invariant": caps.batch_invariant,
                                     "finish_reasons": sorted(caps.finish_reasons),
-                                    "loads_weights": caps.loads_weights}
+                                    "loads_weights": caps.loads_weights,
+                                    "structured_output": caps.structured_output}
         if self._judge_engine is not None:
             info["judge"] = {"backend": (judge_config(self.config) or self.config).engine.backend,
                              "model": self._judge_engine.model_name,

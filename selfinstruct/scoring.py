@@ -57,6 +57,8 @@ class ScoreJob:
         examples: the input's rows (``id``, ``task_id``, ``instruction``, ``input``,
             ``output`` and any :data:`KEPT_COLUMNS`), in input order.
         chunk_size: examples per ledger round.
+        engine: an engine already started to judge with (benchmarks hold one);
+            None = start the configured backend's on the first request.
     """
 
     config: Config
@@ -68,6 +70,7 @@ class ScoreJob:
     previous: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: datetime.now(UTC)
                          .isoformat(timespec="seconds"))
+    engine: Engine | None = None
     _engine: Any = field(default=None, repr=False)
 
     @classmethod
@@ -201,6 +204,9 @@ class ScoreJob:
         startup = {"seconds": 0.0}
 
         def start() -> Engine:
+            if self.engine is not None:
+                self._engine = self.engine
+                return self.engine
             started = time.perf_counter()
             try:
                 self._engine = chosen.start(config, self.prepared)
@@ -255,7 +261,8 @@ class ScoreJob:
         except LedgerError as exc:
             raise JobError(str(exc)) from None
         finally:
-            engine.close()
+            if self.engine is None:
+                engine.close()
             run_dir.unlock()
         return stats.to_json_dict()
 

@@ -53,6 +53,8 @@ def test_every_row_has_the_judges_scores_and_every_judgement_is_in_the_ledger(tm
     schema = pq.read_schema(next(tmp_path.glob("data/*.parquet")))
     assert schema.equals(JUDGED_SCHEMA) and set(QUALITY_COLUMNS) <= set(schema.names)
     records = {r["key"]: r for r in ledger_records(tmp_path)}
+    # with no cut only the candidates the target takes are judged: nothing judged is unused
+    assert len(records) == len(rows)
     for row in rows:
         key = example_key(row["instruction"], row["input"], row["output"])
         assert key in records, "each row's judge request is recorded"
