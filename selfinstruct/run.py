@@ -561,15 +561,18 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     job = GenerateJob(config, seeds_path, seed_tasks, prompts,
                       ResolvedModel(model.path, model.name, str(model.source),
                                     model.gguf_sha256), warnings)
+    judge = (checked.identity.judge or {}) if checked.identity else {}
+    if isinstance(judge.get("name"), str) and isinstance(judge.get("path"), str):
+        job.judge = Prepared(ResolvedModel(judge["path"], judge["name"], "recorded",
+                                           judge.get("gguf_sha256")))
     run_dir, writer = RunDirectory(output), ShardWriter(output, config.shards.shard_size,
                                                         config.shards.compression)
     run_dir.lock()
     try:
         with RichReporter(checked.tasks) as reporter:
             recorded = RecordedEngine(run_dir, LazyEngine(None), source=RunDirectory(source))
-            recorded_judge = (checked.identity.judge or {}) if checked.identity else {}
             loop = SelfInstruct(config, recorded, prompts, seed_tasks, writer, model.name,
-                                reporter, judge_name=recorded_judge.get("name"))
+                                reporter, judge_name=job.judge_name)
             loop.run()
         manifest = job.manifest(writer.close(), loop, "complete", 0.0)
         manifest.refiltered_from = str(source)

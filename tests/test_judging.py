@@ -109,14 +109,26 @@ def test_a_cut_on_one_question(tmp_path):
 
 def test_keep_best_takes_the_highest_scores_in_run_order(tmp_path):
     _, _, everything, all_rows = run(tmp_path / "all", n=10)
-    _, _, stats, rows = run(tmp_path / "best", n=10, keep_best=5)
+    _, _, stats, rows = run(tmp_path / "best", n=10, keep_best=5, diversity_threshold=1.0)
     assert len(rows) == 5 and stats.selection["selected"] == 5
     scored = sorted((r[column("overall")] for r in all_rows if r[column("overall")] is not None),
                     reverse=True)
-    assert min(r[column("overall")] for r in rows) >= scored[min(4, len(scored) - 1)] - 0
+    assert sorted((r[column("overall")] for r in rows), reverse=True) == scored[:5]
     ids = [r["id"] for r in all_rows]
     assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), key=ids.index)
     assert stats.rows_written == everything.rows_written, "the budget does not change the rounds"
+    manifestless = sorted(p.name for p in (tmp_path / "best" / "data").iterdir())
+    assert manifestless == ["shard-00000.parquet"]
+
+
+def test_keep_best_skips_near_duplicate_instructions_of_other_tasks(tmp_path):
+    _, _, stats, rows = run(tmp_path, n=10, keep_best=8, diversity_threshold=0.5)
+    from selfinstruct.dedup import rouge_l
+
+    assert stats.selection["skipped_near_duplicate"] > 0
+    chosen = {r["task_id"]: r["instruction"] for r in rows}
+    for a, b in [(a, b) for a in chosen for b in chosen if a < b]:
+        assert rouge_l(chosen[a], chosen[b]) <= 0.5
 
 
 def test_resume_after_a_crash_in_judging_asks_nothing_twice(tmp_path):
