@@ -447,6 +447,8 @@ SCORE_OPTIONS: dict[str, str] = {
     "backend": "engine.backend",
     "base_url": "engine.base_urls",
     "api_key_env": "engine.api_key_env",
+    "reward_model": "quality.reward_model",
+    "min_reward": "quality.min_reward",
 }
 
 
@@ -474,6 +476,14 @@ SCORE_OPTIONS: dict[str, str] = {
               help=config_help("prompts", "Directory holding the rubric template.",
                                "bundled prompts/"))
 @click.option("--rubric", default=None, help=config_help("quality.rubric"))
+@click.option("--reward-model", default=None, metavar="MODEL",
+              help=config_help("quality.reward_model", "Score with this sequence-"
+                               "classification reward model (local directory or HF id) "
+                               "through vLLM's pooling runner instead of the judge: "
+                               "quality_reward, higher is better; --keep-best ranks by it.",
+                               "none: the judge"))
+@click.option("--min-reward", type=float, default=None, callback=finite,
+              help=config_help("quality.min_reward", default="none"))
 @click.option("--max-tokens", type=int, default=None, help=config_help("quality.max_tokens"))
 @click.option("--structured-output/--no-structured-output", default=None,
               help=config_help("quality.structured_output", default="yes"))
@@ -524,10 +534,11 @@ def score(input_path: Path, config_file: Path | None, limit: int | None, chunk_s
             "again to resume.", newlines=False), err=True)
         sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
     verdicts = stats.get("quality", {}).get("verdicts", {})
+    what = "scored" if options.get("reward_model") else "judged"
     click.echo(terminal_safe(
-        f"{stats.get('quality', {}).get('judged', 0)} examples judged "
-        f"({verdicts.get('ok', 0)} verdicts, {verdicts.get('judge_unparseable', 0)} "
-        f"unparseable); {stats['rows_written']} rows kept -> {options['output']}/"))
+        f"{stats.get('quality', {}).get('judged', 0)} examples {what} "
+        f"({verdicts.get('ok', 0)} scores, {sum(verdicts.values()) - verdicts.get('ok', 0)} "
+        f"without); {stats['rows_written']} rows kept -> {options['output']}/"))
 
 
 @main.command()

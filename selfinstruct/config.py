@@ -353,6 +353,12 @@ class QualityConfig(_Section):
     structured_output: bool = Field(
         True, description="constrain judge answers to the verdict's JSON schema where the "
                           "backend can (vLLM's structured outputs)")
+    reward_model: str | None = Field(
+        None, description="score with this sequence-classification reward model (local "
+                          "directory or HF id) through vLLM's pooling runner instead of the "
+                          "judge (selfinstruct score only)")
+    min_reward: float | None = Field(None, description="drop examples whose reward is below "
+                                                       "this (low_quality)")
     min_overall: float | None = Field(None, description="drop examples whose overall score "
                                                         "is below this (low_quality)")
     min_instruction: float | None = Field(None, description="the same cut on the instruction "
@@ -384,6 +390,13 @@ class QualityConfig(_Section):
                 raise ValueError(f"{cut:g} is outside the scale {low}-{high}")
         return cut
 
+    @field_validator("min_reward")
+    @classmethod
+    def _reward_cut(cls, cut: float | None, info: ValidationInfo) -> float | None:
+        if cut is not None and not info.data.get("reward_model"):
+            raise ValueError("a reward cut needs a reward model (--reward-model)")
+        return cut
+
     @field_validator("keep_best")
     @classmethod
     def _whole_or_fraction(cls, budget: float | None, info: ValidationInfo) -> float | None:
@@ -413,9 +426,11 @@ class QualityConfig(_Section):
         return normalized
 
     def cuts(self) -> dict[str, float]:
-        """Score name (:data:`~selfinstruct.quality.SCORES`) -> the lowest score kept."""
+        """Score name (:data:`~selfinstruct.quality.SCORES`, or ``"reward"``) -> the
+        lowest score kept."""
         values = {"overall": self.min_overall, "instruction": self.min_instruction,
-                  "input": self.min_input, "output": self.min_output}
+                  "input": self.min_input, "output": self.min_output,
+                  "reward": self.min_reward}
         return {name: value for name, value in values.items() if value is not None}
 
     def selecting(self) -> bool:

@@ -86,14 +86,20 @@ def rationale_column(question: str) -> str:
     return f"quality_{question}_rationale"
 
 
+REWARD = "reward"
+"""The score name of a reward model's output (``quality_reward``): a real number,
+higher is better, on no fixed scale (``selfinstruct score --reward-model``)."""
+
 QUALITY_FIELDS = [
     *[pa.field(column(name), pa.float64()) for name in SCORES],
+    pa.field(column(REWARD), pa.float64()),
     *[pa.field(rationale_column(q), pa.string()) for q in QUESTIONS],
     pa.field("quality_reason", pa.string()),
     pa.field("quality_judge", pa.string()),
 ]
 """Columns a judged run's shards add to :data:`~selfinstruct.storage.shards.SCHEMA`:
-the four scores (null when unparseable), three rationales, ``quality_reason``
+the four scores (null when unparseable), a reward model's ``quality_reward``
+(null unless one scored), three rationales, ``quality_reason``
 (null, or :data:`JUDGE_UNPARSEABLE` / ``prompt_too_long``) and ``quality_judge``
 (the judge model's name)."""
 

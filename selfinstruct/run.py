@@ -185,6 +185,9 @@ class GenerateJob:
                  for name, key in option_keys.items()}
         try:
             config = load_config(config_file, overrides, names)
+            if config.quality.reward_model is not None:
+                raise JobError("quality.reward_model: reward models score with `selfinstruct "
+                               "score`; generate judges with --judge")
             given = Path(config.seeds or default_seeds_dir())
             context, max_tokens = config.engine.max_model_len, config.generation.max_tokens
             room = None if context is None else context - max_tokens

@@ -114,9 +114,18 @@ class ScoreJob:
                    *[c for c in KEPT_COLUMNS if c in frame.columns]]
         examples = [_plain(row) for row in frame[columns].to_dict("records")]
         try:
-            prepared = backend(config.engine.backend).prepare(config)
+            if config.quality.reward_model is not None:
+                from .engines.reward import check_reward_model
+
+                if config.engine.backend != "vllm":
+                    raise JobError(f"--reward-model runs in process (vLLM's pooling runner), "
+                                   f"not with --backend {config.engine.backend}")
+                prepared = Prepared(check_reward_model(config.quality.reward_model))
+            else:
+                prepared = backend(config.engine.backend).prepare(config)
         except (ModelError, EngineError) as exc:
-            raise JobError(f"the judge: {exc}") from None
+            raise JobError(f"the {'reward model' if config.quality.reward_model else 'judge'}"
+                           f": {exc}") from None
         job = cls(config, source, examples, prompts, prepared, chunk_size)
         job.previous = job._previous_run()
         if job.previous is not None:
@@ -209,7 +218,8 @@ class ScoreJob:
                 return self.engine
             started = time.perf_counter()
             try:
-                self._engine = chosen.start(config, self.prepared)
+                self._engine = (self._start_reward() if self.rewarding
+                                else chosen.start(config, self.prepared))
             except EngineError as exc:
                 raise JobError(f"the judge: {exc}") from None
             except Exception as exc:  # vLLM raises many types; the first line says what failed
@@ -220,8 +230,11 @@ class ScoreJob:
             startup["seconds"] = time.perf_counter() - started
             return self._engine  # type: ignore[no-any-return]
 
+        starting = (f"Loading the reward model {self.prepared.model.name} with vLLM's pooling "
+                    "runner ..." if self.rewarding
+                    else chosen.starting(config, self.prepared.model.name))
         engine = RecordedEngine(run_dir, LazyEngine(start, on_start=lambda: console.print(
-            rich_safe(chosen.starting(config, self.prepared.model.name)))))
+            rich_safe(starting))))
         # every verdict goes to the ledger; the cuts and the budget pick the shards
         judging_config = config.model_copy(update={"quality": config.quality.model_copy(
             update={"min_overall": None, "min_instruction": None, "min_input": None,
@@ -278,6 +291,8 @@ class ScoreJob:
             reporter.stage(name, total)
             return reporter.advance
 
+        if self.rewarding:
+            return self._reward_chunk(engine, stage.stats, number, chunk, on_batch)
         records = engine.answer(number, stage.requests(number, candidates), None, on_batch)
         stage.stats.engine.count(stage.name, [
             Completion(r.text, r.prompt_tokens, r.output_tokens, r.finish_reason)
@@ -286,21 +301,68 @@ class ScoreJob:
         rows = []
         for example, candidate in zip(chunk, candidates, strict=True):
             judgement, reason = candidate.judgements[0]
-            rows.append({
-                "id": example["id"], "task_id": example["task_id"],
-                "instruction": example["instruction"], "input": example["input"],
-                "output": example["output"],
-                "messages": messages_for(example["instruction"], example["input"],
-                                         example["output"]),
-                "is_classification": example.get("is_classification"),
-                "model": example.get("model"),
-                "round": int(example["round"]) if example.get("round") is not None else None,
-                "prompt_task_ids": list(example.get("prompt_task_ids") or []),
-                "nearest_instruction": example.get("nearest_instruction"),
-                "nearest_rouge_l": example.get("nearest_rouge_l"),
-                **quality_values(judgement, reason, judge=self.prepared.model.name),
-            })
+            rows.append(self._row(example, quality_values(judgement, reason,
+                                                          judge=self.prepared.model.name)))
         return rows
+
+    @property
+    def rewarding(self) -> bool:
+        """Whether a reward model scores instead of the judge."""
+        return self.config.quality.reward_model is not None
+
+    def _start_reward(self) -> Engine:
+        from .engines.reward import RewardEngine, RewardScorer
+
+        return RewardEngine(RewardScorer(self.prepared.model.path, self.config.engine,
+                                         self.config.seed))
+
+    def _reward_chunk(self, engine: Any, stats: Any, number: int, chunk: list[dict[str, Any]],
+                      on_batch: Any) -> list[dict[str, Any]]:
+        """The rows of one chunk scored by the reward model (``quality_reward``)."""
+        from .engines.base import PROMPT_TOO_LONG, Request, Sampling
+        from .engines.reward import REWARD_STAGE, reward_prompt
+        from .quality import column
+
+        keys = [example_key(e["instruction"], e["input"], e["output"]) for e in chunk]
+        requests = [Request(reward_prompt((e["instruction"], e["input"], e["output"])),
+                            Sampling(0.0, 1.0, 1), None, False, REWARD_STAGE, key)
+                    for e, key in zip(chunk, keys, strict=True)]
+        records = engine.answer(number, list({r.key: r for r in requests}.values()), None,
+                                on_batch)
+        stats.engine.count(REWARD_STAGE, [
+            Completion(r.text, r.prompt_tokens, r.output_tokens, r.finish_reason)
+            for r in records.values() if r is not None])
+        rows = []
+        for example, key in zip(chunk, keys, strict=True):
+            record = records.get(key)
+            reward = (float(record.text) if record is not None
+                      and record.finish_reason != PROMPT_TOO_LONG else None)
+            reason = None if reward is not None else (
+                PROMPT_TOO_LONG if record is not None else "not_judged")
+            stats.judged += 1
+            stats.judge_failures[reason or "ok"] += 1
+            values = quality_values(None, reason, judge=self.prepared.model.name)
+            values[column("reward")] = reward
+            rows.append(self._row(example, values))
+        return rows
+
+    @staticmethod
+    def _row(example: dict[str, Any], quality: dict[str, Any]) -> dict[str, Any]:
+        """A shard row: the example, its input's own columns, and its quality columns."""
+        return {
+            "id": example["id"], "task_id": example["task_id"],
+            "instruction": example["instruction"], "input": example["input"],
+            "output": example["output"],
+            "messages": messages_for(example["instruction"], example["input"],
+                                     example["output"]),
+            "is_classification": example.get("is_classification"),
+            "model": example.get("model"),
+            "round": int(example["round"]) if example.get("round") is not None else None,
+            "prompt_task_ids": list(example.get("prompt_task_ids") or []),
+            "nearest_instruction": example.get("nearest_instruction"),
+            "nearest_rouge_l": example.get("nearest_rouge_l"),
+            **quality,
+        }
 
     def select(self, rows: list[dict[str, Any]], stats: Any) -> list[dict[str, Any]]:
         """The rows that become shards: those passing the cuts, then the budget."""
@@ -313,7 +375,8 @@ class ScoreJob:
         from .selection import select_best
 
         selection = select_best(kept, quality.keep_best, quality.diversity_threshold,
-                                self.config.filters.rouge_tokenizer)
+                                self.config.filters.rouge_tokenizer,
+                                by="reward" if self.rewarding else "overall")
         stats.selection = selection.to_json_dict()
         return [dict(row) for row in selection.rows]
 

@@ -25,7 +25,6 @@ from .dedup.index import RougeIndex
 from .dedup.rouge import TOKENIZERS
 from .quality import QUESTIONS, column
 
-_OVERALL = column("overall")
 _QUESTION_COLUMNS = tuple(column(q) for q in QUESTIONS)
 
 
@@ -131,7 +130,7 @@ def _field(row: Mapping[str, Any], name: str, position: int) -> str:
 
 
 def select_best(rows: Sequence[Mapping[str, Any]], budget: float, threshold: float,
-                tokenizer: str = "rouge") -> Selection:
+                tokenizer: str = "rouge", by: str = "overall") -> Selection:
     """Select at most ``budget`` examples, best scores first, skipping near duplicates.
 
     The rule (Deita, Liu et al. 2024: score-first selection with a diversity
@@ -164,6 +163,9 @@ def select_best(rows: Sequence[Mapping[str, Any]], budget: float, threshold: flo
         threshold: ROUGE-L F1 in [0, 1] above which a row is skipped (1 disables
             the check).
         tokenizer: ``"rouge"`` (rouge_score's, as Self-Instruct) or ``"unicode"``.
+        by: the score that orders the walk (``quality_<by>``): ``"overall"`` (the
+            judge's), or ``"reward"`` (a reward model's, ``quality_reward``) in
+            place of ``quality_overall`` in rules 1 and 2.
 
     Returns:
         A :class:`Selection`; its ``rows`` are in input order.
@@ -184,7 +186,7 @@ def select_best(rows: Sequence[Mapping[str, Any]], budget: float, threshold: flo
     keys: list[tuple[float, float, int]] = []
     unscored = 0
     for position, row in enumerate(rows):
-        overall = _score(row, _OVERALL, position)
+        overall = _score(row, column(by), position)
         questions = [_score(row, name, position) for name in _QUESTION_COLUMNS]
         _field(row, "task_id", position)
         _field(row, "instruction", position)

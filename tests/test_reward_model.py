@@ -268,3 +268,39 @@ def test_scores_are_the_heads_raw_output_at_the_last_token_as_in_transformers(
             ids = torch.tensor([conversation_ids(tokenizer, example)])
             expected.append(float(model(input_ids=ids).logits[0, 0]))
     assert runs["first"] == pytest.approx(expected, abs=2e-3)
+
+
+@pytest.mark.engine
+def test_score_with_a_reward_model_records_rewards_and_recuts_without_loading_it(
+        reward_model, tmp_path, shared_data):
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    binary = Path(sys.executable).parent / "selfinstruct"
+    out = tmp_path / "rewarded"
+    args = [str(binary), "score", str(shared_data / "alpaca_data.json"), "--output", str(out),
+            "--limit", "4", "--chunk-size", "2", "--reward-model", str(reward_model),
+            "--max-model-len", "512", "--dtype", "float32"]
+
+    def rows():
+        manifest = json.loads((out / "manifest.json").read_text())
+        return [r for f in manifest["files"] for r in pq.read_table(out / f["path"]).to_pylist()]
+
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    scored = rows()
+    assert len(scored) == 4
+    assert all(isinstance(r["quality_reward"], float) and r["quality_overall"] is None
+               for r in scored)
+    recorded = [r for f in sorted(out.glob("ledger/round-*/requests-reward.parquet"))
+                for r in pq.read_table(f).to_pylist()]
+    assert len(recorded) == 4
+    rewards = sorted(r["quality_reward"] for r in scored)
+    again = subprocess.run([*args, "--min-reward", repr(rewards[2]), "--keep-best", "1"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Loading" not in again.stderr, "re-cutting loads no model"
+    assert [r["quality_reward"] for r in rows()] == [rewards[3]]

@@ -39,16 +39,16 @@ from ..config import EngineConfig
 from ..models import ModelError, ResolvedModel, resolve_model
 from ..signals import stopping
 from ..storage.shards import messages_for
-from .base import EngineError, Progress
+from .base import (PROMPT_TOO_LONG, Capabilities, Completion, EngineError, Progress,
+                   Request)
 from .offline import (_EngineOutput, _progress_bar_factory, _quiet_vllm_logs_when_stopping,
                       _start_orphan_watchdog, is_cpu_vllm, resolve_dtype, vllm_engine_args)
 
 Example = tuple[str, str, str]
 """One example to score: (instruction, input, output); input is "" when there is none."""
 
-REWARD_COLUMN = "quality_reward"
-"""The shard column proposed for a reward model's score (float64, null when the
-example was not scored: its conversation is longer than the model's context)."""
+REWARD_STAGE = "reward"
+"""The stage name of reward requests in a run's ledger (``requests-reward.parquet``)."""
 
 SEQUENCE_SUFFIXES = ("ForSequenceClassification",)
 """Architecture suffixes vLLM runs with the ``classify`` pooling task (vLLM's
@@ -349,3 +349,48 @@ def score_with_reward_model(model: str, engine_config: EngineConfig, seed: int,
         return scores, {**scorer.describe(), "model": scorer.model_name}
     finally:
         scorer.close()
+
+
+def reward_prompt(example: Example) -> str:
+    """The ledger's prompt of a reward request: the example as a JSON array
+    ``[instruction, input, output]`` (what :class:`RewardEngine` scores)."""
+    return json.dumps(list(example), ensure_ascii=False)
+
+
+class RewardEngine:
+    """:class:`~selfinstruct.engines.base.Engine` over a :class:`RewardScorer`, so reward
+    requests are batched, recorded and replayed by the ledger like any stage's.
+
+    A request's prompt is :func:`reward_prompt` of its example; its completion's
+    text is the reward as a decimal (``repr`` of the float), with 0 output
+    tokens, or "" with finish reason ``prompt_too_long`` for an example longer
+    than the model's context.
+    """
+
+    capabilities = Capabilities(batch_invariant=True, loads_weights=True,
+                                finish_reasons=frozenset({"stop", PROMPT_TOO_LONG}),
+                                structured_output=False)
+
+    def __init__(self, scorer: RewardScorer):
+        self.scorer = scorer
+        self.model_name = scorer.model_name
+        self.version = scorer.describe().get("version", "")
+
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None
+                 ) -> list[Completion]:
+        """Score every request's example in one batch."""
+        examples = []
+        for request in requests:
+            instruction, input_text, output = json.loads(request.prompt)
+            examples.append((instruction, input_text, output))
+        scores = self.scorer.score(examples, progress)
+        return [Completion(repr(score), 0, 0, "stop") if score is not None
+                else Completion("", 0, 0, PROMPT_TOO_LONG) for score in scores]
+
+    def describe(self) -> dict[str, Any]:
+        """The scorer's description (the pooling task, vLLM's version)."""
+        return self.scorer.describe()
+
+    def close(self) -> None:
+        """Shut the scorer's engine down."""
+        self.scorer.close()
