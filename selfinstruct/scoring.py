@@ -37,7 +37,7 @@ from .storage.shards import DATA_DIR, ShardInfo, ShardWriter, messages_for, remo
 from .tasks import Candidate, Instance
 
 SCORE_RESUMABLE = (*RESUMABLE_CHANGES, "quality.min_overall", "quality.min_instruction",
-                   "quality.min_input", "quality.min_output")
+                   "quality.min_input", "quality.min_output", "quality.min_reward")
 """Settings a ``score`` run may change when it is run again: hosting, and which
 recorded verdicts become shards."""
 
