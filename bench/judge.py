@@ -49,7 +49,8 @@ def main() -> None:
 
     from selfinstruct.engines.offline import VLLMEngine
     from selfinstruct.models import resolve_model
-    from selfinstruct.scoring import SCORE_OPTIONS, ScoreJob
+    from selfinstruct.cli import SCORE_OPTIONS
+    from selfinstruct.scoring import ScoreJob
     from selfinstruct.stages.judging import QualityJudging
     from selfinstruct.stats import RunStats
     from selfinstruct.tasks import Candidate, Instance
