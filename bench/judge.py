@@ -18,7 +18,8 @@ requests. Then, on that same engine:
   ledger's atomic writes, parsing the verdicts, shards and the manifest; timed
   from start to end.
 
-Printed: requests, output tokens, seconds, output tokens/s of each and the
+The two alternate ``--repeats`` times (2), each pipeline run into a fresh
+directory, and the totals are compared. Printed: requests, output tokens, seconds, output tokens/s of each and the
 pipeline's ratio to the engine batch (the target is >= 0.9: the pipeline keeps
 the engine as busy as one batch would). Both send the same requests with the
 same seeds, so their output tokens agree where the engine is batch-invariant.
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=1000)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternate engine and pipeline this many times each; totals")
     args = parser.parse_args()
 
     from selfinstruct.engines.offline import VLLMEngine
@@ -56,11 +59,14 @@ def main() -> None:
     from selfinstruct.tasks import Candidate, Instance
 
     with tempfile.TemporaryDirectory() as tmp:
-        options = {"output": Path(tmp) / "scored", "max_tokens": args.max_tokens,
-                   "model": args.model}
-        job = ScoreJob.prepare(args.source, None, options,
-                               {k: SCORE_OPTIONS[k] for k in options},
-                               chunk_size=args.chunk_size, limit=args.examples)
+        def prepared(k: int) -> ScoreJob:
+            options = {"output": Path(tmp) / f"scored-{k}", "max_tokens": args.max_tokens,
+                       "model": args.model}
+            return ScoreJob.prepare(args.source, None, options,
+                                    {key: SCORE_OPTIONS[key] for key in options},
+                                    chunk_size=args.chunk_size, limit=args.examples)
+
+        job = prepared(0)
         model = resolve_model(args.model)
         started = time.perf_counter()
         engine = VLLMEngine(model.path, model.name, job.config.engine, job.config.seed)
@@ -70,18 +76,23 @@ def main() -> None:
                                 instances=(Instance(e["input"], e["output"]),))
                       for k, e in enumerate(job.examples)]
         requests = stage.requests(1, candidates)
-        engine.generate(requests[:8])  # warm-up, not timed
+        engine.generate(requests[:8])  # warm-up (and the schema's grammar), not timed
 
-        started = time.perf_counter()
-        completions = engine.generate(requests)
-        batch_seconds = time.perf_counter() - started
-        batch_tokens = sum(c.output_tokens for c in completions)
+        batch_seconds = pipeline_seconds = 0.0
+        batch_tokens = pipeline_tokens = pipeline_requests = 0
+        for k in range(args.repeats):  # alternated, so drifting load hits both alike
+            started = time.perf_counter()
+            completions = engine.generate(requests)
+            batch_seconds += time.perf_counter() - started
+            batch_tokens += sum(c.output_tokens for c in completions)
 
-        job.engine = engine
-        started = time.perf_counter()
-        stats = job.execute()
-        pipeline_seconds = time.perf_counter() - started
-        pipeline_tokens = stats["engine"]["live_output_tokens"]
+            job = prepared(k + 1)
+            job.engine = engine
+            started = time.perf_counter()
+            stats = job.execute()
+            pipeline_seconds += time.perf_counter() - started
+            pipeline_tokens += stats["engine"]["live_output_tokens"]
+            pipeline_requests += stats["engine"]["live_requests"]
         engine.close()
 
     batch_rate = batch_tokens / batch_seconds
@@ -92,9 +103,9 @@ def main() -> None:
           f"start-up {startup:.1f} s")
     print(f"{'path':<10} {'requests':>8} {'out tokens':>10} {'seconds':>8} {'tok/s':>8} "
           f"{'ratio':>6}")
-    print(f"{'engine':<10} {len(completions):>8} {batch_tokens:>10} {batch_seconds:>8.1f} "
+    print(f"{'engine':<10} {len(requests) * args.repeats:>8} {batch_tokens:>10} {batch_seconds:>8.1f} "
           f"{batch_rate:>8.1f} {1.0:>6.2f}")
-    print(f"{'pipeline':<10} {stats['engine']['live_requests']:>8} {pipeline_tokens:>10} "
+    print(f"{'pipeline':<10} {pipeline_requests:>8} {pipeline_tokens:>10} "
           f"{pipeline_seconds:>8.1f} {pipeline_rate:>8.1f} {pipeline_rate / batch_rate:>6.2f}")
     print(f"verdicts: {verdicts}")
 

@@ -233,8 +233,8 @@ class ScoreJob:
         starting = (f"Loading the reward model {self.prepared.model.name} with vLLM's pooling "
                     "runner ..." if self.rewarding
                     else chosen.starting(config, self.prepared.model.name))
-        engine = RecordedEngine(run_dir, LazyEngine(start, on_start=lambda: console.print(
-            rich_safe(starting))))
+        engine = RecordedEngine(run_dir, LazyEngine(start, on_start=None if self.engine else (
+            lambda: console.print(rich_safe(starting)))))
         # every verdict goes to the ledger; the cuts and the budget pick the shards
         judging_config = config.model_copy(update={"quality": config.quality.model_copy(
             update={"min_overall": None, "min_instruction": None, "min_input": None,
