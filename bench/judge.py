@@ -21,8 +21,9 @@ timed run has an advantage). Then, on that same engine:
 
 The two alternate ``--repeats`` times (2), each pipeline run into a fresh
 directory, and the totals are compared. Printed: requests, output tokens,
-seconds, output tokens/s of each and the pipeline's ratio to the engine batch (the target is >= 0.9: the pipeline keeps
-the engine as busy as one batch would). Both send the same requests with the
+seconds, output tokens/s of each and the pipeline's ratio to the engine batch
+(the target is >= 0.9: the pipeline keeps the engine as busy as one batch
+would). Both send the same requests with the
 same seeds, so their output tokens agree where the engine is batch-invariant.
 """
 
