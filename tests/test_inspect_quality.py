@@ -238,7 +238,8 @@ def test_inspect_json_and_report_hold_the_quality_section(judged, tmp_path):
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
     assert set(stats["quality"]) == {"scale", "judges", "rows", "reasons", "scores", "rounds",
-                                     "examples", "kept_by_score", "cuts", "selection"}
+                                     "examples", "kept_by_score", "cuts", "selection", "reward"}
+    assert stats["quality"]["reward"] is None
     assert distribution(stats["quality"]["scores"]["overall"]) == {1: 0, 2: 0, 3: 1, 4: 2, 5: 2}
     assert stats["quality"]["examples"][0]["rationales"]["input"] == HOSTILE
     assert json.loads((report / "stats.json").read_text(encoding="utf-8"))["quality"] \
@@ -309,3 +310,21 @@ def test_fractional_and_out_of_scale_scores_are_binned_down():
     assert distribution(summary) == {0: 1, 1: 1, 2: 1, 3: 1, 7: 1}
     assert (summary["count"], summary["unparseable"]) == (5, 1)
     assert summary["mean"] == round((0.5 + 1 + 2.99 + 3 + 7.2) / 5, 2)
+
+
+def test_reward_scores_are_summarised_and_tabled():
+    import pandas as pd
+
+    from selfinstruct.analysis.quality import reward_summary
+    from selfinstruct.analysis.tables import quality_tables
+
+    frame = pd.DataFrame({"quality_reward": [0.5, -1.0, None, 2.0, 1.5]})
+    summary = reward_summary(frame)
+    assert summary == {"count": 4, "missing": 1, "mean": 0.75, "min": -1.0, "p25": 0.125,
+                       "median": 1.0, "p75": 1.625, "max": 2.0}
+    assert reward_summary(pd.DataFrame({"quality_reward": [None, None]})) is None
+    tables = quality_tables({"scale": {"min": 1, "max": 5}, "scores": {}, "reasons": {},
+                             "judges": ["rm"], "rows": 5, "rounds": [], "examples": [],
+                             "reward": summary})
+    reward = [t for t in tables if "reward" in t.title]
+    assert reward and reward[0].rows[0][0] == "4"

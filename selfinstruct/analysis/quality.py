@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..quality import QUESTIONS, SCORES, column, rationale_column
+from ..quality import QUESTIONS, REWARD, SCORES, column, rationale_column
 from .loading import RunData
 
 SCALE = (1, 5)
@@ -48,6 +48,20 @@ EXAMPLE_SEED = 0
 def has_quality(frame: pd.DataFrame) -> bool:
     """Whether the rows carry any score column (:func:`selfinstruct.quality.column`)."""
     return any(column(name) in frame.columns for name in SCORES)
+
+
+def reward_summary(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """A reward model's scores (``quality_reward``, no fixed scale): count, missing,
+    mean and the quartiles; None when no row has one."""
+    values = scores_of(frame, REWARD)
+    scored = values.dropna()
+    if not len(scored):
+        return None
+    quantiles = scored.quantile([0.0, 0.25, 0.5, 0.75, 1.0]).tolist()
+    return {"count": len(scored), "missing": int(values.isna().sum()),
+            "mean": round(float(scored.mean()), 4),
+            **{name: round(float(q), 4) for name, q in zip(
+                ("min", "p25", "median", "p75", "max"), quantiles, strict=True)}}
 
 
 def scores_of(frame: pd.DataFrame, name: str) -> pd.Series[float]:
@@ -253,6 +267,7 @@ def quality_statistics(run: RunData) -> tuple[dict[str, Any] | None, list[str]]:
         ``(quality, notes)``. ``quality`` is None when the rows carry no score
         column (:func:`has_quality`); otherwise ``{"scale": {"min", "max"},
         "judges": [names], "rows", "reasons": {quality_reason: count},
+        "reward": reward_summary or None,
         "scores": {name: score_summary}`` (names of
         :data:`selfinstruct.quality.SCORES` whose column the rows have)
         ``, "rounds": [round_quality],
@@ -291,6 +306,7 @@ def quality_statistics(run: RunData) -> tuple[dict[str, Any] | None, list[str]]:
         "reasons": dict(sorted(reasons.items())),
         "scores": {name: score_summary(scores_of(frame, name), scale) for name in SCORES
                    if column(name) in frame.columns},
+        "reward": reward_summary(frame),
         "rounds": round_quality(frame, scale),
         "examples": score_examples(frame),
         "kept_by_score": kept,

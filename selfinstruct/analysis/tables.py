@@ -207,6 +207,15 @@ def quality_tables(quality: dict[str, Any]) -> list[TableData]:
         + (f"; unscored by reason: {reasons}" if reasons else ""),
         QUALITY_SECTION))
 
+    reward = quality.get("reward")
+    if reward:
+        out.append(TableData(
+            "Quality: reward model scores (quality_reward)",
+            ("n", "missing", "mean", "min", "p25", "median", "p75", "max"),
+            [tuple(str(reward[k]) for k in ("count", "missing", "mean", "min", "p25",
+                                            "median", "p75", "max"))],
+            "a reward model's raw output: higher is better, no fixed scale", QUALITY_SECTION))
+
     rounds = quality["rounds"]
     if rounds:
         round_bins = _bins(rounds)
