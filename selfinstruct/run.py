@@ -282,6 +282,9 @@ class GenerateJob:
         except ManifestError as exc:
             raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
                            "--output)") from None
+        if "scored_from" in previous:
+            raise JobError(f"{output}: holds a `selfinstruct score` run, not a generate run; "
+                           "choose another --output")
         before, now = previous["identity"], self.identity()
         keys = set(_flatten(before)) | set(_flatten(now))
         for key in sorted(keys, key=lambda k: (not k.startswith("settings."), k)):
