@@ -285,6 +285,18 @@ def test_generate_into_a_score_run_is_refused_before_the_engine(ws, monkeypatch)
     assert snapshot(ws["t"]) == before
 
 
+def test_refilter_of_a_score_run_says_how_to_recut_it(ws, monkeypatch):
+    use_scripted_judge(monkeypatch)
+    scored = ws["t"] / "scored"
+    result, _ = invoke(["score", str(ws["records"]), "-o", str(scored)])
+    assert result.exit_code == 0, result.output
+    before = snapshot(ws["t"])
+    result, _ = invoke(["refilter", str(scored), "-o", str(ws["out"]), "--min-quality", "3"])
+    one_line_error(result, "a `selfinstruct score` run has no generation to re-derive; run "
+                           "the same score command with other --min-quality")
+    assert snapshot(ws["t"]) == before and not ws["out"].exists()
+
+
 # -- scores outside the scale ------------------------------------------------------------
 
 
