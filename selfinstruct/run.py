@@ -285,6 +285,9 @@ class GenerateJob:
         except ManifestError as exc:
             raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
                            "--output)") from None
+        if "scored_from" in previous:
+            raise JobError(f"{output}: holds a `selfinstruct score` run, not a generate run; "
+                           "choose another --output")
         before, now = previous["identity"], self.identity()
         keys = set(_flatten(before)) | set(_flatten(now))
         for key in sorted(keys, key=lambda k: (not k.startswith("settings."), k)):
@@ -507,7 +510,7 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         rounds are used).
 
     Raises:
-        JobError: not a run directory, a damaged manifest or ledger (missing
+        JobError: not a run directory, a ``score`` run, a damaged manifest or ledger (missing
             ledger, missing or damaged ``commit.json``), seed files or templates
             that differ from the recorded ones, a setting that cannot change
             without new generations, a bad value, or an output directory that
@@ -534,6 +537,10 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     if not path.is_file():
         raise JobError(f"{source}: not a selfinstruct run directory (no {MANIFEST})")
     try:
+        if "scored_from" in read_manifest(path)[0]:
+            raise JobError(f"{source}: a `selfinstruct score` run has no generation to "
+                           "re-derive; run the same score command with other --min-quality "
+                           "or --keep-best to re-cut its recorded verdicts")
         previous, checked = read_manifest(
             path, require=("config", "seeds", "model", "prompts", "identity"))
     except ManifestError as exc:

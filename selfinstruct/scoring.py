@@ -137,15 +137,24 @@ class ScoreJob:
         from .safety import (OutputPathError, check_not_in_run, check_output_apart,
                              check_writable_dir)
 
-        if output.exists() and not output.is_dir():
-            raise JobError(f"{output}: output path exists and is not a directory")
         try:
-            check_writable_dir(output, "--output")
-            check_not_in_run(output, "--output", allow_run=True)
             check_output_apart(output, {"the input": source, "the config file": config_file},
                                "--output", writes=(MANIFEST, DATA_DIR, LEDGER_DIR, LOCK_FILE))
+            if output.exists() and not output.is_dir():
+                raise JobError(f"{output}: output path exists and is not a directory")
+            check_writable_dir(output, "--output")
+            check_not_in_run(output, "--output", allow_run=True)
         except OutputPathError as exc:
             raise JobError(str(exc)) from None
+        if (output / MANIFEST).is_file():  # a run: only a score run may be resumed
+            try:
+                previous, _ = read_manifest(output / MANIFEST)
+            except ManifestError as exc:
+                raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
+                               "--output)") from None
+            if "scored_from" not in previous:
+                raise JobError(f"{output}: holds a selfinstruct run that `score` did not "
+                               "make; choose another --output")
 
     def identity(self) -> dict[str, Any]:
         """What makes two ``score`` invocations the same run: settings, judge,

@@ -93,7 +93,8 @@ Fault = Callable[[dict, int], "str | tuple[str, float] | None"]
 class FakeOpenAI(_BackgroundApp):
     """A fake OpenAI-compatible server.
 
-    Answers ``text = "echo: " + prompt`` (chat: the user message) with usage
+    Answers ``text = "echo: " + prompt`` (chat: the user message), or ``answer(body)``
+    when ``answer`` is given, with usage
     ``prompt_tokens = len(prompt.split())``, ``completion_tokens = 3``, and
     ``finish_reason = "length"`` when ``max_tokens < 8``.
 
@@ -108,8 +109,9 @@ class FakeOpenAI(_BackgroundApp):
 
     def __init__(self, models=("fake-model",), fault: Fault | None = None,
                  delay: float = 0.0, echo_auth_in_errors: bool = False,
-                 retry_after: str = "0"):
+                 retry_after: str = "0", answer: Callable[[dict], str] | None = None):
         super().__init__()
+        self.answer = answer
         self.retry_after = retry_after
         self.models = list(models)
         self.fault = fault
@@ -183,7 +185,7 @@ class FakeOpenAI(_BackgroundApp):
                 return web.json_response(
                     {"error": {"message": f"The model `{model}` does not exist."}},
                     status=404)
-            text = "echo: " + prompt
+            text = self.answer(body) if self.answer else "echo: " + prompt
             finish = "length" if body.get("max_tokens", 16) < 8 else "stop"
             choice = ({"index": 0, "message": {"role": "assistant", "content": text},
                        "finish_reason": finish} if chat else

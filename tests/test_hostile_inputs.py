@@ -76,6 +76,15 @@ def workspace(t: Path, whole_run: Path) -> dict[str, Path]:
             "file": t / "afile", "run": run, "ledger_run": ledger_run}
 
 
+NO_JUDGE = ("--base-url", "http://127.0.0.1:9/v1")
+"""``score``'s judge: a port nobody serves, so that a check that lets a case through
+fails on the judge's endpoint instead of starting an engine."""
+
+
+def score(w: dict[str, Path], source: Path, output: Path, *extra: str) -> list[str]:
+    return ["score", str(source), "-o", str(output), *NO_JUDGE, *extra]
+
+
 def generate(w: dict[str, Path], *extra: str, seeds: Path | None = None) -> list[str]:
     return ["generate", "--seeds", str(seeds or w["seeds"]), "--model", str(w["model"]), *extra]
 
@@ -111,6 +120,7 @@ READERS: dict[str, Callable[[dict[str, Path], Path, Path], list[str]]] = {
     "inspect": lambda w, f, t: ["inspect", str(f), "--tokenizer", "none"],
     "export": lambda w, f, t: ["export", str(f), "--format", "alpaca", "-o", str(t / "out"),
                                "--tokenizer", "none"],
+    "score": lambda w, f, t: score(w, f, t / "out"),
 }
 
 
@@ -142,6 +152,8 @@ def unwritable_cases() -> list[tuple[str, Callable[[dict[str, Path], Path], list
         ("inspect-report-onto-file", lambda w, t: ["inspect", str(w["run"]), "--tokenizer",
                                                    "none", "--report", str(w["file"])],
          "not a directory"),
+        ("score-under-file", lambda w, t: score(w, w["records"], w["file"] / "x"), under_file),
+        ("score-onto-file", lambda w, t: score(w, w["records"], w["file"]), "not a directory"),
     ]
 
 
@@ -173,6 +185,16 @@ def bad_value_cases() -> list[tuple[str, Callable[[dict[str, Path], Path], list[
          "afile: not a directory"),
         ("dedup-a-directory-of-nothing", lambda w, t: ["dedup", str(w["model"]), "-o",
                                                        str(t / "o.parquet")], "model"),
+        ("score-min-quality-nan", lambda w, t: score(w, w["records"], t / "o", "--min-quality",
+                                                     "nan"), "option --min-quality"),
+        ("score-keep-best-inf", lambda w, t: score(w, w["records"], t / "o", "--keep-best",
+                                                   "inf"), "option --keep-best"),
+        ("score-rubric-outside-prompts", lambda w, t: score(w, w["records"], t / "o", "--rubric",
+                                                            "../judge"), "option --rubric"),
+        ("score-scale-bool", lambda w, t: score(w, w["records"], t / "o", "--config",
+                                                toml(t, "[quality]\nscale_max = true\n")),
+         "c.toml:2: field 'quality.scale_max'"),
+        ("score-a-directory-of-nothing", lambda w, t: score(w, w["model"], t / "o"), "model"),
     ]
 
 
@@ -191,13 +213,13 @@ def check(t: Path, args: list[str], expected: str) -> None:
     assert snapshot(t) == before, f"{args} wrote something"
 
 
-@pytest.mark.fast_cases(lambda command, kind: kind == "fifo" or (command == "generate"
-                                                                 and kind == "nested-jsonl"))
+@pytest.mark.fast_cases(lambda command, kind: kind == "fifo" or (
+    command in ("generate", "score") and kind == "nested-jsonl"))
 @pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
 @pytest.mark.parametrize("command", sorted(READERS))
 def test_hostile_input_files(tmp_path, whole_run, command, kind):
     w = workspace(tmp_path, whole_run)
-    if kind == "nested-jsonl" and command in ("inspect", "export", "dedup"):
+    if kind == "nested-jsonl" and command in ("inspect", "export", "dedup", "score"):
         path = hostile_file(tmp_path, kind)
         path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + NESTED + "\n")
     else:
@@ -205,7 +227,8 @@ def test_hostile_input_files(tmp_path, whole_run, command, kind):
     check(tmp_path, READERS[command](w, path, tmp_path), INPUT_KINDS[kind])
 
 
-@pytest.mark.fast_cases("generate-under-file", "refilter-onto-file", "inspect-report-under-file")
+@pytest.mark.fast_cases("generate-under-file", "refilter-onto-file", "inspect-report-under-file",
+                        "score-onto-file")
 @pytest.mark.parametrize("case, build, expected", unwritable_cases(),
                          ids=[c[0] for c in unwritable_cases()])
 def test_unwritable_outputs(tmp_path, whole_run, case, build, expected):
@@ -214,7 +237,7 @@ def test_unwritable_outputs(tmp_path, whole_run, case, build, expected):
 
 
 @pytest.mark.fast_cases("generate-temperature-nan", "refilter-threshold-nan", "compression-bogus",
-                        "dedup-a-directory-of-nothing")
+                        "dedup-a-directory-of-nothing", "score-scale-bool")
 @pytest.mark.parametrize("case, build, expected", bad_value_cases(),
                          ids=[c[0] for c in bad_value_cases()])
 def test_values_that_pass_a_first_look_but_fail_later(tmp_path, whole_run, case, build,
@@ -238,8 +261,9 @@ def read_only_dir(tmp_path):
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
-@pytest.mark.fast_cases(lambda command: command in ("generate", "export"))
-@pytest.mark.parametrize("command", ["generate", "refilter", "export", "dedup", "inspect"])
+@pytest.mark.fast_cases(lambda command: command in ("generate", "export", "score"))
+@pytest.mark.parametrize("command", ["generate", "refilter", "export", "dedup", "inspect",
+                                     "score"])
 def test_outputs_on_a_read_only_file_system(tmp_path, whole_run, read_only_dir, command):
     w = workspace(tmp_path, whole_run)
     target = read_only_dir / "out"
@@ -250,5 +274,6 @@ def test_outputs_on_a_read_only_file_system(tmp_path, whole_run, read_only_dir, 
                    "--tokenizer", "none"],
         "dedup": ["dedup", str(w["records"]), "-o", str(read_only_dir / "out.parquet")],
         "inspect": ["inspect", str(w["run"]), "--tokenizer", "none", "--report", str(target)],
+        "score": score(w, w["records"], target),
     }[command]
     check(tmp_path, args, "read-only")

@@ -296,9 +296,26 @@ def test_refilter_of_a_run_in_progress_uses_its_committed_rounds_and_says_so(run
 # -- nothing in a run directory changes, whatever a command is given ------------------
 
 
-def read_only_commands(run: Path, elsewhere: Path) -> list[list[str]]:
+def score_commands(run: Path, elsewhere: Path, judge_url: str) -> list[list[str]]:
+    """``score`` of the run (and of one of its shards) with the judge at ``judge_url``:
+    into ``elsewhere`` (succeeds), and at the run, into it, or around its shard (refused)."""
+    shard = run / "data" / "shard-00000.parquet"
+    judge = ["--base-url", judge_url]
+    return [["score", str(run), "-o", str(elsewhere / "scored"), *judge],
+            *(["score", str(run), "-o", str(target), *judge]
+              for target in (run, run / "data", run / "ledger", run / "scored")),
+            ["score", str(shard), "-o", str(run), *judge]]
+
+
+SCORE_REFUSALS = 5
+"""The commands of :func:`score_commands` aimed at the run itself."""
+
+
+def read_only_commands(run: Path, elsewhere: Path, judge_url: str | None = None
+                       ) -> list[list[str]]:
     """Every command, with flags, that reads a run; outputs go to ``elsewhere`` or are
-    aimed at the run itself (and must be refused)."""
+    aimed at the run itself (and must be refused). ``score`` is among them when a
+    judge is given (``judge_url``: an OpenAI-compatible endpoint)."""
     shard = str(run / "data" / "shard-00000.parquet")
     commands = [
         ["inspect", str(run), "--tokenizer", "none"],
@@ -323,14 +340,17 @@ def read_only_commands(run: Path, elsewhere: Path) -> list[list[str]]:
                     for target in (run, run / "data", run / "ledger", run / "new"))
     commands.append(["generate", "--seeds", str(run.parent / "seeds.jsonl"), "--model",
                      str(run.parent / "model"), "-o", str(run), "--seed", "4"])
+    if judge_url is not None:
+        commands.extend(score_commands(run, elsewhere, judge_url))
     return commands
 
 
-def assert_commands_change_nothing(run: Path, elsewhere: Path) -> list:
+def assert_commands_change_nothing(run: Path, elsewhere: Path,
+                                   judge_url: str | None = None) -> list:
     """Run every read-only command on ``run``; return their results."""
     before = tree_digests(run)
     results = []
-    for args in read_only_commands(run, elsewhere):
+    for args in read_only_commands(run, elsewhere, judge_url):
         result = cli(*args)
         assert "Traceback" not in result.stderr, (args, result.stderr)
         assert result.returncode in (0, 2), (args, result.stderr)
@@ -339,13 +359,51 @@ def assert_commands_change_nothing(run: Path, elsewhere: Path) -> list:
     return results
 
 
+@pytest.fixture
+def judge_url():
+    """A fake judge over HTTP (JSON verdicts), for ``score`` in a subprocess."""
+    from .judge_fakes import VerdictServer
+
+    with VerdictServer() as server:
+        yield server.url
+
+
 @pytest.mark.slow
-def test_no_command_changes_a_run_directory(run_copy, tmp_path):
-    results = assert_commands_change_nothing(run_copy, tmp_path / "elsewhere")
+def test_no_command_changes_a_run_directory(run_copy, tmp_path, judge_url):
+    results = assert_commands_change_nothing(run_copy, tmp_path / "elsewhere", judge_url)
     failed = [args for args, result in results if result.returncode]
     # every command aimed at the run itself is refused; the rest succeed
     assert all(str(run_copy) in " ".join(a[2:]) for a in failed)
-    assert len(failed) == 12, failed
+    assert len(failed) == 12 + SCORE_REFUSALS, failed
+    scored = json.loads((tmp_path / "elsewhere" / "scored" / "manifest.json").read_text())
+    assert scored["status"] == "complete" and scored["stats"]["quality"]["judged"] > 0
+
+
+def test_score_of_a_run_changes_nothing_in_it_and_score_into_it_is_refused(
+        run_copy, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from selfinstruct.cli import main
+
+    from .judge_fakes import use_scripted_judge
+
+    engine = use_scripted_judge(monkeypatch)
+    before = tree_digests(run_copy)
+    elsewhere = tmp_path / "elsewhere"
+    commands = score_commands(run_copy, elsewhere, "http://127.0.0.1:9/v1")
+    good = [a for a in commands[0] if a not in ("--base-url", "http://127.0.0.1:9/v1")]
+    result = CliRunner().invoke(main, good)
+    assert result.exit_code == 0, result.output
+    assert engine.batches and tree_digests(run_copy) == before
+    rows = json.loads((elsewhere / "scored" / "manifest.json").read_text())["rows"]
+    assert rows == json.loads((run_copy / "manifest.json").read_text())["rows"]
+    for args in commands[1:]:  # refused before the (unreachable) judge is asked
+        result = CliRunner().invoke(main, args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, (args, result.output)
+        assert str(run_copy) in lines[0] and "choose another --output" in lines[0], lines[0]
+        assert tree_digests(run_copy) == before, f"{args} changed the run directory"
+    assert not (run_copy / "scored").exists()
 
 
 @pytest.fixture
@@ -366,8 +424,9 @@ def read_only_run(run_copy, tmp_path):
 
 
 @pytest.mark.slow
-def test_commands_on_a_read_only_run_get_one_line_and_change_nothing(read_only_run, tmp_path):
-    assert_commands_change_nothing(read_only_run, tmp_path / "elsewhere")
+def test_commands_on_a_read_only_run_get_one_line_and_change_nothing(read_only_run, tmp_path,
+                                                                     judge_url):
+    assert_commands_change_nothing(read_only_run, tmp_path / "elsewhere", judge_url)
     before = tree_digests(read_only_run)
     result = cli("generate", "--seeds", str(read_only_run.parent / "seeds.jsonl"), "--model",
                  str(read_only_run.parent / "model"), "-o", str(read_only_run), "-n", "6",

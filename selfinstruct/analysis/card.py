@@ -6,7 +6,8 @@ selfinstruct cannot know it), task category, size bucket, tags and ``configs``
 whose ``data_files`` point at the split files, so ``load_dataset(DIR)`` and the
 Hub viewer find the splits. The Markdown body is ``templates/dataset_card.md.jinja``:
 format and how to load it, the splits, how the data was made (model, seeds with
-their sha256, filter and sampling settings, run seed, versions) and the
+their sha256, filter and sampling settings, run seed, versions; for a judged run
+the judge, its scale, the cuts and the budget: :func:`judging_summary`) and the
 statistics tables of ``selfinstruct inspect`` (:func:`selfinstruct.analysis.tables.tables`).
 """
 
@@ -54,6 +55,46 @@ def card_metadata(result: ExportResult, pretty_name: str) -> DatasetCardData:
                                  for name, path in result.files.items()]}])
 
 
+def judging_summary(run: RunData) -> dict[str, Any] | None:
+    """How a judged run's examples were scored and chosen, for the card, or None when
+    the rows carry no score column.
+
+    Returns:
+        ``{"judges": [names from the quality_judge column], "scale": (min, max),
+        "rubric": name or None, "cuts": ["overall >= 4", ...], "budget": keep_best
+        or None, "diversity": diversity_threshold or None, "selection": the
+        budget's numbers or None}``, read from the rows, ``manifest["config"]["quality"]``
+        and ``manifest["stats"]["selection"]`` (values of the wrong type are left out).
+    """
+    import pandas as pd
+
+    from ..quality import SCORES
+    from .quality import has_quality, scale_of, selection_numbers
+
+    frame = run.frame
+    if not has_quality(frame):
+        return None
+    section = run.config.get("quality")
+    section = section if isinstance(section, dict) else {}
+
+    def number(key: str) -> float | None:
+        value = section.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    judges = frame.get("quality_judge", pd.Series(dtype=object)).tolist()
+    budget = number("keep_best")
+    return {
+        "judges": sorted({v for v in judges if isinstance(v, str) and v}),
+        "scale": scale_of(run)[0],
+        "rubric": section.get("rubric") if isinstance(section.get("rubric"), str) else None,
+        "cuts": [f"{name} >= {number(f'min_{name}'):g}" for name in SCORES
+                 if number(f"min_{name}") is not None],
+        "budget": budget,
+        "diversity": number("diversity_threshold") if budget is not None else None,
+        "selection": selection_numbers(run.stats),
+    }
+
+
 def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | None, *,
                  system_prompt: str | None = None, train_split: float | None = None) -> str:
     """The ``README.md`` of an export: YAML metadata, then format, splits, how the
@@ -80,7 +121,9 @@ def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | Non
         tasks=result.tasks, system_prompt=system_prompt, train_split=train_split,
         model=manifest.get("model") or {}, seeds=manifest.get("seeds") or {},
         config=manifest.get("config") or {}, versions=manifest.get("versions") or {},
-        created=manifest.get("created"),
+        created=manifest.get("created"), judging=judging_summary(run),
+        scored_from=manifest.get("scored_from") if isinstance(manifest.get("scored_from"), str)
+        else None,
         tables=None if stats is None else [t for t in tables(stats)
                                            if t.title not in EXAMPLE_TITLES],
         notes=(stats or {}).get("notes") or [])

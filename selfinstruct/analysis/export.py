@@ -14,7 +14,8 @@ messages     ``train.jsonl``: ``{"messages": [{role,          ``load_dataset("js
              content}]}`` per line (OpenAI fine-tuning         TRL ``SFTTrainer``
              format)
 parquet      ``data/train-00000-of-00001.parquet``: every     ``load_dataset("parquet")``
-             shard column, ``messages`` included
+             shard column, ``messages`` and a judged
+             run's ``quality_*`` columns included
 datasets     ``save_to_disk`` of a ``DatasetDict``            ``load_from_disk``
 ===========  ==============================================  ==========================
 
@@ -50,7 +51,8 @@ import pandas as pd
 from .. import __version__
 from ..safety import OutputPathError, check_writable_dir, enclosing_run
 from ..storage.files import atomic_file, current_umask, file_digest, write_json
-from ..storage.shards import SCHEMA, messages_for, user_turn
+from ..quality import QUALITY_COLUMNS, SCORES, column
+from ..storage.shards import JUDGED_SCHEMA, SCHEMA, messages_for, user_turn
 from .card import dataset_card
 from .constants import FORMATS
 from .loading import RunData
@@ -168,20 +170,25 @@ def arrow_table(frame: pd.DataFrame, system_prompt: str | None = None) -> pa.Tab
     Columns: ``id, task_id, instruction, input, output, messages`` and, where
     the source has values for them, the shard's provenance columns
     (``is_classification``, ``model``, ``round``, ``prompt_task_ids``,
-    ``nearest_instruction``, ``nearest_rouge_l``). ``messages`` carries the
-    system turn when one is given.
+    ``nearest_instruction``, ``nearest_rouge_l``); then, for judged rows (any
+    score column present), every quality column of
+    :data:`~selfinstruct.quality.QUALITY_FIELDS` the source has, nulls included
+    (an unparseable verdict's scores are null), so a judged export keeps one
+    schema. ``messages`` carries the system turn when one is given.
     """
     import pyarrow as pa
 
     core = ["id", "task_id", "instruction", "input", "output"]
     extra = [f.name for f in SCHEMA if f.name not in core and f.name != "messages"
              and f.name in frame.columns and frame[f.name].notna().any()]
+    if any(column(name) in frame.columns for name in SCORES):
+        extra += [name for name in QUALITY_COLUMNS if name in frame.columns]
     data = frame[core + extra].copy()
     # pandas takes any list-like of the frame's length; pandas-stubs types a column
     # value as scalars or sequences of scalars, not a list of lists of dicts.
     data["messages"] = messages_column(frame, system_prompt)  # type: ignore[assignment]
     names = [*core, "messages", *extra]
-    schema = pa.schema([SCHEMA.field(n) for n in names])
+    schema = pa.schema([JUDGED_SCHEMA.field(n) for n in names])
     try:
         return pa.Table.from_pandas(data[names], schema=schema, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

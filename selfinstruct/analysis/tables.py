@@ -9,6 +9,7 @@ same numbers. Cells are plain text; each renderer escapes them for its medium.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -157,11 +158,14 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
     samples = stats.get("samples")
     if samples:
         rows = []
+        judged = any("quality_overall" in row for row in samples["rows"])
         for row in samples["rows"]:
             rows.append((str(row.get("id")), _clip(row.get("instruction")), _clip(row.get("input")),
-                         _clip(row.get("output"))))
+                         _clip(row.get("output")),
+                         *([_sample_score(row.get("quality_overall"))] if judged else [])))
         where = " and ".join(samples["where"]) or "all rows"
-        out.append(TableData(SAMPLE_TITLE, ("id", "instruction", "input", "output"), rows,
+        out.append(TableData(SAMPLE_TITLE, ("id", "instruction", "input", "output",
+                                            *(["overall"] if judged else [])), rows,
                              f"{len(rows)} of {samples['matched']} matching ({where})"))
     if stats.get("quality"):
         out += quality_tables(stats["quality"])
@@ -174,6 +178,15 @@ def _score(value: Any) -> str:
         return "—"
     number = float(value)
     return str(int(number)) if number.is_integer() else f"{number:.2f}"
+
+
+def _sample_score(value: Any) -> str:
+    """A sample row's score: :func:`_score` for a number, else the value clipped (a
+    plain file's score column may hold anything)."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                         and math.isfinite(value)):
+        return _score(value)
+    return _clip(value, 20)
 
 
 def _bins(summaries: Sequence[dict[str, Any]]) -> list[int]:

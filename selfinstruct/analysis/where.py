@@ -21,7 +21,9 @@ import pandas as pd
 from .loading import InspectError
 
 SAMPLE_COLUMNS = ("id", "task_id", "round", "is_classification", "instruction", "input",
-                  "output", "nearest_instruction", "nearest_rouge_l")
+                  "output", "nearest_instruction", "nearest_rouge_l", "quality_overall")
+"""Columns of ``inspect``'s sample rows, those the rows have (``quality_overall``: the
+judge's overall score, in a judged run)."""
 
 
 _WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|=|>|<|~)\s*(.*?)\s*$", re.DOTALL)
