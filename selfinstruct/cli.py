@@ -534,11 +534,13 @@ def score(input_path: Path, config_file: Path | None, limit: int | None, chunk_s
             "again to resume.", newlines=False), err=True)
         sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
     verdicts = stats.get("quality", {}).get("verdicts", {})
-    what = "scored" if options.get("reward_model") else "judged"
+    missing = sum(verdicts.values()) - verdicts.get("ok", 0)
+    counts = (f"scored ({verdicts.get('ok', 0)} rewards, {missing} without)"
+              if options.get("reward_model") else
+              f"judged ({verdicts.get('ok', 0)} verdicts, {missing} unparseable)")
     click.echo(terminal_safe(
-        f"{stats.get('quality', {}).get('judged', 0)} examples {what} "
-        f"({verdicts.get('ok', 0)} scores, {sum(verdicts.values()) - verdicts.get('ok', 0)} "
-        f"without); {stats['rows_written']} rows kept -> {options['output']}/"))
+        f"{stats.get('quality', {}).get('judged', 0)} examples {counts}; "
+        f"{stats['rows_written']} rows kept -> {options['output']}/"))
 
 
 @main.command()
