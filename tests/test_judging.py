@@ -173,3 +173,43 @@ def test_refilter_recuts_from_recorded_verdicts_without_an_engine(tmp_path):
     assert stats.instance_rejections["low_quality"] > 0
     _, _, _, same = run(tmp_path / "same", source=tmp_path / "src", n=10)
     assert same == all_rows
+
+
+def test_a_judge_served_elsewhere_judges_while_the_generator_generates(tmp_path):
+    """--judge-base-url: the judge's requests go to its endpoint (chat, with the verdict's
+    JSON schema as response_format), the generator never sees one, and rows, identity and
+    manifest name the served judge."""
+    from selfinstruct import run as run_module
+    from selfinstruct.cli import GENERATE_OPTIONS
+    from selfinstruct.seeds import default_seeds_dir
+
+    from .judge_fakes import VerdictServer
+
+    seeds = tmp_path / "seeds.jsonl"
+    with open(default_seeds_dir() / "seed_tasks.jsonl", encoding="utf-8") as source:
+        seeds.write_text("".join(source.readlines()[:12]), encoding="utf-8")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    generator = ScriptedEngine()
+    with VerdictServer(models=("big-judge",)) as server:
+        options = dict.fromkeys(GENERATE_OPTIONS)
+        options.update(seeds=seeds, model=str(model), output=tmp_path / "run",
+                       num_instructions=4, seed=3, prompts_per_round=2, judge=True,
+                       judge_base_url=[server.url])
+        job = run_module.GenerateJob.prepare(None, options, GENERATE_OPTIONS)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(run_module, "build_engine", lambda config, prepared: generator)
+            job.execute()
+        bodies = list(server.bodies)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    rows = [r for f in manifest["files"]
+            for r in pq.read_table(tmp_path / "run" / f["path"]).to_pylist()]
+    assert rows and all(r["quality_judge"] == "big-judge" for r in rows)
+    assert all(b[0].stage != "judging" for b in generator.batches)
+    assert len(bodies) == len(ledger_records(tmp_path / "run")) == len(rows)
+    assert all(b["model"] == "big-judge" and "messages" in b
+               and b["response_format"]["type"] == "json_schema" for b in bodies)
+    assert manifest["identity"]["judge"]["name"] == "big-judge"
+    assert manifest["backend"]["judge"]["backend"] == "http"
+    assert manifest["stats"]["engine"]["by_stage"]["judging"]["requests"] == len(rows)
