@@ -13,6 +13,7 @@ The manifest is the commit record: written when the run starts (status
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +100,51 @@ def prepare_backend(config: Config) -> Prepared:
             ``--backend ray`` without Ray installed.
     """
     return backend(config.engine.backend).prepare(config)
+
+
+def start_or_refuse(start: Callable[[], Engine], path: str, what: str = "engine",
+                    prefix: str = "") -> Engine:
+    """``start()``, with a failure turned into one line (:class:`JobError`).
+
+    Args:
+        start: builds the engine.
+        path: the model path, named when the engine itself fails to start.
+        what: "engine", "judge engine", ...: named in that message.
+        prefix: put before an :class:`EngineError`'s own message (which already names
+            the endpoints), e.g. ``"the judge: "``.
+
+    Raises:
+        JobError: an :class:`EngineError` (its message), or any other exception:
+            vLLM raises many types, so the first line of its message is kept.
+    """
+    try:
+        return start()
+    except EngineError as exc:
+        raise JobError(f"{prefix}{exc}") from None
+    except Exception as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise JobError(f"{path}: the {what} could not start: {first}") from None
+
+
+def previous_manifest(output: Path) -> tuple[dict[str, Any], Manifest] | None:
+    """The manifest of the run already in ``output``, or None when it holds nothing
+    (or only a lock file): the common start of resuming any run.
+
+    Raises:
+        JobError: a non-empty directory without a manifest, or a damaged one.
+    """
+    if not output.is_dir() or not any(p.name != LOCK_FILE for p in output.iterdir()):
+        return None
+    path = output / MANIFEST
+    if not path.is_file():
+        raise JobError(f"{output}: output directory is not empty and holds no "
+                       "selfinstruct run; choose another --output")
+    try:
+        return read_manifest(path, require=("identity",))
+    except ManifestError as exc:
+        raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
+                       "--output)") from None
 
 
 def judge_config(config: Config) -> Config | None:
@@ -274,17 +320,10 @@ class GenerateJob:
             }, "--output", writes=(MANIFEST, DATA_DIR, LEDGER_DIR, LOCK_FILE))
         except OutputPathError as exc:
             raise JobError(str(exc)) from None
-        if not output.is_dir() or not any(p.name != LOCK_FILE for p in output.iterdir()):
+        found = previous_manifest(output)
+        if found is None:
             return None
-        path = output / MANIFEST
-        if not path.is_file():
-            raise JobError(f"{output}: output directory is not empty and holds no "
-                           "selfinstruct run; choose another --output")
-        try:
-            previous, checked = read_manifest(path, require=("identity",))
-        except ManifestError as exc:
-            raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
-                           "--output)") from None
+        previous, checked = found
         if "scored_from" in previous:
             raise JobError(f"{output}: holds a `selfinstruct score` run, not a generate run; "
                            "choose another --output")
@@ -329,15 +368,9 @@ class GenerateJob:
 
         def start_engine() -> Engine:
             started = time.perf_counter()
-            try:
-                engine = build_engine(config, self.prepared or Prepared(self.model))
-            except EngineError as exc:  # one line naming the endpoint(s) already
-                raise JobError(str(exc)) from None
-            except Exception as exc:  # vLLM raises many types; the first line says what failed
-                text = str(exc).strip()
-                first = text.splitlines()[0] if text else type(exc).__name__
-                raise JobError(f"{self.model.path}: the engine could not start: {first}"
-                               ) from None
+            engine = start_or_refuse(
+                lambda: build_engine(config, self.prepared or Prepared(self.model)),
+                self.model.path)
             startup["seconds"] = time.perf_counter() - started
             self._engine = engine
             return engine
@@ -394,15 +427,9 @@ class GenerateJob:
         chosen = backend(judging.engine.backend)
 
         def start() -> Engine:
-            try:
-                self._judge_engine = chosen.start(judging, prepared)
-            except EngineError as exc:
-                raise JobError(f"the judge: {exc}") from None
-            except Exception as exc:  # vLLM raises many types; the first line says what failed
-                text = str(exc).strip()
-                first = text.splitlines()[0] if text else type(exc).__name__
-                raise JobError(f"{prepared.model.path}: the judge engine could not start: "
-                               f"{first}") from None
+            self._judge_engine = start_or_refuse(lambda: chosen.start(judging, prepared),
+                                                 prepared.model.path, "judge engine",
+                                                 "the judge: ")
             return self._judge_engine  # type: ignore[no-any-return]
 
         return LazyEngine(start, on_start=lambda: console.print(

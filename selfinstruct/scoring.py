@@ -29,7 +29,8 @@ from .engines import Completion, Engine, EngineError, Prepared, backend
 from .models import ModelError
 from .prompts import PromptBuilder, PromptError
 from .quality import example_key, passes_cuts, quality_values
-from .run import RESUMABLE_CHANGES, JobError, _flatten, package_versions, throughput
+from .run import (RESUMABLE_CHANGES, JobError, _flatten, package_versions, previous_manifest,
+                  start_or_refuse, throughput)
 from .storage.ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
 from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError,
                                read_manifest, write_manifest)
@@ -172,18 +173,11 @@ class ScoreJob:
                 "prompts_sha256": dict(self.prompts.sha256)}
 
     def _previous_run(self) -> dict[str, Any] | None:
-        output = self.config.output
-        if not output.is_dir() or not any(p.name != LOCK_FILE for p in output.iterdir()):
+        found = previous_manifest(self.config.output)
+        if found is None:
             return None
-        path = output / MANIFEST
-        if not path.is_file():
-            raise JobError(f"{output}: output directory is not empty and holds no "
-                           "selfinstruct run; choose another --output")
-        try:
-            previous, _ = read_manifest(path, require=("identity",))
-        except ManifestError as exc:
-            raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
-                           "--output)") from None
+        previous, _ = found
+        output = self.config.output
         before, now = _flatten(previous["identity"]), _flatten(self.identity())
         for key in sorted(set(before) | set(now)):
             if before.get(key) != now.get(key):
@@ -226,16 +220,11 @@ class ScoreJob:
                 self._engine = self.engine
                 return self.engine
             started = time.perf_counter()
-            try:
-                self._engine = (self._start_reward() if self.rewarding
-                                else chosen.start(config, self.prepared))
-            except EngineError as exc:
-                raise JobError(f"the judge: {exc}") from None
-            except Exception as exc:  # vLLM raises many types; the first line says what failed
-                text = str(exc).strip()
-                first = text.splitlines()[0] if text else type(exc).__name__
-                raise JobError(f"{self.prepared.model.path}: the judge engine could not "
-                               f"start: {first}") from None
+            self._engine = start_or_refuse(
+                lambda: (self._start_reward() if self.rewarding
+                         else chosen.start(config, self.prepared)),
+                self.prepared.model.path,
+                "reward model" if self.rewarding else "judge engine", "the judge: ")
             startup["seconds"] = time.perf_counter() - started
             return self._engine  # type: ignore[no-any-return]
 

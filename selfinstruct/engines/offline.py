@@ -280,25 +280,38 @@ class VLLMEngine:
         and an error while shutting down (the processes got the signal too and
         may be gone) is ignored, so that it cannot hide the stop.
         """
-        llm, self._llm = getattr(self, "_llm", None), None
-        if llm is not None:
-            engine = llm.llm_engine
-            shutdown = getattr(engine, "shutdown", None)
-            if not callable(shutdown):
-                shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
-            if callable(shutdown):
-                try:
-                    shutdown()
-                except Exception:
-                    if not stopping():
-                        raise
-        watchdog, self._watchdog = getattr(self, "_watchdog", None), None
-        if watchdog is not None:
-            watchdog.kill()
-            watchdog.wait()
-        output = getattr(self, "_output", None)
-        if output is not None:
-            output.close()
+        shut_down(self)
+
+
+def shut_down(holder: Any) -> None:
+    """Shut down the vLLM engine ``holder._llm`` and its helpers (idempotent).
+
+    ``holder`` is a :class:`VLLMEngine` or anything built like one (the reward
+    scorer): ``_llm`` (a ``vllm.LLM``), ``_watchdog`` (the orphan watchdog's
+    process) and ``_output`` (the :class:`_EngineOutput` relay), each possibly
+    absent or None. vLLM 0.32's ``LLMEngine`` has no ``shutdown``; its engine-core
+    client does. An error while shutting down during a stop (SIGTERM, Ctrl-C:
+    the processes got the signal too) is ignored.
+    """
+    llm, holder._llm = getattr(holder, "_llm", None), None
+    if llm is not None:
+        engine = llm.llm_engine
+        shutdown = getattr(engine, "shutdown", None)
+        if not callable(shutdown):
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+            except Exception:
+                if not stopping():
+                    raise
+    watchdog, holder._watchdog = getattr(holder, "_watchdog", None), None
+    if watchdog is not None:
+        watchdog.kill()
+        watchdog.wait()
+    output = getattr(holder, "_output", None)
+    if output is not None:
+        output.close()
 
 
 # Run by a detached interpreter: wait until this process's parent is gone (the

@@ -42,7 +42,8 @@ from ..storage.shards import messages_for
 from .base import (PROMPT_TOO_LONG, Capabilities, Completion, EngineError, Progress,
                    Request)
 from .offline import (_EngineOutput, _progress_bar_factory, _quiet_vllm_logs_when_stopping,
-                      _start_orphan_watchdog, is_cpu_vllm, resolve_dtype, vllm_engine_args)
+                      _start_orphan_watchdog, is_cpu_vllm, resolve_dtype, shut_down,
+                      vllm_engine_args)
 
 Example = tuple[str, str, str]
 """One example to score: (instruction, input, output); input is "" when there is none."""
@@ -306,25 +307,7 @@ class RewardScorer:
 
     def close(self) -> None:
         """Shut the engine's processes down (idempotent), as the offline engine does."""
-        llm, self._llm = getattr(self, "_llm", None), None
-        if llm is not None:
-            engine = llm.llm_engine
-            shutdown = getattr(engine, "shutdown", None)
-            if not callable(shutdown):
-                shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
-            if callable(shutdown):
-                try:
-                    shutdown()
-                except Exception:
-                    if not stopping():
-                        raise
-        watchdog, self._watchdog = getattr(self, "_watchdog", None), None
-        if watchdog is not None:
-            watchdog.kill()
-            watchdog.wait()
-        output = getattr(self, "_output", None)
-        if output is not None:
-            output.close()
+        shut_down(self)
 
 
 def score_with_reward_model(model: str, engine_config: EngineConfig, seed: int,
