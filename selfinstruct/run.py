@@ -371,13 +371,13 @@ class GenerateJob:
             engine = start_or_refuse(
                 lambda: build_engine(config, self.prepared or Prepared(self.model)),
                 self.model.path)
-            startup["seconds"] = time.perf_counter() - started
+            startup["seconds"] += time.perf_counter() - started
             self._engine = engine
             return engine
 
         chosen = backend(config.engine.backend)
         engine = RecordedEngine(run_dir, LazyEngine(start_engine, on_start=lambda: console.print(
-            rich_safe(chosen.starting(config, self.model.name)))), judge=self._lazy_judge())
+            rich_safe(chosen.starting(config, self.model.name)))), judge=self._lazy_judge(startup))
         writer = ShardWriter(config.output, config.shards.shard_size, config.shards.compression)
         if self.previous is not None:
             console.print(f"Resuming the run in {rich_safe(config.output)} "
@@ -415,8 +415,9 @@ class GenerateJob:
             return None
         return self.judge.model.name if self.judge is not None else self.model.name
 
-    def _lazy_judge(self) -> LazyEngine | None:
-        """The judge's engine, started on its first request, when it is its own."""
+    def _lazy_judge(self, startup: dict[str, float]) -> LazyEngine | None:
+        """The judge's engine, started on its first request, when it is its own; its
+        start-up time is added to ``startup["seconds"]`` (not the loop's own time)."""
         from .engines.recorded import LazyEngine
         from .progress import console
         from .terminal import rich_safe
@@ -427,9 +428,11 @@ class GenerateJob:
         chosen = backend(judging.engine.backend)
 
         def start() -> Engine:
+            started = time.perf_counter()
             self._judge_engine = start_or_refuse(lambda: chosen.start(judging, prepared),
                                                  prepared.model.path, "judge engine",
                                                  "the judge: ")
+            startup["seconds"] += time.perf_counter() - started
             return self._judge_engine  # type: ignore[no-any-return]
 
         return LazyEngine(start, on_start=lambda: console.print(
