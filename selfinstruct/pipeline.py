@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .dedup import RougeIndex
-from .engines.base import Completion, Request
+from .engines.base import Request
 from .engines.recorded import RecordedEngine
 from .filters import instruction_rejection
 from .prompts import PromptBuilder
@@ -54,7 +54,7 @@ from .stages.base import CandidateStage, Records, request_seed
 from .stages.classification import ClassificationIdentification
 from .stages.instances import InstanceGeneration
 from .stages.instructions import InstructionGeneration
-from .stages.judging import QualityJudging
+from .stages.judging import QualityJudging, surviving
 from .stats import RunStats
 from .storage.ledger import crash_point
 from .storage.shards import ShardWriter, messages_for
@@ -211,7 +211,7 @@ class SelfInstruct:
         """The candidates worth judging: with no cut, only as many surviving ones as the
         target still takes (the rest would be cut at the target unjudged: judging cannot
         reject without a cut); with a cut, every survivor."""
-        survivors = [c for c in kept if c.reason is None]
+        survivors = surviving(kept)
         if self.config.quality.cuts():
             return survivors
         return survivors[:max(self.config.num_instructions - self.stats.tasks_written, 0)]
@@ -289,9 +289,7 @@ class SelfInstruct:
                 shown: dict[str, tuple[str, ...]] | None = None) -> Records:
         """The engine's answers to one stage's requests, counted in the token totals."""
         records = self.engine.answer(round_number, requests, shown, self._on_batch)
-        self.stats.engine.count(stage, [
-            Completion(r.text, r.prompt_tokens, r.output_tokens, r.finish_reason)
-            for r in records.values() if r is not None])
+        self.stats.engine.count(stage, [r for r in records.values() if r is not None])
         return records
 
     def _on_batch(self, stage: str, total: int) -> Callable[[int], None]:

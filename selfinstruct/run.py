@@ -127,6 +127,43 @@ def start_or_refuse(start: Callable[[], Engine], path: str, what: str = "engine"
         raise JobError(f"{path}: the {what} could not start: {first}") from None
 
 
+def option_names(option_keys: dict[str, str]) -> dict[str, str]:
+    """Dotted config key -> the CLI option that sets it (``--min-quality`` for every
+    ``min_quality:<key>`` entry), so config errors name what the user typed."""
+    return {key: "--" + name.split(":")[0].replace("_", "-")
+            for name, key in option_keys.items()}
+
+
+def lock_run(path: Path) -> RunDirectory:
+    """The run directory at ``path``, locked for this process.
+
+    Raises:
+        JobError: another process holds it (one line naming its pid).
+    """
+    run_dir = RunDirectory(path)
+    try:
+        run_dir.lock()
+    except LedgerError as exc:
+        raise JobError(str(exc)) from None
+    return run_dir
+
+
+def check_identity(output: Path, before: dict[str, Any], now: dict[str, Any],
+                   verb: str = "resume") -> None:
+    """Refuse a run directory made with other settings, naming the first difference
+    (settings first, then model, seeds, templates).
+
+    Raises:
+        JobError: ``before`` (the recorded identity) and ``now`` differ.
+    """
+    old, new = _flatten(before), _flatten(now)
+    for key in sorted(set(old) | set(new), key=lambda k: (not k.startswith("settings."), k)):
+        if old.get(key) != new.get(key):
+            raise JobError(f"{output}: holds a run made with {key} = {old.get(key)!r}, not "
+                           f"{new.get(key)!r}; {verb} it with the same settings, or choose "
+                           "another --output")
+
+
 def previous_manifest(output: Path) -> tuple[dict[str, Any], Manifest] | None:
     """The manifest of the run already in ``output``, or None when it holds nothing
     (or only a lock file): the common start of resuming any run.
@@ -227,8 +264,7 @@ class GenerateJob:
         from .dedup import empty_fraction
 
         overrides = {option_keys[name]: value for name, value in options.items()}
-        names = {key: "--" + name.split(":")[0].replace("_", "-")
-                 for name, key in option_keys.items()}
+        names = option_names(option_keys)
         try:
             config = load_config(config_file, overrides, names)
             if config.quality.reward_model is not None:
@@ -327,14 +363,7 @@ class GenerateJob:
         if "scored_from" in previous:
             raise JobError(f"{output}: holds a `selfinstruct score` run, not a generate run; "
                            "choose another --output")
-        before, now = previous["identity"], self.identity()
-        keys = set(_flatten(before)) | set(_flatten(now))
-        for key in sorted(keys, key=lambda k: (not k.startswith("settings."), k)):
-            old, new = _flatten(before).get(key), _flatten(now).get(key)
-            if old != new:
-                raise JobError(f"{output}: holds a run made with {key} = {old!r}, not "
-                               f"{new!r}; resume it with the same settings, or choose "
-                               "another --output")
+        check_identity(output, previous["identity"], self.identity())
         done = checked.stats.get("tasks_written", 0)
         if self.config.num_instructions < done:
             raise JobError(f"{output}: the run already holds {done} tasks; "
@@ -359,11 +388,7 @@ class GenerateJob:
         for warning in self.warnings:
             console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
         config = self.config
-        run_dir = RunDirectory(config.output)
-        try:
-            run_dir.lock()
-        except LedgerError as exc:
-            raise JobError(str(exc)) from None
+        run_dir = lock_run(config.output)
         startup = {"seconds": 0.0}
 
         def start_engine() -> Engine:

@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
-from .engines import Completion, Engine, EngineError, Prepared, backend
+from .engines import Engine, EngineError, Prepared, backend
 from .models import ModelError
 from .prompts import PromptBuilder, PromptError
 from .quality import example_key, passes_cuts, quality_values
-from .run import (RESUMABLE_CHANGES, JobError, _flatten, package_versions, previous_manifest,
-                  start_or_refuse, throughput)
-from .storage.ledger import LEDGER_DIR, LOCK_FILE, LedgerError, RunDirectory
-from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, ManifestError,
-                               read_manifest, write_manifest)
+from .run import (RESUMABLE_CHANGES, JobError, _flatten, check_identity, lock_run,
+                  option_names, package_versions, previous_manifest, start_or_refuse,
+                  throughput)
+from .storage.ledger import LEDGER_DIR, LOCK_FILE, LedgerError
+from .storage.manifest import (MANIFEST, MANIFEST_FORMAT, Manifest, write_manifest)
 from .storage.shards import DATA_DIR, ShardInfo, ShardWriter, messages_for, remove_unlisted
 from .tasks import Candidate, Instance
 
@@ -97,15 +97,14 @@ class ScoreJob:
         from .analysis.loading import InspectError, load_run
 
         overrides = {option_keys[name]: value for name, value in options.items()}
-        names = {key: "--" + name.split(":")[0].replace("_", "-")
-                 for name, key in option_keys.items()}
+        names = option_names(option_keys)
         overrides["quality.judge"] = True
         try:
             config = load_config(config_file, overrides, names)
             prompts = PromptBuilder(config.prompts, rubric=config.quality.rubric)
         except (ConfigError, PromptError) as exc:
             raise JobError(str(exc)) from None
-        cls._check_output(config.output, source, config_file)
+        previous = cls._check_output(config.output, source, config_file)
         try:
             run = load_run(source)
         except InspectError as exc:
@@ -127,14 +126,17 @@ class ScoreJob:
         except (ModelError, EngineError) as exc:
             raise JobError(f"the {'reward model' if config.quality.reward_model else 'judge'}"
                            f": {exc}") from None
-        job = cls(config, source, examples, prompts, prepared, chunk_size)
-        job.previous = job._previous_run()
-        if job.previous is not None:
-            job.created = job.previous.get("created", job.created)
+        job = cls(config, source, examples, prompts, prepared, chunk_size, previous)
+        if previous is not None:
+            check_identity(config.output, previous["identity"], job.identity(), "run")
+            job.created = previous.get("created", job.created)
         return job
 
     @staticmethod
-    def _check_output(output: Path, source: Path, config_file: Path | None) -> None:
+    def _check_output(output: Path, source: Path, config_file: Path | None
+                      ) -> dict[str, Any] | None:
+        """Refuse an output that is an input, lies in a run or cannot be written, or
+        holds a run ``score`` did not make; return the manifest of a score run there."""
         from .safety import (OutputPathError, check_not_in_run, check_output_apart,
                              check_writable_dir)
 
@@ -147,15 +149,14 @@ class ScoreJob:
             check_not_in_run(output, "--output", allow_run=True)
         except OutputPathError as exc:
             raise JobError(str(exc)) from None
-        if (output / MANIFEST).is_file():  # a run: only a score run may be resumed
-            try:
-                previous, _ = read_manifest(output / MANIFEST)
-            except ManifestError as exc:
-                raise JobError(f"{exc} (damaged manifest, cannot resume; choose another "
-                               "--output)") from None
-            if "scored_from" not in previous:
-                raise JobError(f"{output}: holds a selfinstruct run that `score` did not "
-                               "make; choose another --output")
+        found = previous_manifest(output)
+        if found is None:
+            return None
+        previous = found[0]
+        if "scored_from" not in previous:  # only a score run may be resumed
+            raise JobError(f"{output}: holds a selfinstruct run that `score` did not "
+                           "make; choose another --output")
+        return previous
 
     def identity(self) -> dict[str, Any]:
         """What makes two ``score`` invocations the same run: settings, judge,
@@ -171,20 +172,6 @@ class ScoreJob:
                 "model": {"name": model.name, "path": model.path, "gguf_sha256": model.sha256},
                 "examples": len(self.examples), "examples_sha256": digest.hexdigest(),
                 "prompts_sha256": dict(self.prompts.sha256)}
-
-    def _previous_run(self) -> dict[str, Any] | None:
-        found = previous_manifest(self.config.output)
-        if found is None:
-            return None
-        previous, _ = found
-        output = self.config.output
-        before, now = _flatten(previous["identity"]), _flatten(self.identity())
-        for key in sorted(set(before) | set(now)):
-            if before.get(key) != now.get(key):
-                raise JobError(f"{output}: holds a run made with {key} = {before.get(key)!r}, "
-                               f"not {now.get(key)!r}; run it with the same settings, or "
-                               "choose another --output")
-        return previous
 
     # -- running -------------------------------------------------------------
 
@@ -207,11 +194,7 @@ class ScoreJob:
         from .terminal import rich_safe
 
         config = self.config
-        run_dir = RunDirectory(config.output)
-        try:
-            run_dir.lock()
-        except LedgerError as exc:
-            raise JobError(str(exc)) from None
+        run_dir = lock_run(config.output)
         chosen = backend(config.engine.backend)
         startup = {"seconds": 0.0}
 
@@ -292,9 +275,7 @@ class ScoreJob:
         if self.rewarding:
             return self._reward_chunk(engine, stage.stats, number, chunk, on_batch)
         records = engine.answer(number, stage.requests(number, candidates), None, on_batch)
-        stage.stats.engine.count(stage.name, [
-            Completion(r.text, r.prompt_tokens, r.output_tokens, r.finish_reason)
-            for r in records.values() if r is not None])
+        stage.stats.engine.count(stage.name, [r for r in records.values() if r is not None])
         stage.apply(candidates, records)
         rows = []
         for example, candidate in zip(chunk, candidates, strict=True):
@@ -327,9 +308,7 @@ class ScoreJob:
                     for e, key in zip(chunk, keys, strict=True)]
         records = engine.answer(number, list({r.key: r for r in requests}.values()), None,
                                 on_batch)
-        stats.engine.count(REWARD_STAGE, [
-            Completion(r.text, r.prompt_tokens, r.output_tokens, r.finish_reason)
-            for r in records.values() if r is not None])
+        stats.engine.count(REWARD_STAGE, [r for r in records.values() if r is not None])
         rows = []
         for example, key in zip(chunk, keys, strict=True):
             record = records.get(key)

@@ -110,6 +110,16 @@ PROMPT_TOO_LONG = "prompt_too_long"
 least as many tokens as the model's context (``max_model_len``): it is not sent."""
 
 
+class Counted(Protocol):
+    """What :meth:`EngineStats.count` reads: a :class:`Completion`, or a ledger record."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+
 @dataclass
 class EngineStats:
     """Token totals by stage.
@@ -124,8 +134,8 @@ class EngineStats:
     output_tokens: int = 0
     by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def count(self, stage: str, completions: Sequence[Completion]) -> None:
-        """Add a stage's completions to the totals."""
+    def count(self, stage: str, completions: Sequence[Counted]) -> None:
+        """Add a stage's completions (or the ledger's records of them) to the totals."""
         prompt = sum(c.prompt_tokens for c in completions)
         output = sum(c.output_tokens for c in completions)
         self.requests += len(completions)

@@ -31,6 +31,7 @@ from ..prompts import PromptBuilder
 from ..quality import (JUDGE_UNPARSEABLE, JUDGING, LOW_QUALITY, NOT_JUDGED, Judgement,
                        example_key)
 from ..stats import RunStats
+from ..storage.ledger import RecordedRequest
 from ..tasks import Candidate, Instance
 from .base import CandidateStage, Records, request_seed
 
@@ -104,11 +105,9 @@ class QualityJudging(CandidateStage):
             if not survivors:
                 candidate.reject(self.name, LOW_QUALITY)
 
-    def verdict(self, record: object) -> tuple[Judgement | None, str | None]:
+    def verdict(self, record: RecordedRequest | None) -> tuple[Judgement | None, str | None]:
         """``(judgement, None)``, or ``(None, reason)`` when there is no verdict."""
-        from ..storage.ledger import RecordedRequest
-
-        if not isinstance(record, RecordedRequest):
+        if record is None:
             return None, NOT_JUDGED
         if record.finish_reason == PROMPT_TOO_LONG:
             return None, PROMPT_TOO_LONG
