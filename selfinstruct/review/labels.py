@@ -168,7 +168,7 @@ def invalid_keys(run_dir: Path) -> set[str]:
         ReviewError: see :func:`load_labels`.
     """
     labels = load_labels(run_dir)
-    bad = labels[[q for q in QUESTIONS]].eq(False).any(axis=1)
+    bad = labels[list(QUESTIONS)].eq(False).any(axis=1)
     return set(labels.loc[bad, "example_key"].tolist())
 
 
