@@ -136,7 +136,7 @@ def read_label_file(path: Path) -> pd.DataFrame:
             raise ReviewError(f"{path}: field '{field.name}': type {have}, expected "
                               f"{field.type}; not a labels file")
     table = table.select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
-    frame = table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
     repeated = frame["example_key"][frame["example_key"].duplicated()]
     if len(repeated):
         raise ReviewError(f"{path}: field 'example_key': {repeated.iloc[0]} appears twice; "
@@ -156,7 +156,8 @@ def load_labels(run_dir: Path) -> pd.DataFrame:
     frames = [read_label_file(p) for p in sorted((run_dir / REVIEW_DIR).glob("labels-*.parquet"))
               if p.is_file()]
     if not frames:
-        return LABEL_SCHEMA.empty_table().to_pandas()
+        empty: pd.DataFrame = LABEL_SCHEMA.empty_table().to_pandas()
+        return empty
     return pd.concat(frames, ignore_index=True)
 
 
@@ -211,9 +212,9 @@ class LabelStore:
             if self.path.exists():
                 frame = read_label_file(self.path)
                 for row in frame.to_dict("records"):
-                    answers = Answers.model_construct(
+                    answers = Answers(
                         **{q: None if pd.isna(row[q]) else bool(row[q]) for q in QUESTIONS},
-                        note=row["note"] or "")
+                        note=(row["note"] or "")[:NOTE_LIMIT])
                     self.labels[row["example_key"]] = Label(
                         str(row["example_id"]), row["example_key"], answers,
                         row["updated_at"].to_pydatetime())

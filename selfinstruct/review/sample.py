@@ -251,7 +251,7 @@ def open_sample(run_dir: Path, frame: pd.DataFrame, size: int | None, seed: int 
                      f"reviewing all {len(frame)}")
     positions, strata = draw(frame, size, seed, stratify)
     ids = frame["id"].astype(str).tolist()
-    sample = Sample(seed=seed, requested=size, stratify=stratify,  # type: ignore[arg-type]
+    sample = Sample(seed=seed, requested=size, stratify=stratify,
                     rows_in_run=len(frame),
                     examples=[SampledExample(id=ids[p], key=keys[p], stratum=s)
                               for p, s in zip(positions, strata, strict=True)],
