@@ -739,5 +739,92 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
         sys.exit(1)
 
 
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
+@click.option("--sample", "size", type=click.IntRange(min=1), default=None,
+              help="Examples to review (all of them when the run has fewer).  "
+                   "[default: the kept sample's, else 200 as in Self-Instruct §3.3]")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the draw.  [default: the kept sample's, else 0]")
+@click.option("--stratify", type=click.Choice(["round", "score", "classification"]),
+              default=None,
+              help="Draw in proportion from every round, judge's overall score or task kind.  "
+                   "[default: a simple random sample]")
+@click.option("--resample", is_flag=True,
+              help="Draw a new sample instead of going on with the kept one (answers are kept).")
+@click.option("--reviewer", default=None, metavar="NAME",
+              help="Whose answers these are: each reviewer has their own labels file.  "
+                   "[default: your login name]")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (anyone who can reach it can change the answers).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
+              help="Port to serve on.  [default: a free one]")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | None,
+           resample: bool, reviewer: str | None, host: str, port: int,
+           open_browser: bool) -> None:
+    """Review a sample of a run's examples in a local web page.
+
+    Serves a page (on 127.0.0.1, a free port unless --port is given) that shows
+    one sampled example at a time and asks Self-Instruct §3.3's three questions:
+    is the instruction a valid task, is the input appropriate, is the output
+    correct and acceptable. Keys only: y/n, arrows. Each answer is written at
+    once to RUN_DIR/review/labels-NAME.parquet, so stopping and running the same
+    command again goes on where the review stopped. A judged run's scores are
+    shown after the three answers; `inspect` reports the quality table and the
+    judge's agreement with the reviewers.
+    """
+    from .analysis.loading import InspectError, load_run
+    from .analysis.quality import scale_of
+    from .review import ReviewError
+    from .review.labels import LabelStore, check_reviewer, default_reviewer
+    from .review.sample import open_sample
+    from .review.server import ReviewSession, bind, build_app, serve, session_examples, url_of
+    from .terminal import terminal_safe
+
+    try:
+        name = check_reviewer(reviewer) if reviewer is not None else default_reviewer()
+        run = load_run(run_dir)
+        if run.kind != "run":
+            raise ReviewError(f"{run_dir}: not a run directory (no manifest.json); review "
+                              "writes its labels inside the run it reviews")
+        sample, positions, notes = open_sample(run_dir, run.frame, size, seed, stratify,
+                                               resample=resample)
+        store = LabelStore(run_dir, name).open()
+    except (InspectError, ReviewError) as exc:
+        raise UserError(str(exc)) from None
+    try:
+        session = ReviewSession(
+            run_dir.resolve().name, session_examples(
+                run.frame, positions, [e.key for e in sample.examples],
+                [e.stratum for e in sample.examples]),
+            store, scale=scale_of(run)[0])
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        try:
+            sock = bind(host, port)
+        except ReviewError as exc:
+            raise UserError(str(exc)) from None
+        url = url_of(sock)
+        for note in notes:
+            click.echo(terminal_safe(note), err=True)
+        if not loopback:
+            click.echo(terminal_safe(f"Warning: serving on {host}: anyone who can reach it can "
+                                     "read the examples and change the answers"), err=True)
+        click.echo(terminal_safe(
+            f"Reviewing {len(session.examples)} examples of {run_dir} as {name} "
+            f"({session.answered()} answered); answers go to {store.path}"))
+        click.echo(f"Open {url}  (Ctrl-C stops; run the same command to go on)", err=False)
+        sys.stdout.flush()
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        serve(build_app(session, None if loopback else ["*"]), sock)
+        click.echo(terminal_safe(f"Stopped: {session.answered()} of {len(session.examples)} "
+                                 f"answered, in {store.path}"))
+    finally:
+        store.close()
+
+
 if __name__ == "__main__":
     main()

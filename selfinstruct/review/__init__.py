@@ -30,6 +30,12 @@ REVIEW_QUESTIONS = {
 """The reviewer's three yes/no questions, keyed like the judge's
 (:data:`selfinstruct.quality.QUESTIONS`), as Self-Instruct §3.3 asked them."""
 
+STRATA = ("round", "score", "classification")
+"""What ``review --stratify`` may split a run by (:func:`.sample.strata_of`)."""
+
+DEFAULT_SAMPLE = 200
+"""Examples reviewed when ``--sample`` is not given: Self-Instruct §3.3 read 200."""
+
 PAPER_QUALITY = {"instruction": 0.92, "input": 0.79, "output": 0.58, "all": 0.54}
 """Self-Instruct's reported shares of its 200 reviewed examples (Table 2) that were
 valid on each question and on all three, shown next to a run's for reference."""

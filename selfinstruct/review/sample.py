@@ -22,13 +22,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..quality import column, example_key
 from ..storage.files import write_json
-from . import REVIEW_DIR, ReviewError
+from . import DEFAULT_SAMPLE, REVIEW_DIR, STRATA, ReviewError
 
 SAMPLE_FILE = "sample.json"
 """The sample's file inside ``RUN_DIR/review/``."""
-
-STRATA = ("round", "score", "classification")
-"""What ``--stratify`` may split the run by."""
 
 Stratify = Literal["round", "score", "classification"]
 
@@ -200,7 +197,7 @@ def read_sample(run_dir: Path) -> Sample | None:
 
 
 def open_sample(run_dir: Path, frame: pd.DataFrame, size: int | None, seed: int | None,
-                stratify: str | None, resample: bool = False, default_size: int = 200
+                stratify: str | None, resample: bool = False, default_size: int = DEFAULT_SAMPLE
                 ) -> tuple[Sample, list[int], list[str]]:
     """The run's sample: the kept one, or a new one drawn and written.
 
