@@ -780,6 +780,7 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
     from .review.labels import LabelStore, check_reviewer, default_reviewer
     from .review.sample import open_sample
     from .review.server import ReviewSession, bind, build_app, serve, session_examples, url_of
+    from .signals import graceful_stop
     from .terminal import terminal_safe
 
     try:
@@ -819,7 +820,11 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
             import webbrowser
 
             webbrowser.open(url)
-        serve(build_app(session, None if loopback else ["*"]), sock)
+        try:
+            with graceful_stop():  # uvicorn stops on the signal, then passes it on: caught
+                serve(build_app(session, None if loopback else ["*"]), sock)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: how a review ends
+            pass
         click.echo(terminal_safe(f"Stopped: {session.answered()} of {len(session.examples)} "
                                  f"answered, in {store.path}"))
     finally:

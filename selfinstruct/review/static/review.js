@@ -9,6 +9,10 @@ const state = {
   example: null,     // GET /api/examples/<id>
   question: 0,       // index of the highlighted question
   saving: Promise.resolve(),
+  sent: 0,           // answers sent so far; only the newest reply replaces the shown label
+  target: 0,         // the example being moved to (keys pressed fast add up)
+  loading: 0,        // example loads in flight; keys pressed meanwhile wait for them
+  queued: [],
 };
 
 const $ = (id) => document.getElementById(id);
@@ -170,26 +174,41 @@ function firstOpenQuestion(values) {
 async function load(position) {
   const s = state.session;
   position = Math.max(0, Math.min(s.size - 1, position));
+  state.target = position;
   const id = s.examples[position].id;
-  const example = await api("GET", `/api/examples/${encodeURIComponent(id)}`);
-  state.position = position;
-  state.example = example;
-  state.question = firstOpenQuestion(answers());
-  history.replaceState(null, "", `#${position + 1}`);
-  renderExample();
+  state.loading += 1;
+  let example;
+  try {
+    example = await api("GET", `/api/examples/${encodeURIComponent(id)}`);
+  } finally {
+    state.loading -= 1;
+  }
+  if (position === state.target) {  // a later move wins
+    state.position = position;
+    state.example = example;
+    state.question = firstOpenQuestion(answers());
+    history.replaceState(null, "", `#${position + 1}`);
+    renderExample();
+  }
+  if (!state.loading) {
+    const keys = state.queued.splice(0);
+    for (const key of keys) handleKey(key);
+  }
 }
 
 function save(values) {
   // Answers are sent one after another, in the order given.
   const id = state.example.id;
   const position = state.position;
+  const number = ++state.sent;
   state.saving = state.saving.then(async () => {
     $("saved").textContent = "saving…";
     try {
       const reply = await api("PUT", `/api/labels/${encodeURIComponent(id)}`, values);
       state.session.answered = reply.answered;
       state.session.examples[position].complete = reply.label ? reply.label.complete : false;
-      if (state.example && state.example.id === id) {
+      // an older reply would undo answers given since it was sent
+      if (number === state.sent && state.example && state.example.id === id) {
         state.example.label = reply.label;
         state.example.judge = reply.judge;
         renderQuestions();
@@ -252,9 +271,16 @@ function nextOpen() {
 }
 
 async function move(position) {
+  state.target = Math.max(0, Math.min(state.session.size - 1, position));
   await saveNote();
   await state.saving;
-  await load(position);
+  try {
+    await load(state.target);
+  } catch (err) {
+    state.target = state.position;  // stay where we are; drop the keys meant for it
+    state.queued = [];
+    showError(`Cannot load example: ${err.message}`);
+  }
 }
 
 function onKey(event) {
@@ -263,25 +289,35 @@ function onKey(event) {
     return;
   }
   if (event.ctrlKey || event.metaKey || event.altKey || !state.example) return;
-  const key = event.key;
+  if (handleKey(event.key)) event.preventDefault();
+}
+
+// One key's action; returns whether the key is one of the page's.
+function handleKey(key) {
+  const known = ["y", "Y", "n", "N", "1", "2", "3", "ArrowUp", "ArrowDown", "ArrowRight",
+                 "Enter", "ArrowLeft", "u", "e"];
+  if (!known.includes(key)) return false;
+  if (state.loading || state.target !== state.position) {  // wait for the example moved to
+    state.queued.push(key);
+    return true;
+  }
   const count = questions().length;
-  let handled = true;
+  const last = state.session.size - 1;
   if (key === "y" || key === "Y") answer(true);
   else if (key === "n" || key === "N") answer(false);
-  else if (["1", "2", "3"].includes(key) && Number(key) <= count) {
-    state.question = Number(key) - 1; renderQuestions();
+  else if (["1", "2", "3"].includes(key)) {
+    if (Number(key) <= count) { state.question = Number(key) - 1; renderQuestions(); }
   } else if (key === "ArrowUp") { state.question = (state.question + count - 1) % count; renderQuestions(); }
   else if (key === "ArrowDown") { state.question = (state.question + 1) % count; renderQuestions(); }
   else if (key === "ArrowRight" || key === "Enter") {
-    if (state.position < state.session.size - 1) move(state.position + 1);
+    if (state.target < last) move(state.target + 1);
   } else if (key === "ArrowLeft") {
-    if (state.position > 0) move(state.position - 1);
+    if (state.target > 0) move(state.target - 1);
   } else if (key === "u") {
     const k = nextOpen();
     if (k !== null) move(k);
   } else if (key === "e") { $("note").focus(); }
-  else handled = false;
-  if (handled) event.preventDefault();
+  return true;
 }
 
 async function start() {
@@ -308,10 +344,8 @@ async function start() {
   showDoneIfFinished();
   document.addEventListener("keydown", onKey);
   $("note").addEventListener("blur", () => saveNote());
-  $("prev").addEventListener("click", () => { if (state.position > 0) move(state.position - 1); });
-  $("next").addEventListener("click", () => {
-    if (state.position < s.size - 1) move(state.position + 1);
-  });
+  $("prev").addEventListener("click", () => handleKey("ArrowLeft"));
+  $("next").addEventListener("click", () => handleKey("ArrowRight"));
 }
 
 start();
