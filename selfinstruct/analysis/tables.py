@@ -338,7 +338,8 @@ def review_tables(review: dict[str, Any]) -> list[TableData]:
         parts.append(f"sample of {sample['size']} ({drawn}), {sample['in_run']} still in the run")
     partial = sum(r["partial"] for r in reviewers)
     if partial:
-        parts.append(f"{partial} examples answered in part are left out")
+        parts.append(f"{partial} example{'' if partial == 1 else 's'} answered in part "
+                     "left out")
     if pooled:
         parts.append("pooled: an example is valid on a question only when every reviewer "
                      "who completed it said yes")
