@@ -39,6 +39,7 @@ import pandas as pd
 from ..filters import word_count
 from .loading import RunData
 from .quality import quality_statistics
+from .review import review_statistics
 from .sources import Rejections, SeedSource, TokenizerSource, rejection_summary
 from .verbs import verb_statistics
 from .where import json_ready, sample_rows
@@ -265,7 +266,9 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         "verbs", "samples", "notes"}``; absent measurements are None with a note.
         A judged run (shards with quality columns) adds ``"quality"``
         (:func:`selfinstruct.analysis.quality.quality_statistics`); other runs
-        and plain files have no such key.
+        and plain files have no such key. A run directory with review labels
+        (``review/labels-*.parquet``) adds ``"review"``
+        (:func:`selfinstruct.analysis.review.review_statistics`).
 
     Raises:
         InspectError: a bad ``where`` expression.
@@ -311,6 +314,8 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
 
     quality, quality_notes = quality_statistics(run)
     notes.extend(quality_notes)
+    review, review_notes = review_statistics(run)
+    notes.extend(review_notes)
 
     stats_json: dict[str, Any] = {
         "format": STATS_FORMAT,
@@ -333,6 +338,7 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         "pool_rouge": pool,
         "verbs": verb_statistics(instructions, parser=verb_parser),
         **({"quality": quality} if quality is not None else {}),
+        **({"review": review} if review is not None else {}),
         "samples": sample_rows(frame, sample, where) if sample or where else None,
         "notes": notes,
     }

@@ -18,6 +18,9 @@ from typing import Any
 QUALITY_SECTION = "quality"
 """:attr:`TableData.section` of the quality tables (the report shows them together)."""
 
+REVIEW_SECTION = "review"
+""":attr:`TableData.section` of the human review's tables (a section of the report)."""
+
 SAMPLE_TITLE = "Sample rows"
 QUALITY_EXAMPLES_TITLE = "Quality: an example at each overall score"
 EXAMPLE_TITLES = frozenset({SAMPLE_TITLE, QUALITY_EXAMPLES_TITLE})
@@ -34,7 +37,8 @@ class TableData:
     """A table as plain data, drawn by both the terminal and the HTML renderer.
 
     ``section`` groups tables on the HTML page (``""``: the main statistics,
-    :data:`QUALITY_SECTION`: the quality scores)."""
+    :data:`QUALITY_SECTION`: the quality scores, :data:`REVIEW_SECTION`: the
+    human review)."""
 
     title: str
     headers: tuple[str, ...]
@@ -169,6 +173,8 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
                              f"{len(rows)} of {samples['matched']} matching ({where})"))
     if stats.get("quality"):
         out += quality_tables(stats["quality"])
+    if stats.get("review"):
+        out += review_tables(stats["review"])
     return out
 
 
@@ -284,6 +290,117 @@ def quality_tables(quality: dict[str, Any]) -> list[TableData]:
     return out
 
 
+REVIEW_LABELS = {**{q: QUESTION_LABELS[q] for q in ("instruction", "input", "output")},
+                 "all": "all three"}
+"""Row labels of the review tables: Self-Instruct §3.3's questions and all three."""
+
+
+def _percent(value: Any) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _interval(item: dict[str, Any]) -> str:
+    """A share with its 95% interval, ``84% (77-89%)`` (with an en dash); ``—`` when
+    nothing was counted."""
+    if item["share"] is None:
+        return "—"
+    return (f"{item['share']:.0%} ({item['low'] * 100:.0f}\N{EN DASH}"
+            f"{item['high'] * 100:.0f}%)")
+
+
+def _kappa(value: Any) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def review_tables(review: dict[str, Any]) -> list[TableData]:
+    """The tables of a human review (``stats["review"]``, from
+    :func:`selfinstruct.analysis.review.review_statistics`), in display order: the
+    share valid per question per reviewer (and pooled) beside the paper's,
+    agreement between reviewers (two or more), and for a judged run the judge
+    against the reviewers and the overall-score cuts. Each has
+    :attr:`TableData.section` :data:`REVIEW_SECTION`."""
+    out: list[TableData] = []
+    reviewers = review["reviewers"]
+    pooled = review.get("pooled")
+    columns = [(r["name"], r) for r in reviewers] + ([("pooled", pooled)] if pooled else [])
+    paper = review["paper"]
+    rows: list[tuple[str, ...]] = [
+        ("examples reviewed", *(str(c["reviewed"]) for _, c in columns), "200")]
+    for item, label in REVIEW_LABELS.items():
+        rows.append((label, *(_interval(c["questions"][item]) for _, c in columns),
+                     _percent(paper.get(item))))
+    reviewed = pooled["reviewed"] if pooled else (reviewers[0]["reviewed"] if reviewers else 0)
+    sample = review.get("sample")
+    parts = ["share answered yes, Wilson 95% interval in brackets"]
+    if sample:
+        drawn = f"--sample {sample['requested']} --seed {sample['seed']}" + (
+            f" --stratify {sample['stratify']}" if sample["stratify"] else "")
+        parts.append(f"sample of {sample['size']} ({drawn}), {sample['in_run']} still in the run")
+    partial = sum(r["partial"] for r in reviewers)
+    if partial:
+        parts.append(f"{partial} example{'' if partial == 1 else 's'} answered in part "
+                     "left out")
+    if pooled:
+        parts.append("pooled: an example is valid on a question only when every reviewer "
+                     "who completed it said yes")
+    parts.append("paper: Self-Instruct §3.3, 200 examples")
+    out.append(TableData(
+        f"Review: quality of {reviewed} reviewed examples (Self-Instruct §3.3)",
+        ("question", *(name for name, _ in columns), "paper"), rows, "; ".join(parts),
+        REVIEW_SECTION))
+
+    if review.get("agreement"):
+        out.append(TableData(
+            "Review: agreement between reviewers (Cohen's kappa)",
+            ("reviewers", "n", *REVIEW_LABELS.values()),
+            [(f"{pair['a']} / {pair['b']}", str(pair["n"]),
+              *(f"{_kappa(pair['kappa'][item])} ({_percent(pair['agree'][item])})"
+                for item in REVIEW_LABELS)) for pair in review["agreement"]],
+            "kappa over the examples both reviewers completed, the share they answered alike "
+            "in brackets; —: undefined (no examples in common, or both gave one same answer "
+            "to all)", REVIEW_SECTION))
+
+    judge = review.get("judge")
+    if judge:
+        human = ("pooled labels (valid when every reviewer said yes)" if pooled else
+                 f"{reviewers[0]['name']}'s labels" if reviewers else "no reviewer")
+        origin = [f"{q}: the run's cut min_{q}" for q, o in judge["threshold_from"].items()
+                  if o != "scale"]
+        rows = []
+        for item, numbers in judge["questions"].items():
+            at = ("each question at its threshold" if item == "all"
+                  else f"score >= {_score(judge['thresholds'][item])}")
+            rows.append((REVIEW_LABELS.get(item, item), at, str(numbers["n"]),
+                         str(numbers["unscored"]), _percent(numbers["accuracy"]),
+                         _kappa(numbers["kappa"])))
+        scale = judge["scale"]
+        out.append(TableData(
+            "Review: the judge against the reviewers", ("question", "judge says yes at", "n",
+                                                        "unscored", "accuracy", "kappa"),
+            rows,
+            f"human label: {human}; threshold: the lowest whole score above the midpoint of "
+            f"the {scale['min']}-{scale['max']} scale"
+            + (f", except {', '.join(origin)}" if origin else "")
+            + "; examples the judge gave no score are left out (unscored)", REVIEW_SECTION))
+        if judge["cuts"]:
+            best = judge["cut_for_precision_90"]
+            text = (f"{judge['n']} reviewed examples with an overall score, {judge['valid']} of "
+                    f"them valid on all three; {judge['unscored']} without a score left out; "
+                    + (f"cut for 90% precision: overall >= {best}" if best is not None
+                       else "no cut reaches 90% precision"))
+            if judge.get("run_cut") is not None:
+                text += (f"; the run already dropped examples below overall "
+                         f"{_score(judge['run_cut'])}: the review never saw them")
+            out.append(TableData(
+                "Review: overall-score cuts against the reviewers",
+                ("overall >=", "kept", "valid kept", "precision", "recall"),
+                [(str(c["cut"]), str(c["kept"]), str(c["kept_valid"]),
+                  _interval({"share": c["precision"], "low": c["low"], "high": c["high"]}),
+                  _percent(c["recall"])) for c in judge["cuts"]],
+                text, REVIEW_SECTION))
+    return out
+
+
 def _clip(value: Any, limit: int = 300) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -312,7 +429,9 @@ def render_console(stats: dict[str, Any], console: Any = None) -> None:
             numeric = header in ("count", "n", "mean", "median", "p90", "max", "instructions",
                                  "share", "rows", "kept", "candidates", "tasks written",
                                  "kept rate", "of candidates", "kept of previous",
-                                 "unparseable", "judged", "dropped") \
+                                 "unparseable", "judged", "dropped", "unscored",
+                                 "accuracy", "kappa", "valid kept", "recall",
+                                 "overall >=") \
                 or _NUMBER.fullmatch(header) is not None
             table.add_column(header, justify="right" if numeric else "left",
                              overflow="fold", max_width=None if k < 1 else 70)
