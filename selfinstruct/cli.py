@@ -418,8 +418,8 @@ def reviewed_line(record: dict[str, Any]) -> str:
     whole = f", {tasks} task{'s' * (tasks != 1)} left with none" if tasks else ""
     return (f"--drop-reviewed-invalid: dropped {record['rows_dropped']} "
             f"row{'s' * (record['rows_dropped'] != 1)}{whole} (reviewed_invalid: "
-            f"{record['invalid_examples']} of {record['labelled']} labelled examples "
-            f"answered \"no\" by {', '.join(record['reviewers'])})")
+            f"reviewers {', '.join(record['reviewers'])} answered \"no\" about "
+            f"{record['invalid_examples']} of the {record['labelled']} examples they labelled)")
 
 
 def _remove_partial_output(output: Path, absent: bool) -> None:
