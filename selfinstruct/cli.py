@@ -321,6 +321,10 @@ def generate(config_file: Path | None, min_quality: tuple[str, ...], **options: 
         sys.exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT)
 
 
+DROP_REVIEWED_HELP = ("Drop the examples a reviewer answered \"no\" to on any of Self-Instruct "
+                      "§3.3's three questions (RUN/review/labels-*.parquet, written by "
+                      "`selfinstruct review`),")
+
 RUN_VALUE = "the run's"
 """The default of every ``refilter`` setting: the value the run recorded."""
 
@@ -353,8 +357,12 @@ RUN_VALUE = "the run's"
 @click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path), default=None,
               help="Where the run's prompt templates are now, likewise verified.  "
                    "[default: the recorded directory, else the bundled templates]")
+@click.option("--drop-reviewed-invalid", is_flag=True,
+              help=DROP_REVIEWED_HELP + " with reason reviewed_invalid; the manifest records "
+                   "the labels files and the counts.")
 def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path | None,
-             min_quality: tuple[str, ...], **options: Any) -> None:
+             min_quality: tuple[str, ...], drop_reviewed_invalid: bool,
+             **options: Any) -> None:
     """Re-derive a run's kept set under new filter settings, with no model call.
 
     Replays RUN_DIR's ledger (every recorded completion) through the filters
@@ -381,7 +389,8 @@ def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path 
     try:
         stats, warnings = run_refilter(run_dir, output,
                                        {keys[n]: v for n, v in options.items()}, names,
-                                       seeds=seeds, prompts_dir=prompts_dir)
+                                       seeds=seeds, prompts_dir=prompts_dir,
+                                       drop_reviewed_invalid=drop_reviewed_invalid)
     except JobError as exc:
         raise UserError(str(exc)) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
@@ -397,7 +406,20 @@ def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path 
                                                          key=lambda kv: -kv[1])[:6])
     console.print(f"{stats['tasks_written']} tasks, {stats['rows_written']} rows kept "
                   f"from {stats['rounds']} recorded rounds; rejected: {rich_safe(rejected)}")
+    if "review" in stats:
+        click.echo(terminal_safe(reviewed_line(stats["review"])))
     click.echo(terminal_safe(f"Shards and manifest in {output}/"))
+
+
+def reviewed_line(record: dict[str, Any]) -> str:
+    """One line on what ``--drop-reviewed-invalid`` dropped, from its record
+    (:meth:`~selfinstruct.review.drop.ReviewedInvalid.record`)."""
+    tasks = record.get("tasks_dropped", 0)
+    whole = f", {tasks} task{'s' * (tasks != 1)} left with none" if tasks else ""
+    return (f"--drop-reviewed-invalid: dropped {record['rows_dropped']} "
+            f"row{'s' * (record['rows_dropped'] != 1)}{whole} (reviewed_invalid: "
+            f"reviewers {', '.join(record['reviewers'])} answered \"no\" about "
+            f"{record['invalid_examples']} of the {record['labelled']} examples they labelled)")
 
 
 def _remove_partial_output(output: Path, absent: bool) -> None:
@@ -685,10 +707,13 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
 @click.option("--max-length", type=click.IntRange(min=1), default=None,
               help="Context length for --check-template.  [default: the tokenizer's "
                    f"model_max_length, at most {DEFAULT_MAX_LENGTH}]")
+@click.option("--drop-reviewed-invalid", is_flag=True,
+              help=DROP_REVIEWED_HELP + " leaving them out of the export; the card says how "
+                   "many. RUN must be a run directory.")
 def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: str | None,
            train_split: float | None, seeds: Path | None, tokenizer: str | None,
            overwrite: bool, repo: str | None, private: bool, template_model: str | None,
-           max_length: int | None) -> None:
+           max_length: int | None, drop_reviewed_invalid: bool) -> None:
     """Export a run (or Alpaca-style records) for SFT trainers, with a dataset card.
 
     RUN is a `generate` output directory or records in any format `inspect` reads.
@@ -699,7 +724,8 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
     --check-template alone only checks.
     """
     from .analysis.chat_check import check_template, describe_check, resolve_template_model
-    from .analysis.export import ExportError, export_run, push_to_hub
+    from .analysis.export import ExportError, drop_reviewed_invalid as drop_reviewed
+    from .analysis.export import export_run, push_to_hub
     from .analysis.loading import InspectError, load_run
     from .analysis.sources import resolve_seeds, resolve_tokenizer
     from .analysis.stats import collect_statistics
@@ -714,6 +740,9 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
     problems = False
     try:
         run = load_run(run_path)
+        reviewed = None
+        if drop_reviewed_invalid:
+            run, reviewed = drop_reviewed(run)
         if template_model is not None:
             template_tokenizer, name = resolve_template_model(template_model)
             result = check_template(run.frame, template_tokenizer, model=name,
@@ -725,14 +754,19 @@ def export(run_path: Path, fmt: str | None, output: Path | None, system_prompt: 
             stats = collect_statistics(run, resolve_seeds(run, seeds),
                                        resolve_tokenizer(run, tokenizer))
             written = export_run(run, fmt, output, stats=stats, system_prompt=system_prompt,
-                                 train_split=train_split, overwrite=overwrite)
+                                 train_split=train_split, overwrite=overwrite,
+                                 reviewed=reviewed)
             splits = ", ".join(f"{name} {rows} rows ({written.files[name]})"
                                for name, rows in written.rows.items())
             click.echo(terminal_safe(f"{fmt} export -> {written.output}/: {splits}; "
                                      "card README.md"))
+            if reviewed is not None:
+                click.echo(terminal_safe(reviewed_line(reviewed)))
             if repo is not None:
                 click.echo(terminal_safe(
                     f"pushed -> {push_to_hub(written.output, repo, private=private)}"))
+        elif reviewed is not None:  # --check-template alone: it checked the rows left
+            click.echo(terminal_safe(reviewed_line(reviewed)))
     except (InspectError, ExportError) as exc:
         raise UserError(str(exc)) from None
     if problems:

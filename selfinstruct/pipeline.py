@@ -16,7 +16,8 @@ Each round follows the steps of §2.2:
    near-duplicate detection of each example against other tasks' examples.
    With ``quality.judge`` (off by default), a judge model then scores every
    example on §3.3's three questions (:mod:`.stages.judging`), and examples below
-   a cut (``quality.min_*``) are dropped.
+   a cut (``quality.min_*``) are dropped. ``refilter --drop-reviewed-invalid``
+   then drops the examples human reviewers marked invalid (``reviewed_invalid``).
 5. **Commit**: the round's candidates (kept or not, with reasons) and examples go
    to the ledger; tasks with at least one instance join the pool as machine tasks
    and become rows of the shards.
@@ -58,7 +59,7 @@ from .stages.judging import QualityJudging, surviving
 from .stats import RunStats
 from .storage.ledger import crash_point
 from .storage.shards import ShardWriter, messages_for
-from .quality import Judgement, quality_values
+from .quality import REVIEWED_INVALID, Judgement, example_key, quality_values
 from .tasks import Candidate, Instance, Task
 
 __all__ = ["Reporter", "SelfInstruct", "SilentReporter", "request_seed"]
@@ -105,13 +106,17 @@ class SelfInstruct:
             caller writes the manifest); not for a round the ledger already held.
         judge_name: the judge model's name, recorded in judged rows
             (default: ``model_name``).
+        drop_keys: ``example_key`` of examples to drop after the instances (and
+            the judge) kept them, with reason ``reviewed_invalid`` (``refilter
+            --drop-reviewed-invalid``: those reviewers marked invalid); none
+            by default.
     """
 
     def __init__(self, config: Config, engine: RecordedEngine, prompts: PromptBuilder,
                  seed_tasks: Sequence[Task], writer: ShardWriter, model_name: str,
                  reporter: Reporter | None = None,
                  on_commit: Callable[[SelfInstruct], None] | None = None,
-                 judge_name: str | None = None):
+                 judge_name: str | None = None, drop_keys: frozenset[str] = frozenset()):
         self.config = config
         self.engine = engine
         self.run_dir = engine.ledger
@@ -132,6 +137,7 @@ class SelfInstruct:
         self.judging = (QualityJudging(config, prompts, self.stats) if config.quality.judge
                         else None)
         self.judge_name = judge_name or model_name
+        self.drop_keys = drop_keys
         self.pending: list[dict[str, Any]] = []  # rows awaiting the keep_best selection
 
     # -- the algorithm -------------------------------------------------------
@@ -153,6 +159,7 @@ class SelfInstruct:
             self.ask(self.instances, round_number, kept)            # step 4
             if self.judging is not None:
                 self.ask(self.judging, round_number, self.to_judge(kept))  # step 4b
+            self.drop_reviewed(kept)                                # step 4c
             rows = self.write(round_number, kept)                   # step 5
             self.commit(round_number, candidates, rows)
             self.stats.seconds = time.perf_counter() - started
@@ -215,6 +222,26 @@ class SelfInstruct:
         if self.config.quality.cuts():
             return survivors
         return survivors[:max(self.config.num_instructions - self.stats.tasks_written, 0)]
+
+    def drop_reviewed(self, kept: list[Candidate]) -> None:
+        """Step 4c: drop the surviving examples whose ``example_key`` is in
+        ``drop_keys`` (reason ``reviewed_invalid``, one per example); a task left
+        with none is rejected at stage "review" with that reason, as a cut does."""
+        if not self.drop_keys:
+            return
+        for candidate in surviving(kept):
+            keep = [k for k, instance in enumerate(candidate.instances)
+                    if example_key(candidate.instruction, instance.input, instance.output)
+                    not in self.drop_keys]
+            dropped = len(candidate.instances) - len(keep)
+            if not dropped:
+                continue
+            candidate.instance_rejections.extend([REVIEWED_INVALID] * dropped)
+            candidate.instances = tuple(candidate.instances[k] for k in keep)
+            if candidate.judgements:
+                candidate.judgements = tuple(candidate.judgements[k] for k in keep)
+            if not keep:
+                candidate.reject("review", REVIEWED_INVALID)
 
     def write(self, round_number: int, kept: list[Candidate]) -> list[dict[str, Any]]:
         """Step 5a: tasks with instances join the pool and become rows, up to the target.

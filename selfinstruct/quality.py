@@ -42,6 +42,11 @@ NOT_JUDGED = "not_judged"
 NOT_SELECTED = "not_selected"
 """Count key of examples left out by a ``keep_best`` budget."""
 
+REVIEWED_INVALID = "reviewed_invalid"
+"""Reason code of an example a human reviewer answered "no" to on any of the three
+questions (``selfinstruct review``), dropped by ``refilter`` or ``export`` with
+``--drop-reviewed-invalid`` (and of a task, when all its examples go)."""
+
 
 @dataclass(frozen=True)
 class Judgement:

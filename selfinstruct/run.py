@@ -37,6 +37,7 @@ from .storage.files import file_digest
 if TYPE_CHECKING:
     from .engines.recorded import LazyEngine
     from .pipeline import SelfInstruct
+    from .review.drop import ReviewedInvalid
     from .stats import RunStats
 
 EMPTY_TOKENIZE_WARNING = 0.05
@@ -537,7 +538,8 @@ REFILTER_KEYS = ("filters.", "instances.max_instances", "instances.near_duplicat
 
 def refilter(source: Path, output: Path, overrides: dict[str, Any],
              option_names: dict[str, str], seeds: Path | None = None,
-             prompts_dir: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+             prompts_dir: Path | None = None,
+             drop_reviewed_invalid: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Re-derive a run's kept set under new filter settings, with no model call.
 
     Replays the source run's ledger: every recorded instruction-generation
@@ -554,6 +556,13 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         option_names: dotted key -> CLI option, for error messages.
         seeds: where the run's seed tasks are now, when not at the recorded path.
         prompts_dir: where the run's templates are now, likewise.
+        drop_reviewed_invalid: also drop the examples a reviewer answered "no" to
+            on any of Self-Instruct §3.3's questions (``source/review/labels-*.parquet``,
+            from ``selfinstruct review``), matched by content
+            (:func:`~selfinstruct.quality.example_key`), with reason
+            ``reviewed_invalid``; a task left with none is dropped with it. The
+            manifest's ``stats.review`` records the labels files (sha256) and the
+            counts (:meth:`~selfinstruct.review.drop.ReviewedInvalid.record`).
 
     Nothing recorded in the source's manifest is trusted as it is: seed files
     and templates are used only when their sha256 equal the recorded ones (at
@@ -570,7 +579,9 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
             that differ from the recorded ones, a setting that cannot change
             without new generations, a bad value, or an output directory that
             is not empty, cannot be written, or is, lies inside or contains the
-            source run (checked first, before any read).
+            source run (checked first, before any read); with
+            ``drop_reviewed_invalid``, a source without review labels or with a
+            damaged labels file. Nothing is written before these checks pass.
     """
     from .engines.recorded import LazyEngine, RecordedEngine
     from .pipeline import SelfInstruct
@@ -617,6 +628,7 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     except ConfigError as exc:
         raise JobError(str(exc)) from None
     warnings = source_ledger_warnings(source, checked)
+    reviewed = _reviewed_invalid(source) if drop_reviewed_invalid else None
     seeds_path, seed_tasks = _recorded_seeds(checked, path, seeds)
     prompts = _recorded_prompts(checked, path, prompts_dir,
                                 config.quality.rubric if config.quality.judge else None)
@@ -637,16 +649,38 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         with RichReporter(checked.tasks) as reporter:
             recorded = RecordedEngine(run_dir, LazyEngine(None), source=RunDirectory(source))
             loop = SelfInstruct(config, recorded, prompts, seed_tasks, writer, model.name,
-                                reporter, judge_name=job.judge_name)
+                                reporter, judge_name=job.judge_name,
+                                drop_keys=reviewed.keys if reviewed else frozenset())
             loop.run()
         manifest = job.manifest(writer.close(), loop, "complete", 0.0)
         manifest.refiltered_from = str(source)
+        if reviewed is not None:
+            from .quality import REVIEWED_INVALID
+
+            manifest.stats["review"] = reviewed.record(
+                loop.stats.instance_rejections[REVIEWED_INVALID],
+                loop.stats.rejections[REVIEWED_INVALID])
         write_manifest(output, manifest)
     except LedgerError as exc:
         raise JobError(str(exc)) from None
     finally:
         run_dir.unlock()
     return manifest.stats, warnings
+
+
+def _reviewed_invalid(source: Path) -> ReviewedInvalid:
+    """The source's review labels (:func:`~selfinstruct.review.drop.reviewed_invalid`).
+
+    Raises:
+        JobError: no labels, or a damaged labels file (one line naming it).
+    """
+    from .review import ReviewError
+    from .review.drop import reviewed_invalid
+
+    try:
+        return reviewed_invalid(source)
+    except ReviewError as exc:
+        raise JobError(str(exc)) from None
 
 
 def source_ledger_warnings(source: Path, manifest: Manifest) -> list[str]:

@@ -7,7 +7,8 @@ whose ``data_files`` point at the split files, so ``load_dataset(DIR)`` and the
 Hub viewer find the splits. The Markdown body is ``templates/dataset_card.md.jinja``:
 format and how to load it, the splits, how the data was made (model, seeds with
 their sha256, filter and sampling settings, run seed, versions; for a judged run
-the judge, its scale, the cuts and the budget: :func:`judging_summary`) and the
+the judge, its scale, the cuts and the budget: :func:`judging_summary`; the rows
+left out because human reviewers marked them invalid: :func:`review_summary`) and the
 statistics tables of ``selfinstruct inspect`` (:func:`selfinstruct.analysis.tables.tables`).
 """
 
@@ -95,6 +96,37 @@ def judging_summary(run: RunData) -> dict[str, Any] | None:
     }
 
 
+def review_summary(run: RunData, result: ExportResult) -> list[dict[str, Any]]:
+    """What ``--drop-reviewed-invalid`` left out, for the card: of this export
+    (``result.reviewed``) and of the ``refilter`` that made the run
+    (``manifest["stats"]["review"]``), in that order.
+
+    Returns:
+        One dict per drop: ``{"by": "export" or "refilter", "rows": rows dropped,
+        "tasks": tasks left with none, "invalid": examples marked invalid,
+        "labelled": examples labelled, "reviewers": [names], "source": the
+        refiltered run (refilter only) or None}``; a record from the manifest
+        with a value of the wrong type is left out.
+    """
+    found = []
+    refiltered = run.stats.get("review") if run.kind == "run" else None
+    source = (run.manifest or {}).get("refiltered_from")
+    for by, record in (("export", result.reviewed), ("refilter", refiltered)):
+        if not isinstance(record, dict) or record.get("drop_reviewed_invalid") is not True:
+            continue
+        numbers = {name: record.get(key) for name, key in (
+            ("rows", "rows_dropped"), ("tasks", "tasks_dropped"),
+            ("invalid", "invalid_examples"), ("labelled", "labelled"))}
+        reviewers = record.get("reviewers")
+        if not (all(isinstance(v, int) and not isinstance(v, bool) for v in numbers.values())
+                and isinstance(reviewers, list) and all(isinstance(r, str) for r in reviewers)):
+            continue
+        found.append({"by": by, **numbers, "reviewers": reviewers,
+                      "source": source if by == "refilter" and isinstance(source, str)
+                      else None})
+    return found
+
+
 def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | None, *,
                  system_prompt: str | None = None, train_split: float | None = None) -> str:
     """The ``README.md`` of an export: YAML metadata, then format, splits, how the
@@ -122,6 +154,7 @@ def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | Non
         model=manifest.get("model") or {}, seeds=manifest.get("seeds") or {},
         config=manifest.get("config") or {}, versions=manifest.get("versions") or {},
         created=manifest.get("created"), judging=judging_summary(run),
+        reviewed=review_summary(run, result),
         scored_from=manifest.get("scored_from") if isinstance(manifest.get("scored_from"), str)
         else None,
         tables=None if stats is None else [t for t in tables(stats)

@@ -28,7 +28,9 @@ front matter follows the Hugging Face dataset-card conventions (``configs`` /
 ``data_files`` point at the files, so ``load_dataset(DIR)`` works).
 
 The export is built in a temporary sibling directory and renamed into place, so
-``DIR`` is either absent or complete. The card is made by
+``DIR`` is either absent or complete. With ``--drop-reviewed-invalid`` the rows
+human reviewers marked invalid are left out first (:func:`drop_reviewed_invalid`),
+and the card says how many and why. The card is made by
 :mod:`selfinstruct.analysis.card`; ``--check-template`` is
 :mod:`selfinstruct.analysis.chat_check`.
 """
@@ -42,7 +44,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +79,8 @@ class ExportResult:
         tasks: split name -> distinct tasks.
         files: split name -> path (or glob) relative to ``output``.
         card: the dataset card's path.
+        reviewed: with ``--drop-reviewed-invalid``, what was left out
+            (:meth:`~selfinstruct.review.drop.ReviewedInvalid.record`), else None.
     """
 
     output: Path
@@ -85,6 +89,48 @@ class ExportResult:
     tasks: dict[str, int]
     files: dict[str, str]
     card: Path
+    reviewed: dict[str, Any] | None = None
+
+
+def drop_reviewed_invalid(run: RunData) -> tuple[RunData, dict[str, Any]]:
+    """``run`` without the rows human reviewers marked invalid (``export
+    --drop-reviewed-invalid``).
+
+    A row is left out when some reviewer answered "no" to any of Self-Instruct
+    §3.3's three questions about it (``RUN/review/labels-*.parquet``), matched by
+    :func:`~selfinstruct.quality.example_key` of its instruction, input and output.
+
+    Returns:
+        ``(run with the remaining rows, record)``: the record is
+        :meth:`~selfinstruct.review.drop.ReviewedInvalid.record` (labels files
+        with sha256, reviewers, rows left out and tasks left with no row).
+
+    Raises:
+        ExportError: ``run`` is a file, not a run directory; it has no review
+            labels; a labels file is damaged (one line naming it); every row
+            was marked invalid.
+    """
+    from ..quality import example_key
+    from ..review import ReviewError
+    from ..review.drop import reviewed_invalid
+
+    if run.kind != "run":
+        raise ExportError(f"{run.path}: --drop-reviewed-invalid needs a run directory (a "
+                          "file has no review labels)")
+    try:
+        found = reviewed_invalid(run.path)
+    except ReviewError as exc:
+        raise ExportError(str(exc)) from None
+    frame = run.frame
+    invalid = [example_key(i, x, o) in found.keys for i, x, o in
+               zip(frame["instruction"].tolist(), frame["input"].tolist(),
+                   frame["output"].tolist(), strict=True)]
+    kept = frame[[not bad for bad in invalid]].reset_index(drop=True)
+    if kept.empty and not frame.empty:
+        raise ExportError(f"{run.path}: no rows to export: reviewers marked all "
+                          f"{len(frame)} invalid")
+    tasks = int(frame["task_id"].nunique()) - int(kept["task_id"].nunique())
+    return replace(run, frame=kept), found.record(sum(invalid), tasks)
 
 
 # ---------------------------------------------------------------------------
@@ -314,7 +360,8 @@ def _replace_dir(staging: Path, output: Path) -> None:
 
 def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, Any] | None = None,
                system_prompt: str | None = None, train_split: float | None = None,
-               overwrite: bool = False) -> ExportResult:
+               overwrite: bool = False, reviewed: dict[str, Any] | None = None
+               ) -> ExportResult:
     """Write ``run`` to ``output`` in format ``fmt`` with a dataset card.
 
     Args:
@@ -329,6 +376,8 @@ def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, A
         system_prompt: a system turn added to every example.
         train_split: fraction of tasks in ``train`` (see :func:`assign_splits`).
         overwrite: replace an earlier export at ``output``.
+        reviewed: the record of :func:`drop_reviewed_invalid` when ``run`` has
+            had its reviewed-invalid rows left out; the card says so.
 
     Returns:
         An :class:`ExportResult`.
@@ -354,7 +403,7 @@ def export_run(run: RunData, fmt: str, output: Path | str, *, stats: dict[str, A
         result = ExportResult(
             output, fmt, {k: len(v) for k, v in parts.items()},
             {k: int(v["task_id"].nunique()) for k, v in parts.items()}, files,
-            output / "README.md")
+            output / "README.md", reviewed)
         card = dataset_card(run, result, stats, system_prompt=system_prompt,
                             train_split=train_split)
         with atomic_file(staging / "README.md") as handle:
@@ -443,5 +492,6 @@ def push_to_hub(directory: Path, repo: str, *, private: bool = False,
 
 
 __all__ = ["EXPORT_MARKER", "FORMATS", "ExportError", "ExportResult", "alpaca_records",
-           "arrow_table", "assign_splits", "export_run", "messages_column", "messages_records",
-           "push_to_hub", "sharegpt_records", "split_key"]
+           "arrow_table", "assign_splits", "drop_reviewed_invalid", "export_run",
+           "messages_column", "messages_records", "push_to_hub", "sharegpt_records",
+           "split_key"]
