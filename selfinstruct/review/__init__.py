@@ -19,6 +19,8 @@ run, the judge's agreement with the reviewers (:mod:`selfinstruct.analysis.revie
 
 from __future__ import annotations
 
+from pathlib import Path
+
 REVIEW_DIR = "review"
 """The review's directory inside a run directory."""
 
@@ -44,3 +46,16 @@ valid on each question and on all three, shown next to a run's for reference."""
 class ReviewError(ValueError):
     """A review that cannot start or a file it cannot read; one line naming the file
     (and field) where there is one."""
+
+
+def check_plain_file(path: Path) -> None:
+    """Refuse a review file that is a symbolic link or not a regular file: a run
+    directory may come from someone else, and reading it must not read (nor a
+    review write) outside it.
+
+    Raises:
+        ReviewError: ``path`` is a link, a directory or another special file.
+    """
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ReviewError(f"{path}: not a regular file (a link, a directory or a device); "
+                          "refusing to read or write it")

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..quality import QUESTIONS
 from ..storage.files import write_bytes_atomic
-from . import REVIEW_DIR, ReviewError
+from . import REVIEW_DIR, ReviewError, check_plain_file
 
 LABEL_SCHEMA = pa.schema([
     ("reviewer", pa.string()),
@@ -122,6 +122,7 @@ def read_label_file(path: Path) -> pd.DataFrame:
         ReviewError: not Parquet, a missing column or one of another type, or a
             repeated ``example_key`` (one line naming the path).
     """
+    check_plain_file(path)
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
@@ -153,8 +154,7 @@ def load_labels(run_dir: Path) -> pd.DataFrame:
     Raises:
         ReviewError: a labels file that cannot be read (see :func:`read_label_file`).
     """
-    frames = [read_label_file(p) for p in sorted((run_dir / REVIEW_DIR).glob("labels-*.parquet"))
-              if p.is_file()]
+    frames = [read_label_file(p) for p in sorted((run_dir / REVIEW_DIR).glob("labels-*.parquet"))]
     if not frames:
         empty: pd.DataFrame = LABEL_SCHEMA.empty_table().to_pandas()
         return empty
@@ -196,8 +196,13 @@ class LabelStore:
             ReviewError: another process holds the lock (naming its pid), or the
                 labels file is damaged (it is then never written).
         """
+        if self.path.parent.is_symlink():
+            raise ReviewError(f"{self.path.parent}: a symbolic link; refusing to write the "
+                              "review outside the run directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.path.with_suffix(".lock")
+        check_plain_file(lock)
+        check_plain_file(self.path)
         handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 (held until close())
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

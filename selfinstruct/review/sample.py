@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..quality import column, example_key
 from ..storage.files import write_json
-from . import DEFAULT_SAMPLE, REVIEW_DIR, STRATA, ReviewError
+from . import DEFAULT_SAMPLE, REVIEW_DIR, STRATA, ReviewError, check_plain_file
 
 SAMPLE_FILE = "sample.json"
 """The sample's file inside ``RUN_DIR/review/``."""
@@ -181,6 +181,7 @@ def read_sample(run_dir: Path) -> Sample | None:
             and the first field at fault).
     """
     path = sample_path(run_dir)
+    check_plain_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
