@@ -155,6 +155,7 @@ def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | Non
         config=manifest.get("config") or {}, versions=manifest.get("versions") or {},
         created=manifest.get("created"), judging=judging_summary(run),
         reviewed=review_summary(run, result),
+        human_review=bool((stats or {}).get("review")),
         scored_from=manifest.get("scored_from") if isinstance(manifest.get("scored_from"), str)
         else None,
         tables=None if stats is None else [t for t in tables(stats)
