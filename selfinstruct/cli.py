@@ -819,7 +819,10 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
             import webbrowser
 
             webbrowser.open(url)
-        serve(build_app(session, None if loopback else ["*"]), sock)
+        try:
+            serve(build_app(session, None if loopback else ["*"]), sock)
+        except KeyboardInterrupt:  # uvicorn stops on Ctrl-C/SIGTERM, then raises it again
+            pass
         click.echo(terminal_safe(f"Stopped: {session.answered()} of {len(session.examples)} "
                                  f"answered, in {store.path}"))
     finally:
