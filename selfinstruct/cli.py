@@ -782,16 +782,20 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
     from .review.server import ReviewSession, bind, build_app, serve, session_examples, url_of
     from .terminal import terminal_safe
 
+    sock = None
     try:
         name = check_reviewer(reviewer) if reviewer is not None else default_reviewer()
         run = load_run(run_dir)
         if run.kind != "run":
             raise ReviewError(f"{run_dir}: not a run directory (no manifest.json); review "
                               "writes its labels inside the run it reviews")
+        sock = bind(host, port)  # before the sample is drawn: a port in use writes nothing
         sample, positions, notes = open_sample(run_dir, run.frame, size, seed, stratify,
                                                resample=resample)
         store = LabelStore(run_dir, name).open()
     except (InspectError, ReviewError) as exc:
+        if sock is not None:
+            sock.close()
         raise UserError(str(exc)) from None
     try:
         session = ReviewSession(
@@ -800,10 +804,6 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
                 [e.stratum for e in sample.examples]),
             store, scale=scale_of(run)[0])
         loopback = host in ("127.0.0.1", "localhost", "::1")
-        try:
-            sock = bind(host, port)
-        except ReviewError as exc:
-            raise UserError(str(exc)) from None
         url = url_of(sock)
         for note in notes:
             click.echo(terminal_safe(note), err=True)
