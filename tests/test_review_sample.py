@@ -299,3 +299,27 @@ def test_a_sample_json_that_is_not_utf8_is_refused_naming_the_path(tmp_path, fra
         open_sample(tmp_path, frame, None, None, None)
     assert str(path) in str(error.value)
     assert path.read_bytes() == b'{"seed": "\xff\xfe"}'
+
+
+@pytest.fixture(scope="module")
+def generated_judged_run(tmp_path_factory) -> Path:
+    """A judged run made by `generate` with the scripted engine (5 rows, 3 rounds)."""
+    from tests.judge_fakes import make_judged_run
+
+    return make_judged_run(tmp_path_factory.mktemp("generated-judged"))
+
+
+def test_a_generated_judged_run_is_sampled_from_every_score_and_round(generated_judged_run,
+                                                                      tmp_path):
+    from selfinstruct.analysis.loading import load_run
+
+    rows = load_run(generated_judged_run).frame
+    for stratify in ("score", "round", "classification"):
+        labels = strata_of(rows, stratify)
+        groups = set(labels)
+        assert len(groups) >= 2, (stratify, labels)
+        sample, positions, _ = open_sample(tmp_path / stratify, rows, len(groups), 0, stratify)
+        assert sorted(e.stratum for e in sample.examples) == sorted(groups)
+        assert [labels[p] for p in positions] == [e.stratum for e in sample.examples]
+        assert [e.key for e in sample.examples] == [keys_of(rows)[p] for p in positions]
+    assert "unscored" in strata_of(rows, "score")  # the scripted judge's unreadable answer

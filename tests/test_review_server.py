@@ -146,6 +146,18 @@ def test_an_example_shows_its_row_and_hides_the_judge_until_all_three_answers(ju
     assert again.json()["judge"] is None
 
 
+def test_an_unreadable_verdict_is_shown_as_null_scores_and_its_reason(judged):
+    frame = load_run(judged.run).frame.set_index("id")
+    example_id = next(i for i in judged.ids if frame.loc[i, "output"] == "negative"
+                      and frame.loc[i, "input"] == "Cold soup.")
+    put = judged.put(example_id, {"instruction": True, "input": True, "output": False})
+    assert put.status_code == 200
+    verdict = judged.client.get(f"/api/examples/{example_id}").json()["judge"]
+    assert verdict["scores"] == dict.fromkeys(SCORES)
+    assert verdict["reason"] == "judge_unparseable"
+    assert verdict["rationales"] == dict.fromkeys(QUESTIONS, "")
+
+
 def test_an_unjudged_run_never_shows_a_verdict(plain):
     put = plain.put(plain.ids[0], {"instruction": True, "input": True, "output": True})
     assert put.status_code == 200 and put.json()["judge"] is None
