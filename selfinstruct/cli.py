@@ -811,22 +811,30 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
     from .analysis.loading import InspectError, load_run
     from .analysis.quality import scale_of
     from .review import ReviewError
-    from .review.labels import LabelStore, check_reviewer, default_reviewer
+    from .review.labels import (LabelStore, check_reviewer, default_reviewer, labels_path,
+                                read_label_file)
     from .review.sample import open_sample
     from .review.server import ReviewSession, bind, build_app, serve, session_examples, url_of
-    from .signals import graceful_stop
     from .terminal import terminal_safe
 
+    sock, store = None, None
     try:
         name = check_reviewer(reviewer) if reviewer is not None else default_reviewer()
         run = load_run(run_dir)
         if run.kind != "run":
             raise ReviewError(f"{run_dir}: not a run directory (no manifest.json); review "
                               "writes its labels inside the run it reviews")
+        sock = bind(host, port)  # before the sample is drawn: a port in use writes nothing
+        if labels_path(run_dir, name).exists():  # likewise a damaged labels file
+            read_label_file(labels_path(run_dir, name))
         sample, positions, notes = open_sample(run_dir, run.frame, size, seed, stratify,
                                                resample=resample)
         store = LabelStore(run_dir, name).open()
     except (InspectError, ReviewError) as exc:
+        if sock is not None:
+            sock.close()
+        if store is not None:
+            store.close()
         raise UserError(str(exc)) from None
     try:
         session = ReviewSession(
@@ -835,10 +843,6 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
                 [e.stratum for e in sample.examples]),
             store, scale=scale_of(run)[0])
         loopback = host in ("127.0.0.1", "localhost", "::1")
-        try:
-            sock = bind(host, port)
-        except ReviewError as exc:
-            raise UserError(str(exc)) from None
         url = url_of(sock)
         for note in notes:
             click.echo(terminal_safe(note), err=True)
@@ -855,9 +859,8 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
 
             webbrowser.open(url)
         try:
-            with graceful_stop():  # uvicorn stops on the signal, then passes it on: caught
-                serve(build_app(session, None if loopback else ["*"]), sock)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: how a review ends
+            serve(build_app(session, None if loopback else ["*"]), sock)
+        except KeyboardInterrupt:  # uvicorn stops on Ctrl-C/SIGTERM, then raises it again
             pass
         click.echo(terminal_safe(f"Stopped: {session.answered()} of {len(session.examples)} "
                                  f"answered, in {store.path}"))

@@ -262,7 +262,9 @@ def test_export_without_the_flag_keeps_every_row_and_a_refiltered_runs_card_tell
     ok(invoke("export", run, "--format", "alpaca", "-o", plain, "--tokenizer", "none"))
     assert len(json.loads((plain / "train.json").read_text(encoding="utf-8"))) == 5
     card = (plain / "README.md").read_text(encoding="utf-8")
-    assert "Human review" not in card and "unreviewed" in card
+    # no drop line; the run's labels make the review tables and the limitation's wording
+    assert not [x for x in card.splitlines() if x.startswith("- Human review")]
+    assert "Review: quality of" in card and "only a sample of them was reviewed" in card
 
     refiltered, exported = tmp_path / "refiltered", tmp_path / "export"
     ok(invoke("refilter", run, "-o", refiltered, "--drop-reviewed-invalid"))

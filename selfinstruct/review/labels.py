@@ -219,7 +219,7 @@ class LabelStore:
                 for row in frame.to_dict("records"):
                     answers = Answers(
                         **{q: None if pd.isna(row[q]) else bool(row[q]) for q in QUESTIONS},
-                        note=(row["note"] or "")[:NOTE_LIMIT])
+                        note="" if pd.isna(row["note"]) else str(row["note"])[:NOTE_LIMIT])
                     self.labels[row["example_key"]] = Label(
                         str(row["example_id"]), row["example_key"], answers,
                         row["updated_at"].to_pydatetime())

@@ -32,12 +32,14 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..quality import QUESTIONS, SCORES, column, rationale_column
 from . import REVIEW_QUESTIONS, ReviewError
@@ -136,6 +138,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every response that does not
+    set them itself, so the static files and error answers carry them too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(raw=list(message.get("headers", [])))
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                message["headers"] = headers.raw
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -230,7 +255,8 @@ def build_app(session: ReviewSession, allowed_hosts: list[str] | None = None) ->
             Route("/api/labels/{example_id}", put_label, methods=["PUT"]),
             Mount("/static", StaticFiles(directory=static_dir()), name="static"),
         ],
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        middleware=[Middleware(SecurityHeaders),
+                    Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
         exception_handlers={404: not_found, 405: not_allowed},
     )
 
