@@ -438,6 +438,54 @@ class QualityConfig(_Section):
         return bool(self.cuts()) or self.keep_best is not None
 
 
+class DecontaminationConfig(_Section):
+    """Decontamination: drop instructions and examples that repeat an evaluation set
+    (README "Decontamination"; :mod:`selfinstruct.decontamination`). Off (no
+    evaluation set) by default, so a default run is the paper's algorithm.
+    """
+
+    against: list[str] = Field(
+        default_factory=list,
+        description="evaluation sets, each [NAME=]PATH[:FIELD,...] (a local record file or "
+                    "save_to_disk directory); empty = no check")
+    methods: list[Literal["ngram", "rouge", "embedding"]] = Field(
+        default_factory=lambda: ["ngram", "rouge"],
+        description="the checks run: ngram, rouge, embedding (needs embedding_model)")
+    ngram: int = Field(13, ge=1, description="n of the n-gram check: sharing one n-gram of "
+                                             "normalized words with an item flags an example "
+                                             "(GPT-3's 13-gram rule)")
+    min_item_tokens: int = Field(8, ge=1, description="an item shorter than ngram words is "
+                                                      "matched whole if it has this many, else "
+                                                      "skipped")
+    rouge_threshold: float = Field(0.7, ge=0.0, le=1.0,
+                                   description="ROUGE-L F1 of instruction + input to an item "
+                                               "above which an example is flagged")
+    embedding_model: str | None = Field(
+        None, description="a local embedding model (directory) for the embedding check")
+    embedding_threshold: float = Field(0.9, ge=-1.0, le=1.0,
+                                       description="cosine similarity above which the "
+                                                   "embedding check flags an example")
+    cache_dir: Path | None = Field(None, strict=False,
+                                   description="where built indexes are cached; None = "
+                                               "$SELFINSTRUCT_CACHE or ~/.cache/selfinstruct")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one method (ngram, rouge, embedding)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a method is named twice: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _embedding_needs_a_model(self) -> DecontaminationConfig:
+        if "embedding" in self.methods and self.embedding_model is None:
+            raise ValueError("methods: 'embedding' needs embedding_model (a local embedding "
+                             "model directory)")
+        return self
+
+
 class ShardConfig(_Section):
     """Parquet shard layout."""
 
@@ -477,6 +525,7 @@ class Config(_Section):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
 
     def to_json_dict(self) -> dict[str, Any]:

@@ -316,7 +316,9 @@ class GenerateJob:
         """What makes two invocations the same run: settings, model, seeds, templates."""
         settings = {k: v for k, v in _flatten(self.config.to_json_dict()).items()
                     if k not in RESUMABLE_CHANGES and k not in ("seeds", "prompts", "model")
-                    and (self.config.quality.judge or not k.startswith("quality."))}
+                    and (self.config.quality.judge or not k.startswith("quality."))
+                    and (self.config.decontamination.against
+                         or not k.startswith("decontamination."))}
         identity = {
             "settings": settings,
             "model": {"name": self.model.name, "path": self.model.path,

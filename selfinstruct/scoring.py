@@ -162,7 +162,8 @@ class ScoreJob:
         """What makes two ``score`` invocations the same run: settings, judge,
         rubric and the examples (by content, whatever file holds them)."""
         settings = {k: v for k, v in _flatten(self.config.to_json_dict()).items()
-                    if k not in SCORE_RESUMABLE and k not in ("model", "prompts")}
+                    if k not in SCORE_RESUMABLE and k not in ("model", "prompts")
+                    and not k.startswith("decontamination.")}
         digest = hashlib.sha256()
         for example in self.examples:
             digest.update(example_key(example["instruction"], example["input"],

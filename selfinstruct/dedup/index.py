@@ -567,6 +567,24 @@ class RougeIndex:
         self._qid += 1
         return self._full_search(self._sorted_keys(seq), len(seq), seq, None, 0.0)
 
+    def above_threshold(self, texts: Sequence[str]) -> list[tuple[int, float] | None]:
+        """For each text, the most similar pool text when its ROUGE-L F1 is above the
+        threshold, comparing with the pool only (never with the other texts), the
+        pool unchanged: the decontamination check of texts against a fixed set.
+
+        Returns:
+            Per text ``(pool_index, score)`` of the exact maximum F1 (lowest index on
+            ties) when it is ``> threshold``, else None. Prefix filtering never
+            misses a pool text above the threshold, so the answer is exact.
+        """
+        seqs = [self._encode(t) for t in texts]
+        self._maybe_reorder(seqs)
+        out: list[tuple[int, float] | None] = []
+        for seq in seqs:
+            keep, ni, score = self._query(seq, self._sorted_keys(seq) if seq else [], False)
+            out.append(None if keep or ni is None else (ni, score))
+        return out
+
     def dedup_batch(
         self,
         candidates: Sequence[str],
