@@ -123,7 +123,12 @@ GENERATE_OPTIONS: dict[str, str] = {
     "judge_base_url": "quality.judge_base_urls",
     "keep_best": "quality.keep_best",
     "diversity_threshold": "quality.diversity_threshold",
+    "decontaminate_against": "decontamination.against",
 }
+
+DECONTAMINATE_HELP = ("An evaluation set no instruction or example may repeat: a local record "
+                      "file or save_to_disk directory, the fields holding its text, and a name "
+                      "(default: the file's stem). Repeatable.")
 
 QUALITY_CUTS = {"overall": "quality.min_overall", "instruction": "quality.min_instruction",
                 "input": "quality.min_input", "output": "quality.min_output"}
@@ -278,6 +283,8 @@ def main() -> None:
 @click.option("--judge-base-url", multiple=True, metavar="URL",
               help="OpenAI-compatible endpoint serving the judge. Repeatable.  "
                    "[default: judge with the generating engine]")
+@click.option("--decontaminate-against", multiple=True, metavar="[NAME=]PATH[:FIELD,...]",
+              help=DECONTAMINATE_HELP)
 @quality_options
 def generate(config_file: Path | None, min_quality: tuple[str, ...], **options: Any) -> None:
     """Bootstrap new (instruction, input, output) examples from seed tasks.
@@ -295,6 +302,7 @@ def generate(config_file: Path | None, min_quality: tuple[str, ...], **options: 
     options["base_url"] = list(options["base_url"]) or None
     options["judge_base_url"] = list(options["judge_base_url"]) or None
     options["stop"] = list(options["stop"]) or None
+    options["decontaminate_against"] = list(options["decontaminate_against"]) or None
     keys = dict(GENERATE_OPTIONS)
     for key, score in quality_cuts(min_quality).items():
         options[f"min_quality:{key}"], keys[f"min_quality:{key}"] = score, key
@@ -360,6 +368,8 @@ RUN_VALUE = "the run's"
 @click.option("--drop-reviewed-invalid", is_flag=True,
               help=DROP_REVIEWED_HELP + " with reason reviewed_invalid; the manifest records "
                    "the labels files and the counts.")
+@click.option("--decontaminate-against", multiple=True, metavar="[NAME=]PATH[:FIELD,...]",
+              help=DECONTAMINATE_HELP + "  [default: the run's]")
 def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path | None,
              min_quality: tuple[str, ...], drop_reviewed_invalid: bool,
              **options: Any) -> None:
@@ -375,6 +385,7 @@ def refilter(run_dir: Path, output: Path, seeds: Path | None, prompts_dir: Path 
     from .signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated
     from .terminal import rich_safe, terminal_safe
 
+    options["decontaminate_against"] = list(options["decontaminate_against"]) or None
     keys = {name: REFILTER_OPTIONS[name] for name in options}
     names = {key: "--" + name.replace("_", "-") for name, key in keys.items()}
     for key, score in quality_cuts(min_quality).items():
@@ -451,6 +462,7 @@ REFILTER_OPTIONS = {
     "near_duplicate_threshold": "instances.near_duplicate_threshold",
     "keep_best": "quality.keep_best",
     "diversity_threshold": "quality.diversity_threshold",
+    "decontaminate_against": "decontamination.against",
 }
 
 

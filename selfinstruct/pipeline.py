@@ -6,14 +6,18 @@ Each round follows the steps of §2.2:
    prompts, each showing 8 pool tasks (6 human seeds + 2 machine-made; all human
    until 2 exist), sent as one batch; each completion continues the numbered list.
 2. **Filtering** of the instructions: drop unparseable and truncated items and
-   those failing the word/blacklist/prefix/character filters; drop any instruction
+   those failing the word/blacklist/prefix/character filters; with
+   ``[decontamination]`` evaluation sets, those matching one
+   (``contaminated:<benchmark>``, :mod:`.decontamination`); drop any instruction
    whose ROUGE-L F1 to the pool, or to an instruction kept earlier in the same
    round, exceeds 0.7.
 3. **Classification task identification** (:mod:`.stages.classification`): one
    few-shot yes/no prompt per kept instruction.
 4. **Instance generation** (:mod:`.stages.instances`): output-first for
    classification tasks, input-first otherwise; then the instance filters and
-   near-duplicate detection of each example against other tasks' examples.
+   near-duplicate detection of each example against other tasks' examples; with
+   evaluation sets, each finished example (instruction, input and output) is
+   checked against them and dropped on a match.
    With ``quality.judge`` (off by default), a judge model then scores every
    example on §3.3's three questions (:mod:`.stages.judging`), and examples below
    a cut (``quality.min_*``) are dropped. ``refilter --drop-reviewed-invalid``
@@ -46,6 +50,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .config import Config
+from .decontamination.check import Decontaminator, Match, strongest
 from .dedup import RougeIndex
 from .engines.base import Request
 from .engines.recorded import RecordedEngine
@@ -110,13 +115,16 @@ class SelfInstruct:
             the judge) kept them, with reason ``reviewed_invalid`` (``refilter
             --drop-reviewed-invalid``: those reviewers marked invalid); none
             by default.
+        decontaminator: the check against evaluation sets (``[decontamination]``),
+            or None for none.
     """
 
     def __init__(self, config: Config, engine: RecordedEngine, prompts: PromptBuilder,
                  seed_tasks: Sequence[Task], writer: ShardWriter, model_name: str,
                  reporter: Reporter | None = None,
                  on_commit: Callable[[SelfInstruct], None] | None = None,
-                 judge_name: str | None = None, drop_keys: frozenset[str] = frozenset()):
+                 judge_name: str | None = None, drop_keys: frozenset[str] = frozenset(),
+                 decontaminator: Decontaminator | None = None):
         self.config = config
         self.engine = engine
         self.run_dir = engine.ledger
@@ -138,6 +146,7 @@ class SelfInstruct:
                         else None)
         self.judge_name = judge_name or model_name
         self.drop_keys = drop_keys
+        self.decontaminator = decontaminator
         self.pending: list[dict[str, Any]] = []  # rows awaiting the keep_best selection
 
     # -- the algorithm -------------------------------------------------------
@@ -157,6 +166,7 @@ class SelfInstruct:
             kept = self.filter_instructions(candidates)             # step 2
             self.ask(self.classification, round_number, kept)       # step 3
             self.ask(self.instances, round_number, kept)            # step 4
+            self.decontaminate(kept)                                # step 4a
             if self.judging is not None:
                 self.ask(self.judging, round_number, self.to_judge(kept))  # step 4b
             self.drop_reviewed(kept)                                # step 4c
@@ -192,6 +202,14 @@ class SelfInstruct:
                     candidate.reject("instructions", reason)
             if candidate.reason is None:
                 survivors.append(candidate)
+        if self.decontaminator is not None and survivors:
+            found = self.decontaminator.check_instructions([c.instruction for c in survivors])
+            for candidate, matches in zip(survivors, found, strict=True):
+                best = strongest(matches)
+                if best is not None:
+                    candidate.contamination = [_ledger_match(m, None) for m in matches]
+                    candidate.reject("instructions", best.reason)
+            survivors = [c for c in survivors if c.reason is None]
         decisions = self.pool.dedup_batch([c.instruction for c in survivors], add=True)
         kept = []
         for candidate, decision in zip(survivors, decisions, strict=True):
@@ -222,6 +240,38 @@ class SelfInstruct:
         if self.config.quality.cuts():
             return survivors
         return survivors[:max(self.config.num_instructions - self.stats.tasks_written, 0)]
+
+    def decontaminate(self, kept: list[Candidate]) -> None:
+        """Step 4a: check every surviving example (instruction, input and output)
+        against the evaluation sets; a match drops the example (reason
+        ``contaminated:<benchmark>``, the match in the ledger), and a task left
+        with none is rejected at stage "decontamination" with that reason."""
+        if self.decontaminator is None:
+            return
+        candidates = [c for c in surviving(kept) if c.instances]
+        pairs = [(c, k) for c in candidates for k in range(len(c.instances))]
+        if not pairs:
+            return
+        found = self.decontaminator.check(
+            [c.instruction for c, _ in pairs], [c.instances[k].input for c, k in pairs],
+            [c.instances[k].output for c, k in pairs])
+        flagged: dict[int, list[tuple[int, list[Match]]]] = {}
+        for (candidate, k), matches in zip(pairs, found, strict=True):
+            if matches:
+                flagged.setdefault(id(candidate), []).append((k, matches))
+        for candidate in candidates:
+            hits = flagged.get(id(candidate))
+            if not hits:
+                continue
+            drop = {k for k, _ in hits}
+            reasons = [m.reason for _, matches in hits for m in [strongest(matches)] if m]
+            candidate.instance_rejections.extend(reasons)
+            candidate.contamination.extend(_ledger_match(m, k) for k, matches in hits
+                                           for m in matches)
+            candidate.instances = tuple(x for k, x in enumerate(candidate.instances)
+                                        if k not in drop)
+            if not candidate.instances:
+                candidate.reject("decontamination", reasons[0])
 
     def drop_reviewed(self, kept: list[Candidate]) -> None:
         """Step 4c: drop the surviving examples whose ``example_key`` is in
@@ -342,3 +392,11 @@ class SelfInstruct:
         if self.judging is not None:
             row.update(quality_values(*verdict, judge=self.judge_name))
         return row
+
+
+def _ledger_match(match: Match, instance: int | None) -> dict[str, Any]:
+    """A match as an entry of the ledger's ``contamination`` column
+    (:data:`~selfinstruct.storage.ledger.CANDIDATE_SCHEMA`)."""
+    return {"instance": instance, "benchmark": match.benchmark, "item_index": match.item,
+            "item_id": match.item_id, "method": match.method, "score": match.score,
+            "coverage": match.coverage}

@@ -204,6 +204,25 @@ def judge_config(config: Config) -> Config | None:
     return config.model_copy(update={"model": quality.judge_model, "engine": engine})
 
 
+def build_decontaminator(config: Config) -> Any:
+    """The check against the run's ``[decontamination]`` evaluation sets, or None
+    when it names none (read and indexed now, before any engine starts).
+
+    Raises:
+        JobError: an evaluation set that cannot be read, lacks a field, or is empty.
+    """
+    if not config.decontamination.against:
+        return None
+    from .decontamination import DecontaminationError
+    from .decontamination.check import Decontaminator, load_benchmarks
+
+    try:
+        return Decontaminator.build(load_benchmarks(config.decontamination.against),
+                                    config.decontamination)
+    except DecontaminationError as exc:
+        raise JobError(str(exc)) from None
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in data.items():
@@ -231,6 +250,8 @@ class GenerateJob:
     prepared: Prepared | None = None
     judge: Prepared | None = None
     """The judge's backend, checked, when it is not the generating engine."""
+    decontaminator: Any = None
+    """The check against ``[decontamination]`` evaluation sets, built, or None."""
     created: str = field(default_factory=lambda: datetime.now(UTC)
                          .isoformat(timespec="seconds"))
     _engine: Any = field(default=None, repr=False)
@@ -304,7 +325,8 @@ class GenerateJob:
                     "rouge tokenizer makes them empty and ROUGE-L dedup cannot fire on them; "
                     "use --rouge-tokenizer unicode for non-Latin text")
         job = cls(config, seeds_path, seed_tasks, prompts, prepared.model, warnings,
-                  prepared=prepared, judge=judge)
+                  prepared=prepared, judge=judge,
+                  decontaminator=build_decontaminator(config))
         job.previous = job._check_output_dir(config_file)
         if job.previous is not None:
             job.created = job.previous.get("created", job.created)
@@ -330,6 +352,9 @@ class GenerateJob:
             judge = self.judge.model
             identity["judge"] = {"name": judge.name, "path": judge.path,
                                  "gguf_sha256": judge.sha256}
+        if self.decontaminator is not None:  # the evaluation sets by content
+            identity["decontamination"] = [{"name": b.name, "sha256": b.digest}
+                                           for b in self.decontaminator.benchmarks]
         return identity
 
     def _check_output_dir(self, config_file: Path | None = None) -> dict[str, Any] | None:
@@ -421,7 +446,8 @@ class GenerateJob:
             with RichReporter(config.num_instructions) as reporter:
                 loop = SelfInstruct(config, engine, self.prompts, self.seed_tasks, writer,
                                     self.model.name, reporter, on_commit,
-                                    judge_name=self.judge_name)
+                                    judge_name=self.judge_name,
+                                    decontaminator=self.decontaminator)
                 stats = loop.run()
             shards = writer.close()
             write_manifest(config.output,
@@ -534,7 +560,8 @@ def throughput(stats: RunStats, startup_seconds: float = 0.0) -> dict[str, Any]:
 
 
 REFILTER_KEYS = ("filters.", "instances.max_instances", "instances.near_duplicate_threshold",
-                 "quality.min_", "quality.keep_best", "quality.diversity_threshold")
+                 "quality.min_", "quality.keep_best", "quality.diversity_threshold",
+                 "decontamination.")
 """Settings ``refilter`` may change: those applied after the model has answered."""
 
 
@@ -639,7 +666,8 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
         raise JobError(f"{path}: field 'model': needs the strings 'name' and 'path'")
     job = GenerateJob(config, seeds_path, seed_tasks, prompts,
                       ResolvedModel(model.path, model.name, str(model.source),
-                                    model.gguf_sha256), warnings)
+                                    model.gguf_sha256), warnings,
+                      decontaminator=build_decontaminator(config))
     judge = (checked.identity.judge or {}) if checked.identity else {}
     if isinstance(judge.get("name"), str) and isinstance(judge.get("path"), str):
         job.judge = Prepared(ResolvedModel(judge["path"], judge["name"], "recorded",
@@ -652,7 +680,8 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
             recorded = RecordedEngine(run_dir, LazyEngine(None), source=RunDirectory(source))
             loop = SelfInstruct(config, recorded, prompts, seed_tasks, writer, model.name,
                                 reporter, judge_name=job.judge_name,
-                                drop_keys=reviewed.keys if reviewed else frozenset())
+                                drop_keys=reviewed.keys if reviewed else frozenset(),
+                                decontaminator=job.decontaminator)
             loop.run()
         manifest = job.manifest(writer.close(), loop, "complete", 0.0)
         manifest.refiltered_from = str(source)

@@ -65,6 +65,9 @@ class Candidate:
     """Judged runs: the verdict (or None) and its absence's reason, per kept instance."""
     judged: list[tuple[float | None, bool]] = field(default_factory=list)
     """Judged runs: (overall score or None, passed the cuts) of each judged instance."""
+    contamination: list[dict[str, Any]] = field(default_factory=list)
+    """Decontaminated runs: the evaluation-set matches of the instruction (``instance``
+    None) or of each instance dropped for one (its index), as the ledger records them."""
 
     def reject(self, stage: str, reason: str) -> None:
         """Stop the candidate at ``stage`` with reason code ``reason``."""
@@ -82,4 +85,5 @@ class Candidate:
             "prompt_task_ids": list(self.prompt_task_ids), "completion": self.completion,
             "quality": [score for score, _ in self.judged] if self.judged else None,
             "quality_kept": [kept for _, kept in self.judged] if self.judged else None,
+            "contamination": self.contamination or None,
         }

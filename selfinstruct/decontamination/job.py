@@ -195,7 +195,7 @@ def _summary(benchmarks: list[Any], matches: list[list[Match]], rows: int,
     method and in all (an example flagged by two methods counts once in
     ``examples``)."""
     per: dict[str, dict[str, Any]] = {
-        b.name: {"examples": 0, **{m: 0 for m in METHODS}} for b in benchmarks}
+        b.name: {"examples": 0, **dict.fromkeys(METHODS, 0)} for b in benchmarks}
     reasons: Counter[str] = Counter()
     for found in matches:
         for name in {m.benchmark for m in found}:

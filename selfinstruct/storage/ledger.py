@@ -68,6 +68,12 @@ CANDIDATE_SCHEMA = pa.schema([
     ("completion", pa.string()),       # the raw instruction-generation completion
     ("quality", pa.list_(pa.float64())),      # judged runs: overall score of each judged
     ("quality_kept", pa.list_(pa.bool_())),   # instance (null: unparseable), passed the cuts
+    # decontamination: the matches of the instruction (instance null) or of each dropped
+    # instance (its index among the generated instances)
+    ("contamination", pa.list_(pa.struct([
+        ("instance", pa.int32()), ("benchmark", pa.string()), ("item_index", pa.int64()),
+        ("item_id", pa.string()), ("method", pa.string()), ("score", pa.float64()),
+        ("coverage", pa.float64())]))),
 ])
 """One row per candidate instruction of a round (the ledger of decisions)."""
 
