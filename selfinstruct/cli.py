@@ -880,5 +880,77 @@ def review(run_dir: Path, size: int | None, seed: int | None, stratify: str | No
         store.close()
 
 
+DECONTAMINATE_OPTIONS = {
+    "against": "decontamination.against",
+    "methods": "decontamination.methods",
+    "ngram": "decontamination.ngram",
+    "min_item_tokens": "decontamination.min_item_tokens",
+    "rouge_threshold": "decontamination.rouge_threshold",
+    "embedding_model": "decontamination.embedding_model",
+    "embedding_threshold": "decontamination.embedding_threshold",
+    "cache_dir": "decontamination.cache_dir",
+}
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--against", multiple=True, required=True, metavar="[NAME=]PATH[:FIELD,...]",
+              help="An evaluation set: a local record file (JSON, JSONL, Parquet, CSV, also "
+                   "gzipped) or save_to_disk directory, the fields holding its text "
+                   "[default: the first of prompt, question, instruction, ...], and a name "
+                   "[default: the file's stem]. Repeatable.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Directory for the clean rows (shards and manifest, a run directory) and "
+                   "contaminated.parquet (the dropped rows and their matches).")
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["ngram", "rouge", "embedding"]),
+              help=config_help("decontamination.methods") + " Repeatable.")
+@click.option("--ngram", type=int, default=None, help=config_help("decontamination.ngram"))
+@click.option("--min-item-tokens", type=int, default=None,
+              help=config_help("decontamination.min_item_tokens"))
+@click.option("--rouge-threshold", type=float, default=None,
+              help=config_help("decontamination.rouge_threshold"))
+@click.option("--embedding-model", default=None, metavar="DIR",
+              help=config_help("decontamination.embedding_model"))
+@click.option("--embedding-threshold", type=float, default=None,
+              help=config_help("decontamination.embedding_threshold"))
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help=config_help("decontamination.cache_dir"))
+def decontaminate(input_path: Path, output: Path, **options: Any) -> None:
+    """Drop the examples of a data set that repeat an evaluation benchmark.
+
+    INPUT is a run directory or records of instruction/input/output (anything
+    `inspect` reads). Each example is checked against every --against set by
+    n-gram overlap of normalized words (13-grams, GPT-3's rule) and by ROUGE-L
+    of its instruction and input (above 0.7); see README "Decontamination".
+    """
+    from .config import ConfigError, load_config
+    from .decontamination import DecontaminationError
+    from .decontamination.job import CONTAMINATED_FILE, decontaminate as run_decontaminate
+    from .terminal import terminal_safe
+
+    options["against"] = list(options["against"])
+    options["methods"] = list(options["methods"]) or None
+    names = {key: "--" + name.replace("_", "-") for name, key in DECONTAMINATE_OPTIONS.items()}
+    names["decontamination.methods"] = "--method"
+    try:
+        config = load_config(None, {DECONTAMINATE_OPTIONS[k]: v for k, v in options.items()},
+                             names).decontamination
+        summary = run_decontaminate(input_path, output, config)
+    except (ConfigError, DecontaminationError) as exc:
+        raise UserError(str(exc)) from None
+    for note in summary["notes"]:
+        click.echo(terminal_safe(f"note: {note}"), err=True)
+    for name, counts in summary["by_benchmark"].items():
+        methods = ", ".join(f"{m} {counts[m]}" for m in config.methods)
+        click.echo(terminal_safe(f"{name}: {counts['examples']} examples flagged ({methods})"))
+    seconds = summary["seconds"]
+    click.echo(terminal_safe(
+        f"kept {summary['rows_kept']} of {summary['rows_checked']} rows -> {output}/; "
+        f"{summary['rows_dropped']} dropped -> {output / CONTAMINATED_FILE} "
+        f"({seconds['total']:.1f} s: read {seconds['read']:.1f}, index {seconds['index']:.1f}, "
+        f"check {seconds['check']:.1f})"))
+
+
 if __name__ == "__main__":
     main()

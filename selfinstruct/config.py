@@ -451,7 +451,7 @@ class DecontaminationConfig(_Section):
     methods: list[Literal["ngram", "rouge", "embedding"]] = Field(
         default_factory=lambda: ["ngram", "rouge"],
         description="the checks run: ngram, rouge, embedding (needs embedding_model)")
-    ngram: int = Field(13, ge=1, description="n of the n-gram check: sharing one n-gram of "
+    ngram: int = Field(13, ge=1, description="words per n-gram: sharing one n-gram of "
                                              "normalized words with an item flags an example "
                                              "(GPT-3's 13-gram rule)")
     min_item_tokens: int = Field(8, ge=1, description="an item shorter than ngram words is "
