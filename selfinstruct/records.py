@@ -12,6 +12,12 @@ accepts:
   (:func:`selfinstruct.inputs.read_csv_records`: every value a string, a row
   with more fields than the header is an error naming its line, a missing
   field is None);
+* any of the text formats compressed with gzip (``.json.gz``, ``.jsonl.gz``,
+  ``.ndjson.gz``, ``.csv.gz``; HumanEval ships as ``HumanEval.jsonl.gz``):
+  decompressed with the gzip module and then read as the plain file, with the
+  same errors and the same line numbers (lines of the decompressed text); a
+  file gzip cannot decompress is refused with one line naming it. Parquet
+  compresses its own pages, so ``.parquet.gz`` is not accepted;
 * a ``datasets`` ``save_to_disk`` directory, recognised by its
   ``dataset_dict.json`` (a DatasetDict) or its ``dataset_info.json`` and
   ``state.json`` (a Dataset), read with ``datasets.load_from_disk``. Every
@@ -42,8 +48,10 @@ cheap).
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +64,34 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["MISSING", "SUFFIXES", "TABULAR", "Position", "Record", "Records", "RecordsError",
-           "dataset_dir_kind", "frame_of", "input_files", "read_records", "value_problem"]
+           "dataset_dir_kind", "frame_of", "input_files", "read_records", "record_suffix",
+           "value_problem"]
 
 _FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
             ".pq": "parquet", ".csv": "csv"}
 
-#: File suffixes read as records (case-insensitive), and in a directory.
-SUFFIXES = tuple(_FORMATS)
+GZIP = ".gz"
+"""The suffix of a gzip-compressed record file (after the format's own suffix)."""
+
+_GZIP_FORMATS = ("json", "jsonl", "csv")  # text formats; Parquet compresses itself
+
+#: File suffixes read as records (case-insensitive), and in a directory: the
+#: plain formats, then the text formats compressed with gzip.
+SUFFIXES = tuple(_FORMATS) + tuple(s + GZIP for s, f in _FORMATS.items() if f in _GZIP_FORMATS)
+
+
+def record_suffix(path: Path | str) -> str | None:
+    """The entry of :data:`SUFFIXES` that ``path``'s name ends with, lowercased
+    (``"HumanEval.jsonl.gz"`` -> ``".jsonl.gz"``), or None when it has none.
+
+    A bare ``".gz"`` name is no record file; the compressed suffix is tried
+    before the plain one, so ``a.json.gz`` is ``.json.gz``, never ``.gz``.
+    """
+    name = Path(path).name.lower()
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    return None
 
 #: Formats whose columns exist without any record (a header, a schema).
 TABULAR = ("csv", "parquet", "dataset")
@@ -280,7 +309,7 @@ def _dataset_files(path: Path, missing: str) -> list[Path]:
 def _directory_entries(path: Path, missing: str) -> list[Path]:
     try:
         entries = sorted(p for p in path.iterdir()
-                         if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+                         if record_suffix(p) is not None and not p.name.startswith(".")
                          and not p.is_dir())
     except OSError as exc:
         raise RecordsError(path, f"cannot list directory: {exc.strerror}") from None
@@ -341,7 +370,9 @@ def read_records(path: Path | str, *, missing: str = "no such file or directory"
             one), a top-level JSON value that is neither an array nor an object,
             a record that is not an object (naming its line), a CSV row with more
             fields than the header or a duplicate header column, a Parquet file
-            or ``save_to_disk`` directory that pyarrow or datasets cannot read.
+            or ``save_to_disk`` directory that pyarrow or datasets cannot read,
+            a ``.gz`` file that gzip cannot decompress (not gzip, truncated, a
+            failed CRC).
     """
     path = Path(path)
     files = input_files(path, missing=missing)
@@ -355,26 +386,45 @@ def read_records(path: Path | str, *, missing: str = "no such file or directory"
 # ---------------------------------------------------------------------------
 
 
+def _unsupported(path: Path) -> str:
+    suffixes = path.suffixes
+    # "data.txt.gz" names '.txt.gz'; "data.txt" names '.txt'
+    shown = "".join(suffixes[-2:]) if len(suffixes) > 1 and path.suffix.lower() == GZIP \
+        else path.suffix
+    return f"unsupported format '{shown}' (use {', '.join(SUFFIXES)} or a directory)"
+
+
 def _read_file(path: Path) -> Records:
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise RecordsError(path, f"unsupported format '{path.suffix}' "
-                                 f"(use {', '.join(SUFFIXES)} or a directory)")
+    suffix = record_suffix(path)
+    if suffix is None:
+        raise RecordsError(path, _unsupported(path))
+    compressed = suffix.endswith(GZIP)
+    fmt = _FORMATS[suffix.removesuffix(GZIP) if compressed else suffix]
     if fmt == "parquet":
         return _read_parquet(path)
-    text = _decode(path)
+    text = _decode(path, compressed=compressed)
     if fmt == "csv":
-        return _read_csv(path)
+        return _read_csv(path)  # pandas decompresses a .gz itself (compression="infer")
     if fmt == "jsonl":
         return _read_jsonl(path, text)
     return _read_json(path, text)
 
 
-def _decode(path: Path) -> str:
+def _gunzip(path: Path, raw: bytes) -> bytes:
+    """The decompressed bytes of a gzip file (every member, as ``gzip`` reads them)."""
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise RecordsError(path, f"not a valid gzip file ({_first_line(exc)})") from None
+
+
+def _decode(path: Path, *, compressed: bool = False) -> str:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise RecordsError(path, f"cannot read: {exc.strerror}") from None
+    if compressed:
+        raw = _gunzip(path, raw)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
