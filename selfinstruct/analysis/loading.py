@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..records import SUFFIXES, RecordsError, dataset_dir_kind, frame_of, read_records
+from ..records import RecordsError, dataset_dir_kind, frame_of, read_records, record_suffix
 from ..storage.manifest import MANIFEST
 from ..storage.shards import DATA_DIR
 
@@ -97,7 +97,7 @@ def _holds_records(path: Path) -> bool:
     if dataset_dir_kind(path) is not None:
         return True
     try:
-        return any(p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+        return any(record_suffix(p) is not None and not p.name.startswith(".")
                    for p in path.iterdir())
     except OSError:
         return False

@@ -113,6 +113,8 @@ class Decontaminator:
         from .cache import load_or_build
 
         self = cls(benchmarks, config)
+        for benchmark in benchmarks:
+            self.notes.extend(f"{benchmark.name}: {note}" for note in benchmark.notes)
         items = [text for b in benchmarks for text in b.texts]
         self._owner = [(k, i) for k, b in enumerate(benchmarks) for i in range(len(b.texts))]
         if "ngram" in config.methods:
