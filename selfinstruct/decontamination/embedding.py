@@ -428,7 +428,7 @@ class VLLMEmbedder:
             a ``(len(texts), dim)`` float32 matrix, in order; ``(0, 0)`` for no texts.
 
         Raises:
-            EngineError: the engine failed.
+            EngineError: the engine failed, or returned no vector for a text.
         """
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
@@ -445,6 +445,12 @@ class VLLMEmbedder:
                 raise
             raise EngineError(f"{self.model_name}: embedding failed: {exc}"
                               .splitlines()[0]) from None
+        for text, out in zip(texts, outputs, strict=True):
+            error = getattr(out, "error", None)
+            if error is not None or not out.outputs.embedding:
+                raise EngineError(f"{self.model_name}: embedding failed for a text of "
+                                  f"{len(text)} characters: {error or 'no vector'}"
+                                  .splitlines()[0])
         return np.asarray([out.outputs.embedding for out in outputs], dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
