@@ -463,8 +463,8 @@ class DecontaminationConfig(_Section):
     embedding_model: str | None = Field(
         None, description="a local embedding model (directory) for the embedding check")
     embedding_threshold: float = Field(0.9, ge=-1.0, le=1.0,
-                                       description="cosine similarity above which the "
-                                                   "embedding check flags an example")
+                                       description="cosine similarity at or above which "
+                                                   "the embedding check flags an example")
     cache_dir: Path | None = Field(None, strict=False,
                                    description="where built indexes are cached; None = "
                                                "$SELFINSTRUCT_CACHE or ~/.cache/selfinstruct")

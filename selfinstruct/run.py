@@ -457,6 +457,8 @@ class GenerateJob:
             raise JobError(str(exc)) from None
         finally:
             engine.close()
+            if self.decontaminator is not None:
+                self.decontaminator.close()
             run_dir.unlock()
         for warning in engine.warnings:
             console.print(f"[yellow]Warning:[/] {rich_safe(warning)}")
@@ -695,6 +697,8 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     except LedgerError as exc:
         raise JobError(str(exc)) from None
     finally:
+        if job.decontaminator is not None:
+            job.decontaminator.close()
         run_dir.unlock()
     return manifest.stats, warnings
 

@@ -180,6 +180,12 @@ class Decontaminator:
                     found[k].append(self._match(benchmark, item, "embedding", score))
         return found
 
+    def close(self) -> None:
+        """Stop the embedding model if this check started one (nothing else holds
+        resources)."""
+        if self._embed is not None:
+            self._embed.close()
+
     def describe(self) -> dict[str, Any]:
         """What the check was, for a manifest or a dataset card: each evaluation set
         (name, path, fields, items, content sha256) and the methods with their

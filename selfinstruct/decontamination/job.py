@@ -132,8 +132,11 @@ def decontaminate(source: Path, output: Path, config: DecontaminationConfig
     check = Decontaminator.build(benchmarks, config)
     built = time.perf_counter()
     frame = run.frame
-    matches = check.check(frame["instruction"].tolist(), frame["input"].tolist(),
-                          frame["output"].tolist())
+    try:
+        matches = check.check(frame["instruction"].tolist(), frame["input"].tolist(),
+                              frame["output"].tolist())
+    finally:
+        check.close()
     checked = time.perf_counter()
 
     rows = [_row(r) for r in frame.to_dict("records")]
