@@ -8,8 +8,10 @@ Hub viewer find the splits. The Markdown body is ``templates/dataset_card.md.jin
 format and how to load it, the splits, how the data was made (model, seeds with
 their sha256, filter and sampling settings, run seed, versions; for a judged run
 the judge, its scale, the cuts and the budget: :func:`judging_summary`; the rows
-left out because human reviewers marked them invalid: :func:`review_summary`) and the
-statistics tables of ``selfinstruct inspect`` (:func:`selfinstruct.analysis.tables.tables`).
+left out because human reviewers marked them invalid: :func:`review_summary`; the
+evaluation sets the data was checked against, the methods and what they dropped:
+:func:`decontamination_summary`) and the statistics tables of ``selfinstruct inspect``
+(:func:`selfinstruct.analysis.tables.tables`).
 """
 
 from __future__ import annotations
@@ -127,6 +129,47 @@ def review_summary(run: RunData, result: ExportResult) -> list[dict[str, Any]]:
     return found
 
 
+SHA_PREFIX = 12
+"""Hex digits of an evaluation set's sha256 shown on the card."""
+
+
+def decontamination_summary(run: RunData) -> dict[str, Any] | None:
+    """What the data was checked against and how, for the card, or None when it was
+    not checked (:func:`selfinstruct.analysis.decontamination.is_checked`).
+
+    Returns:
+        ``{"by": "decontaminate" or "generation", "from": the decontaminated
+        input or None, "sets": [{"name", "items", "sha256"}] (sha256 cut to
+        :data:`SHA_PREFIX` digits; None where unrecorded), "methods": [each
+        method and its settings in words], "checked", "kept", "instructions",
+        "examples", "tasks": totals or None, "per_set": [{"name",
+        "instructions", "examples"}], "strongest_only": whether each row is
+        counted under its strongest match's set only}``, from the manifest and
+        the ledger (:func:`~selfinstruct.analysis.decontamination.decontamination_statistics`,
+        without its sample).
+    """
+    from .decontamination import decontamination_statistics, describe_method
+
+    decon, _ = decontamination_statistics(run, sample=False)
+    if decon is None:
+        return None
+    return {
+        "by": "decontaminate" if decon["source"] == "decontaminate" else "generation",
+        "from": decon["from"],
+        "sets": [{"name": b["name"], "items": b["items"],
+                  "sha256": b["sha256"][:SHA_PREFIX] if b["sha256"] else None}
+                 for b in decon["benchmarks"]],
+        "methods": [describe_method(name, settings)
+                    for name, settings in decon["methods"].items()],
+        "checked": decon["rows_checked"], "kept": decon["rows_kept"],
+        "instructions": decon["instructions_rejected"],
+        "examples": decon["examples_dropped"], "tasks": decon["tasks_rejected"],
+        "per_set": [{"name": r["name"], "instructions": r["instructions"],
+                     "examples": r["examples"]} for r in decon["by_benchmark"]],
+        "strongest_only": decon["source"] == "manifest",
+    }
+
+
 def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | None, *,
                  system_prompt: str | None = None, train_split: float | None = None) -> str:
     """The ``README.md`` of an export: YAML metadata, then format, splits, how the
@@ -154,7 +197,9 @@ def dataset_card(run: RunData, result: ExportResult, stats: dict[str, Any] | Non
         model=manifest.get("model") or {}, seeds=manifest.get("seeds") or {},
         config=manifest.get("config") or {}, versions=manifest.get("versions") or {},
         created=manifest.get("created"), judging=judging_summary(run),
-        reviewed=review_summary(run, result),
+        reviewed=review_summary(run, result), decontamination=decontamination_summary(run),
+        decontaminated_from=manifest.get("decontaminated_from")
+        if isinstance(manifest.get("decontaminated_from"), str) else None,
         human_review=bool((stats or {}).get("review")),
         scored_from=manifest.get("scored_from") if isinstance(manifest.get("scored_from"), str)
         else None,

@@ -18,7 +18,7 @@ from typing import Any
 from ..storage.files import atomic_file, write_atomic
 from .constants import REPORT_FIGURE_SUFFIX, REPORT_INDEX, REPORT_STATS
 from .figures import figures
-from .tables import QUALITY_SECTION, REVIEW_SECTION, tables
+from .tables import DECONTAMINATION_SECTION, QUALITY_SECTION, REVIEW_SECTION, tables
 from .templating import render
 
 CAPTIONS = {
@@ -85,10 +85,13 @@ def render_html(stats: dict[str, Any], images: dict[str, bytes]) -> str:
         The page (``templates/report.html.jinja``, autoescaped). A cell that
         looks like a number (digits, ``.,%—+-``) is right-aligned. A judged
         run's quality tables and its ``quality`` figure form a section of their
-        own (``<section id="quality">``) after the other figures, and a human
-        review's tables another (``<section id="review">``) after that.
+        own (``<section id="quality">``) after the other figures, a human
+        review's tables another (``<section id="review">``) after that, and the
+        tables of a check against evaluation sets a third
+        (``<section id="decontamination">``) last.
     """
-    shown: dict[str, list[dict[str, Any]]] = {"": [], QUALITY_SECTION: [], REVIEW_SECTION: []}
+    shown: dict[str, list[dict[str, Any]]] = {"": [], QUALITY_SECTION: [], REVIEW_SECTION: [],
+                                              DECONTAMINATION_SECTION: []}
     for data in tables(stats):
         shown[data.section if data.section in shown else ""].append(
             {"title": data.title, "headers": data.headers, "note": data.note,
@@ -103,4 +106,5 @@ def render_html(stats: dict[str, Any], images: dict[str, bytes]) -> str:
     return render("report.html.jinja", path=path, name=Path(path).name, tables=shown[""],
                   figures=figures_shown[""], quality_tables=shown[QUALITY_SECTION],
                   quality_figures=figures_shown[QUALITY_SECTION],
-                  review_tables=shown[REVIEW_SECTION], notes=stats["notes"])
+                  review_tables=shown[REVIEW_SECTION],
+                  decontamination_tables=shown[DECONTAMINATION_SECTION], notes=stats["notes"])

@@ -23,7 +23,9 @@ Table 1, applied to the user's own run):
 * the commonest leading verbs and their direct objects (Figure 3,
   :mod:`selfinstruct.analysis.verbs`);
 * for a judged run, the judge's scores (§3.3's questions;
-  :mod:`selfinstruct.analysis.quality`).
+  :mod:`selfinstruct.analysis.quality`);
+* for a run checked against evaluation sets, what each set and method flagged
+  and a sample of matches (:mod:`selfinstruct.analysis.decontamination`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ..filters import word_count
+from .decontamination import decontamination_statistics
 from .loading import RunData
 from .quality import quality_statistics
 from .review import review_statistics
@@ -268,7 +271,10 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         (:func:`selfinstruct.analysis.quality.quality_statistics`); other runs
         and plain files have no such key. A run directory with review labels
         (``review/labels-*.parquet``) adds ``"review"``
-        (:func:`selfinstruct.analysis.review.review_statistics`).
+        (:func:`selfinstruct.analysis.review.review_statistics`). A run checked
+        against evaluation sets (a ``decontaminate`` output, or ``generate`` /
+        ``refilter`` with ``[decontamination]``) adds ``"decontamination"``
+        (:func:`selfinstruct.analysis.decontamination.decontamination_statistics`).
 
     Raises:
         InspectError: a bad ``where`` expression.
@@ -316,6 +322,8 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
     notes.extend(quality_notes)
     review, review_notes = review_statistics(run)
     notes.extend(review_notes)
+    decontamination, decontamination_notes = decontamination_statistics(run)
+    notes.extend(decontamination_notes)
 
     stats_json: dict[str, Any] = {
         "format": STATS_FORMAT,
@@ -339,6 +347,7 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         "verbs": verb_statistics(instructions, parser=verb_parser),
         **({"quality": quality} if quality is not None else {}),
         **({"review": review} if review is not None else {}),
+        **({"decontamination": decontamination} if decontamination is not None else {}),
         "samples": sample_rows(frame, sample, where) if sample or where else None,
         "notes": notes,
     }

@@ -21,10 +21,16 @@ QUALITY_SECTION = "quality"
 REVIEW_SECTION = "review"
 """:attr:`TableData.section` of the human review's tables (a section of the report)."""
 
+DECONTAMINATION_SECTION = "decontamination"
+""":attr:`TableData.section` of the decontamination tables (a section of the report)."""
+
 SAMPLE_TITLE = "Sample rows"
 QUALITY_EXAMPLES_TITLE = "Quality: an example at each overall score"
-EXAMPLE_TITLES = frozenset({SAMPLE_TITLE, QUALITY_EXAMPLES_TITLE})
-"""Titles of the tables of example rows (which the dataset card leaves out)."""
+DECONTAMINATION_SAMPLE_TITLE = "Decontamination: a sample of matches"
+EXAMPLE_TITLES = frozenset({SAMPLE_TITLE, QUALITY_EXAMPLES_TITLE,
+                            DECONTAMINATION_SAMPLE_TITLE})
+"""Titles of the tables of example rows (which the dataset card leaves out: the
+decontamination sample would copy evaluation items into it)."""
 
 QUESTION_LABELS = {"instruction": "instruction (a valid task?)",
                    "input": "input (appropriate?)",
@@ -38,7 +44,8 @@ class TableData:
 
     ``section`` groups tables on the HTML page (``""``: the main statistics,
     :data:`QUALITY_SECTION`: the quality scores, :data:`REVIEW_SECTION`: the
-    human review)."""
+    human review, :data:`DECONTAMINATION_SECTION`: the check against evaluation
+    sets)."""
 
     title: str
     headers: tuple[str, ...]
@@ -175,6 +182,8 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
         out += quality_tables(stats["quality"])
     if stats.get("review"):
         out += review_tables(stats["review"])
+    if stats.get("decontamination"):
+        out += decontamination_tables(stats["decontamination"])
     return out
 
 
@@ -401,6 +410,100 @@ def review_tables(review: dict[str, Any]) -> list[TableData]:
     return out
 
 
+def _match_score(method: str, value: Any) -> str:
+    """A match's score: the longest shared span in words for ``ngram``, else 3 places."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "—"
+    return f"{value:g} words" if method == "ngram" else f"{value:.3f}"
+
+
+def decontamination_tables(decon: dict[str, Any]) -> list[TableData]:
+    """The tables of a run checked against evaluation sets (``stats["decontamination"]``,
+    from :func:`selfinstruct.analysis.decontamination.decontamination_statistics`),
+    in display order: what each set flagged, what each method flagged (when the
+    source records methods), and a sample of matches. Each has
+    :attr:`TableData.section` :data:`DECONTAMINATION_SECTION`."""
+    from .decontamination import METHOD_LABELS, describe_method
+
+    out: list[TableData] = []
+    source = decon["source"]
+    sets = {b["name"]: b for b in decon["benchmarks"]}
+    rows = decon["by_benchmark"]
+    columns = [("instructions", "instructions or tasks rejected" if source == "manifest"
+                else "instructions rejected"), ("examples", "examples dropped"),
+               ("tasks", "tasks left with none")]
+    columns = [(key, label) for key, label in columns
+               if any(r[key] is not None for r in rows)]
+    table_rows = []
+    for r in rows:
+        known = sets.get(r["name"], {})
+        digest = known.get("sha256")
+        table_rows.append((r["name"], _fmt(known.get("items")),
+                           digest[:12] if isinstance(digest, str) else "—",
+                           *(_fmt(r[key]) for key, _ in columns)))
+    parts = []
+    if source == "decontaminate":
+        parts.append(f"selfinstruct decontaminate of {decon['from']}: "
+                     f"{_fmt(decon['rows_checked'])} rows checked, {_fmt(decon['rows_kept'])} "
+                     f"kept, {_fmt(decon['examples_dropped'])} dropped "
+                     "(contaminated.parquet)")
+    else:
+        parts.append(f"checked during generation (from the {source}): "
+                     f"{_fmt(decon['instructions_rejected'])} instructions rejected "
+                     f"at the filter, {_fmt(decon['examples_dropped'])} examples dropped"
+                     + (f", {decon['tasks_rejected']} task"
+                        f"{'' if decon['tasks_rejected'] == 1 else 's'} left with none"
+                        if decon["tasks_rejected"] is not None else ""))
+    parts.append("methods: " + ("; ".join(describe_method(name, settings)
+                                          for name, settings in decon["methods"].items())
+                                or "not recorded"))
+    parts.append("counted under the strongest match's set only" if source == "manifest"
+                 else "a row matching two sets counts under each")
+    parts += decon["check_notes"]
+    out.append(TableData("Decontamination: flagged per evaluation set",
+                         ("evaluation set", "items", "sha256", *(label for _, label in columns)),
+                         table_rows, "; ".join(parts), DECONTAMINATION_SECTION))
+
+    method_rows = []
+    keys = [(key, label) for key, label in columns if key != "tasks"]
+    for r in rows:
+        for method, counts in r["methods"].items():
+            if any(counts.get(key) is not None for key, _ in keys):
+                method_rows.append((r["name"], METHOD_LABELS.get(method, method),
+                                    *(_fmt(counts.get(key)) for key, _ in keys)))
+    if method_rows:
+        out.append(TableData(
+            "Decontamination: flagged per evaluation set and method",
+            ("evaluation set", "method", *(label for _, label in keys)), method_rows,
+            "a row flagged by two methods counts under each", DECONTAMINATION_SECTION))
+
+    sample = decon.get("sample")
+    if sample:
+        sample_rows_ = []
+        for m in sample:
+            where = (str(m["id"]) if m.get("id") is not None else
+                     f"round {_fmt(m.get('round'))}, {m['where']}")
+            item = m["item_id"] if m.get("item_id") is not None else _fmt(m.get("item_index"))
+            coverage = m.get("coverage")
+            sample_rows_.append((
+                where, _clip(m["instruction"], 160), m["benchmark"], str(item),
+                METHOD_LABELS.get(m["method"], m["method"]), _match_score(m["method"],
+                                                                          m.get("score")),
+                _fmt(coverage, share=True) if isinstance(coverage, (int, float)) else "—",
+                _clip(m["item_text"], 200) if m.get("item_text") is not None
+                else "— (not in the ledger)" if source == "ledger" else "—"))
+        drawn = "contaminated.parquet" if source == "decontaminate" else "the ledger"
+        out.append(TableData(
+            DECONTAMINATION_SAMPLE_TITLE,
+            ("where", "instruction", "evaluation set", "item", "method", "score", "coverage",
+             "item text"), sample_rows_,
+            f"{len(sample)} of {_fmt(decon.get('sample_of'))} flagged rows drawn with a fixed "
+            f"seed from {drawn}, each with its strongest match; score: the longest shared "
+            "span (n-gram), ROUGE-L F1 or cosine similarity; coverage: the share of the "
+            "item's words inside shared n-grams", DECONTAMINATION_SECTION))
+    return out
+
+
 def _clip(value: Any, limit: int = 300) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -431,7 +534,9 @@ def render_console(stats: dict[str, Any], console: Any = None) -> None:
                                  "kept rate", "of candidates", "kept of previous",
                                  "unparseable", "judged", "dropped", "unscored",
                                  "accuracy", "kappa", "valid kept", "recall",
-                                 "overall >=") \
+                                 "overall >=", "items", "instructions rejected",
+                                 "examples dropped", "tasks left with none",
+                                 "instructions or tasks rejected", "score", "coverage") \
                 or _NUMBER.fullmatch(header) is not None
             table.add_column(header, justify="right" if numeric else "left",
                              overflow="fold", max_width=None if k < 1 else 70)
