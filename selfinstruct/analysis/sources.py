@@ -238,8 +238,9 @@ def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = Non
     Reads ``ledger/round-NNNNN/candidates.parquet`` of every committed round
     (one with a ``commit.json``; see :mod:`selfinstruct.storage.ledger`), each checked
     against the sha256 its ``commit.json`` records. One row per candidate
-    instruction: ``stage`` is where it stopped (``instructions``, ``instances``
-    or ``written``), ``reason`` why (null when written), ``instance_rejections``
+    instruction: ``stage`` is where it stopped (``instructions``; ``instances``,
+    ``judging``, ``decontamination`` or ``review``, counted as task rejections; or
+    ``written``), ``reason`` why (null when written), ``instance_rejections``
     the codes of its dropped instances. ``classification_unparseable`` is not a
     ledger field; it is taken from ``manifest_stats`` when given.
 
@@ -278,8 +279,12 @@ def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = Non
             return f"{path}: unreadable ({exc}); totals from manifest.json".splitlines()[0]
     frame = pd.concat(frames, ignore_index=True)
 
-    def counts(stage: str) -> dict[str, int]:
-        reasons = frame.loc[(frame["stage"] == stage) & frame["reason"].notna(), "reason"]
+    def counts(instruction_stage: bool) -> dict[str, int]:
+        # a task stops after its instruction passed at any later stage: instances,
+        # judging, decontamination, review
+        at = (frame["stage"] == "instructions") if instruction_stage else \
+            ~frame["stage"].isin(("instructions", "written"))
+        reasons = frame.loc[at & frame["reason"].notna(), "reason"]
         return {str(k): int(v) for k, v in sorted(Counter(reasons).items())}
 
     instance = Counter(code for codes in frame["instance_rejections"] if codes is not None
@@ -296,6 +301,6 @@ def ledger_rejections(run_dir: Path, manifest_stats: dict[str, Any] | None = Non
                         if not (p / "commit.json").is_file())
     note = (f"{len(unfinished)} unfinished round(s) in the ledger not counted"
             if unfinished else "")
-    return Rejections("ledger", counts("instructions"), counts("instances"),
+    return Rejections("ledger", counts(True), counts(False),
                       dict(sorted(instance.items())), rounds, note)
 
