@@ -24,6 +24,7 @@ match), and scored.
 
 from __future__ import annotations
 
+import copy
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -273,7 +274,10 @@ class NgramIndex:
         Raises:
             ValueError: ``groups`` does not have one non-negative int per item.
         """
-        return NgramIndex(self.to_arrays(), groups)
+        other = copy.copy(self)
+        other.groups = np.zeros(self.items, dtype=np.int32) if groups is None \
+            else self._groups(groups)
+        return other
 
     @classmethod
     def build(cls, items: Sequence[str], n: int = DEFAULT_NGRAM,
