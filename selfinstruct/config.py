@@ -438,6 +438,10 @@ class QualityConfig(_Section):
         return bool(self.cuts()) or self.keep_best is not None
 
 
+DecontaminationMethod = Literal["ngram", "rouge", "embedding"]
+DEFAULT_METHODS: tuple[DecontaminationMethod, ...] = ("ngram", "rouge")
+
+
 class DecontaminationConfig(_Section):
     """Decontamination: drop instructions and examples that repeat an evaluation set
     (README "Decontamination"; :mod:`selfinstruct.decontamination`). Off (no
@@ -448,8 +452,8 @@ class DecontaminationConfig(_Section):
         default_factory=list,
         description="evaluation sets, each [NAME=]PATH[:FIELD,...] (a local record file or "
                     "save_to_disk directory); empty = no check")
-    methods: list[Literal["ngram", "rouge", "embedding"]] = Field(
-        default_factory=lambda: ["ngram", "rouge"],
+    methods: list[DecontaminationMethod] = Field(
+        default_factory=lambda: list(DEFAULT_METHODS),
         description="the checks run: ngram, rouge, embedding (needs embedding_model)")
     ngram: int = Field(13, ge=1, description="words per n-gram: sharing one n-gram of "
                                              "normalized words with an item flags an example "

@@ -341,7 +341,7 @@ class GenerateJob:
                     and (self.config.quality.judge or not k.startswith("quality."))
                     and (self.config.decontamination.against
                          or not k.startswith("decontamination."))}
-        identity = {
+        identity: dict[str, Any] = {
             "settings": settings,
             "model": {"name": self.model.name, "path": self.model.path,
                       "gguf_sha256": self.model.sha256},

@@ -247,7 +247,7 @@ def rename_identifiers(prompt: str) -> str:
 
 
 def docstring(prompt: str) -> str:
-    found = re.findall(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', prompt, flags=re.S)
+    found = re.findall(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', prompt, flags=re.DOTALL)
     text = " ".join(a or b for a, b in found)
     return " ".join(line.strip() for line in text.splitlines() if ">>>" not in line
                     and not line.strip().startswith(("[", "(", "'", '"')) and line.strip())

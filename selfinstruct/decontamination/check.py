@@ -120,7 +120,8 @@ class Decontaminator:
         if "ngram" in config.methods:
             groups = [k for k, _ in self._owner]
             self._ngrams, hit = load_or_build(items, config.ngram, config.min_item_tokens,
-                                              groups, config.cache_dir)
+                                              groups, config.cache_dir,
+                                              on_warning=self.notes.append)
             skipped = getattr(self._ngrams, "skipped_items", 0)
             if skipped:
                 self.notes.append(f"{skipped} evaluation items have fewer than "

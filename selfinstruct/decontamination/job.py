@@ -139,7 +139,7 @@ def decontaminate(source: Path, output: Path, config: DecontaminationConfig
         check.close()
     checked = time.perf_counter()
 
-    rows = [_row(r) for r in frame.to_dict("records")]
+    rows = [_row({str(k): v for k, v in r.items()}) for r in frame.to_dict("records")]
     clean = [row for row, found in zip(rows, matches, strict=True) if not found]
     dropped = [(row, found) for row, found in zip(rows, matches, strict=True) if found]
     summary = _summary(benchmarks, matches, len(rows), check.notes)
