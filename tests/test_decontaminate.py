@@ -102,7 +102,7 @@ def test_the_command_splits_clean_and_contaminated_rows(files, tmp_path):
     assert manifest["decontaminated_from"] == str(data)
     assert stats["rows_checked"] == 4 and stats["rows_dropped"] == 2
     assert stats["by_benchmark"]["quiz"]["examples"] == 2
-    assert stats["by_benchmark"]["quiz"]["rouge"] == 1
+    assert stats["by_benchmark"]["quiz"]["rouge"] == 2  # both share most words too
     assert stats["benchmarks"][0]["items"] == 3 and stats["methods"]["ngram"]["n"] == 13
     # the result is a run directory: inspect reads it
     assert invoke("inspect", out, "--json").exit_code == 0
@@ -239,16 +239,28 @@ def test_generate_rejects_a_contaminated_instruction_and_refuses_another_set_on_
 
 
 def rename_identifiers(prompt: str) -> str:
-    """A light edit: the function and its parameters renamed, one sentence reworded."""
-    names = set(re.findall(r"def (\w+)\(", prompt))
-    for name in names:
+    """A light edit: the function renamed wherever it appears (signature, doctests)."""
+    for name in set(re.findall(r"def (\w+)\(", prompt)):
         prompt = prompt.replace(name, name[::-1] + "_fn")
-    return prompt.replace("Return", "Give back", 1).replace("return", "give back", 1)
+    return prompt
+
+
+def change_a_sentence(prompt: str) -> str:
+    """A light edit: the docstring's first sentence reworded (a lead-in added, two of its
+    words swapped)."""
+    def reword(match: re.Match[str]) -> str:
+        words = match.group(2).split(" ")
+        if len(words) > 4:
+            words[2], words[3] = words[3], words[2]
+        return f"{match.group(1)} In short, " + " ".join(words)
+
+    return re.sub(r'("""|\'\'\')\s*([^.\n]*)', reword, prompt, count=1)
 
 
 def docstring(prompt: str) -> str:
+    """The task's description alone: the last docstring, without its doctest lines."""
     found = re.findall(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', prompt, flags=re.DOTALL)
-    text = " ".join(a or b for a, b in found)
+    text = (found[-1][0] or found[-1][1]) if found else ""  # the function to write
     return " ".join(line.strip() for line in text.splitlines() if ">>>" not in line
                     and not line.strip().startswith(("[", "(", "'", '"')) and line.strip())
 
@@ -259,8 +271,10 @@ def test_humaneval_injected_into_alpaca_is_caught(tmp_path, shared_data):
     alpaca = json.loads(ALPACA.read_text(encoding="utf-8"))
     verbatim = {k: {"instruction": "Complete the following Python function.",
                     "input": prompts[k], "output": "pass"} for k in range(0, 40, 4)}
-    edited = {k: {"instruction": "Finish this function.", "input": rename_identifiers(
-        prompts[k]), "output": "pass"} for k in range(1, 40, 4)}
+    edited = {k: {"instruction": "Finish this function.", "input": (
+        rename_identifiers if k % 8 == 1 else change_a_sentence)(prompts[k]), "output": "pass"}
+        for k in range(1, 40, 4)}
+    assert all(e["input"] != prompts[k] for k, e in edited.items())
     bare = {k: {"instruction": docstring(prompts[k]), "input": "", "output": "Done."}
             for k in range(2, 40, 4) if len(docstring(prompts[k]).split()) >= 13}
     injected = {**{f"verbatim-{k}": v for k, v in verbatim.items()},
