@@ -943,7 +943,7 @@ def decontaminate(input_path: Path, output: Path, **options: Any) -> None:
         click.echo(terminal_safe(f"note: {note}"), err=True)
     for name, counts in summary["by_benchmark"].items():
         methods = ", ".join(f"{m} {counts[m]}" for m in config.methods)
-        click.echo(terminal_safe(f"{name}: {counts['examples']} examples flagged ({methods})"))
+        click.echo(terminal_safe(f"{name}: examples flagged {counts['examples']} ({methods})"))
     seconds = summary["seconds"]
     click.echo(terminal_safe(
         f"kept {summary['rows_kept']} of {summary['rows_checked']} rows -> {output}/; "
