@@ -25,7 +25,11 @@ Timed, best of ``--repeats`` (3):
   directory, filled by one untimed call first): what a second run pays instead;
 * **match**: :meth:`NgramIndex.match` over all the examples in one batch
   (normalization included, timed apart on the first line);
-* **total**: build + match, a cold run.
+* **total**: build + match, a cold run;
+* **rouge s**: the ROUGE-L method on the same sets (the second table): the
+  exact index over the items (:class:`~selfinstruct.dedup.index.RougeIndex`) and
+  every example's instruction + input checked against it at 0.7
+  (``above_threshold``), as ``decontaminate`` runs it.
 
 Ratios are to the 1x row. Also printed: the examples flagged and peak memory.
 """
@@ -51,6 +55,7 @@ sys.path.insert(0, str(REPO))
 from selfinstruct.decontamination import DEFAULT_NGRAM, MIN_ITEM_TOKENS  # noqa: E402
 from selfinstruct.decontamination.cache import load_or_build  # noqa: E402
 from selfinstruct.decontamination.ngrams import NgramIndex, tokens  # noqa: E402
+from selfinstruct.dedup.index import RougeIndex  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "alpaca_data.json"
 
@@ -100,6 +105,7 @@ def main() -> None:
     with open(args.data, encoding="utf-8") as handle:
         rows = json.load(handle)
     texts = ["\n".join((r["instruction"], r["input"], r["output"])) for r in rows]
+    queries = ["\n".join(p for p in (r["instruction"], r["input"]) if p) for r in rows]
     prompts = human_eval()
     normalizing, token_lists = best(args.repeats, lambda: [tokens(t) for t in texts])
     assert isinstance(token_lists, list)
@@ -116,6 +122,7 @@ def main() -> None:
               f"{'total x':>8}")
     print(header)
     base: tuple[float, float, float] | None = None
+    rouge_rows = []
     for scale in scales:
         items = prompts if scale == 1 else synthetic(prompts, vocabulary, scale, args.seed)
         name = "HumanEval" if scale == 1 else f"synthetic {scale}x"
@@ -138,6 +145,20 @@ def main() -> None:
         print(f"{name:<16} {len(items):>7} {item_tokens:>9} {build:>8.2f} {cached:>8.2f} "
               f"{match:>8.2f} {total:>8.2f} {flagged:>7} {build / base[0]:>8.1f} "
               f"{match / base[1]:>8.2f} {total / base[2]:>8.2f}")
+
+        def rouge(items: list[str] = items) -> int:
+            index = RougeIndex(0.7)
+            index.extend(items)
+            return sum(1 for hit in index.above_threshold(queries) if hit is not None)
+
+        seconds, hits = best(args.repeats, rouge)
+        rouge_rows.append((name, len(items), seconds, hits))
+    print(f"\nROUGE-L > 0.7 of instruction + input, {len(queries)} examples, best of "
+          f"{args.repeats}")
+    print(f"{'eval set':<16} {'items':>7} {'rouge s':>8} {'flagged':>7} {'rouge x':>8}")
+    for name, count, seconds, hits in rouge_rows:
+        print(f"{name:<16} {count:>7} {seconds:>8.2f} {hits:>7} "
+              f"{seconds / rouge_rows[0][2]:>8.2f}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak:.0f} MiB")
 
