@@ -34,7 +34,7 @@ from itertools import chain, pairwise, repeat
 
 import numpy as np
 
-from ..dedup.rouge import _CJK
+from ..dedup.rouge import _CJK, combining_marks
 from . import DEFAULT_NGRAM, MIN_ITEM_TOKENS, DecontaminationError
 
 NORMALIZATION_VERSION = f"1/unicode-{unicodedata.unidata_version}"
@@ -51,24 +51,10 @@ _THREE, _SEVEN = np.uint64(3), np.uint64(7)
 def _token_re() -> re.Pattern[str]:
     """The token pattern for non-ASCII text (compiled once; scanning the Unicode
     database for combining marks takes ~0.1 s)."""
-    ranges: list[str] = []
-    start = prev = -2
-    for cp in range(0x110000):
-        if unicodedata.category(chr(cp))[0] == "M":
-            if cp != prev + 1:
-                if start >= 0:
-                    ranges.append(_span(start, prev))
-                start = cp
-            prev = cp
-    ranges.append(_span(start, prev))
-    marks = "".join(ranges)
+    marks = combining_marks()
     # one CJK ideograph / kana / hangul character, or a run of letters and digits
     # (\w less "_" and CJK) with the combining marks inside it (Devanagari vowel signs)
     return re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+(?:[{marks}]+[^\\W_{_CJK}]*)*")
-
-
-def _span(a: int, b: int) -> str:
-    return re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
 
 
 def tokens(text: str) -> list[str]:

@@ -76,9 +76,11 @@ _CJK = (
 
 
 @lru_cache(maxsize=1)
-def _unicode_word_re() -> re.Pattern[str]:
-    """Compile the "unicode" tokenizer regex (built lazily: it scans the
-    Unicode database once, ~0.2 s, to collect combining marks)."""
+def combining_marks() -> str:
+    """Every Unicode combining mark (category M*) as the ranges of a regex character
+    class (U+0300-U+036F and the others; built once: it scans the Unicode database,
+    ~0.2 s). The ``unicode`` tokenizer here and the decontamination n-grams keep
+    marks inside words, so Devanagari, Thai, ... words are not split at vowel signs."""
     ranges: list[str] = []
     start = prev = -2
     for cp in range(0x110000):
@@ -90,7 +92,13 @@ def _unicode_word_re() -> re.Pattern[str]:
             prev = cp
     if start >= 0:
         ranges.append(_range(start, prev))
-    marks = "".join(ranges)
+    return "".join(ranges)
+
+
+@lru_cache(maxsize=1)
+def _unicode_word_re() -> re.Pattern[str]:
+    """Compile the "unicode" tokenizer regex (built lazily, see :func:`combining_marks`)."""
+    marks = combining_marks()
     # A CJK/kana/hangul character alone, or a word: a letter/digit (\w
     # without "_", not CJK) followed by letters, digits and combining marks
     # (so Devanagari, Thai, ... words are not split at vowel signs).

@@ -13,9 +13,7 @@ writes it, so two servers never interleave one reviewer's answers.
 
 from __future__ import annotations
 
-import fcntl
 import io
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..quality import QUESTIONS
-from ..storage.files import write_bytes_atomic
+from ..storage.files import take_lock, write_bytes_atomic
 from . import REVIEW_DIR, ReviewError, check_plain_file
 
 LABEL_SCHEMA = pa.schema([
@@ -203,16 +201,9 @@ class LabelStore:
         lock = self.path.with_suffix(".lock")
         check_plain_file(lock)
         check_plain_file(self.path)
-        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 (held until close())
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise ReviewError(f"{self.path}: reviewer {self.reviewer!r} is already reviewing "
-                              f"this run (pid {holder}); stop that server or pass another "
-                              "--reviewer") from None
+        handle = take_lock(lock, lambda holder: ReviewError(
+            f"{self.path}: reviewer {self.reviewer!r} is already reviewing this run "
+            f"(pid {holder}); stop that server or pass another --reviewer"))
         try:
             if self.path.exists():
                 frame = read_label_file(self.path)
@@ -226,10 +217,6 @@ class LabelStore:
         except BaseException:
             handle.close()
             raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         self._lock_handle = handle
         return self
 

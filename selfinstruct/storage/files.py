@@ -83,6 +83,32 @@ def write_bytes_if_changed(path: Path, data: bytes) -> str:
     return digest
 
 
+def take_lock(path: Path, busy: Callable[[str], BaseException]) -> IO[str]:
+    """Open ``path`` (created if absent), take an exclusive ``flock`` on it without
+    waiting, and write this process's pid into it; the lock lasts until the
+    returned handle is closed (or the process ends, however it ends).
+
+    Raises:
+        ``busy(holder)``: another process holds the lock; ``holder`` is the pid it
+            wrote ("unknown" when none).
+    """
+    import fcntl
+
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (the caller holds it)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise busy(holder) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON (UTF-8, indented, trailing newline) atomically."""
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -34,7 +34,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from .shards import schema_for
-from .files import file_digest, write_bytes_atomic, write_json
+from .files import file_digest, take_lock, write_bytes_atomic, write_json
 
 LEDGER_DIR = "ledger"
 LOCK_FILE = ".lock"
@@ -146,20 +146,9 @@ class RunDirectory:
             RunLocked: another live process holds it (the message names its pid).
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (held until unlock())
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise RunLocked(f"{self.path}: another selfinstruct run (pid {holder}) is using "
-                            "this output directory") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_handle = handle
+        self._lock_handle = take_lock(self.path / LOCK_FILE, lambda holder: RunLocked(
+            f"{self.path}: another selfinstruct run (pid {holder}) is using this output "
+            "directory"))
 
     def lock_holder(self) -> str | None:
         """The pid recorded by a live process holding the lock, or None if none holds it.
