@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from ..config import DecontaminationConfig
 from ..storage.files import write_bytes_atomic
 from ..storage.manifest import MANIFEST, MANIFEST_FORMAT, Manifest, write_manifest
-from ..storage.shards import DATA_DIR, ShardWriter, messages_for, remove_unlisted
+from ..storage.shards import DATA_DIR, ShardWriter, remove_unlisted
 from . import METHODS, DecontaminationError
 from .check import Decontaminator, Match, load_benchmarks, strongest
 
@@ -59,10 +59,6 @@ ALL_MATCHES = pa.field("matches", pa.list_(pa.struct([
 EXAMPLE_FIELDS = [pa.field(n, pa.string()) for n in ("id", "task_id", "instruction", "input",
                                                      "output")]
 
-SHARD_COLUMNS = ("is_classification", "model", "round", "prompt_task_ids",
-                 "nearest_instruction", "nearest_rouge_l")
-"""Shard columns taken from the input when it has them (a ``generate`` run's)."""
-
 
 def check_output(output: Path, source: Path, specs: list[str]) -> None:
     """Refuse an output that is an input or lies in one, lies in a run, cannot be
@@ -74,9 +70,11 @@ def check_output(output: Path, source: Path, specs: list[str]) -> None:
     """
     from ..safety import OutputPathError, check_not_in_run, check_output_apart, check_writable_dir
 
+    from .benchmarks import parse_against
+
     inputs: dict[str, Path] = {"the input": source}
     for k, spec in enumerate(specs):
-        inputs[f"--against #{k + 1}"] = Path(spec.split("=", 1)[-1].split(":", 1)[0])
+        inputs[f"--against #{k + 1}"] = parse_against(spec).path
     try:
         check_output_apart(output, inputs, "--output",
                            writes=(MANIFEST, DATA_DIR, CONTAMINATED_FILE))
@@ -170,26 +168,15 @@ def decontaminate(source: Path, output: Path, config: DecontaminationConfig
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
-    """A shard row from an input row: the example and the input's shard columns."""
+    """A shard row from an input row: the example, the input's shard columns, and its
+    quality columns when it has them (as ``score`` writes its rows)."""
     from ..quality import QUALITY_COLUMNS
-    from ..scoring import _plain
+    from ..scoring import ScoreJob, _plain
 
     record = _plain(record)
-    row: dict[str, Any] = {
-        "id": str(record["id"]), "task_id": str(record["task_id"]),
-        "instruction": record["instruction"], "input": record["input"],
-        "output": record["output"],
-        "messages": messages_for(record["instruction"], record["input"], record["output"]),
-        "is_classification": record.get("is_classification"),
-        "model": record.get("model"),
-        "round": int(record["round"]) if record.get("round") is not None else None,
-        "prompt_task_ids": list(record.get("prompt_task_ids") or []),
-        "nearest_instruction": record.get("nearest_instruction"),
-        "nearest_rouge_l": record.get("nearest_rouge_l"),
-    }
-    if QUALITY_COLUMNS[0] in record:
-        row.update({c: record.get(c) for c in QUALITY_COLUMNS})
-    return row
+    quality = ({c: record.get(c) for c in QUALITY_COLUMNS} if QUALITY_COLUMNS[0] in record
+               else {})
+    return ScoreJob._row(record, quality)
 
 
 def _summary(benchmarks: list[Any], matches: list[list[Match]], rows: int,
