@@ -100,6 +100,7 @@ GENERATE_OPTIONS: dict[str, str] = {
     "stop": "generation.stop",
     "max_tokens": "generation.max_tokens",
     "max_rounds": "generation.max_rounds",
+    "pipeline_depth": "generation.pipeline_depth",
     "max_instances": "instances.max_instances",
     "rouge_threshold": "filters.rouge_threshold",
     "rouge_tokenizer": "filters.rouge_tokenizer",
@@ -227,6 +228,8 @@ def main() -> None:
               help=config_help("generation.max_tokens"))
 @click.option("--max-rounds", type=int, default=None,
               help=config_help("generation.max_rounds"))
+@click.option("--pipeline-depth", type=int, default=None,
+              help=config_help("generation.pipeline_depth"))
 @click.option("--max-instances", type=int, default=None,
               help=config_help("instances.max_instances"))
 @click.option("--rouge-threshold", type=float, default=None,

@@ -96,6 +96,12 @@ class GenerationConfig(_Section):
     max_rounds: int = Field(
         1000, ge=1, description="give up after this many rounds even if short of the target"
     )
+    pipeline_depth: int = Field(
+        1, ge=1, le=4,
+        description="rounds in flight at once: each engine call carries the next stage of "
+                    "every one, so the engine gets fuller batches; a round's prompts then "
+                    "show machine tasks of the rounds committed when it started "
+                    "(depth - 1 rounds older than at 1, the paper's strict order)")
 
     @model_validator(mode="after")
     def _human_le_total(self) -> GenerationConfig:

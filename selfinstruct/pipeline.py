@@ -32,7 +32,12 @@ of the whole run in score order, skipping near-duplicate instructions
 
 Rounds repeat until ``num_instructions`` new tasks are written, ``max_rounds``
 pass, or the engine can answer no further round (``refilter`` ends where its
-source run ended). Randomness comes from the run seed: the in-context tasks of
+source run ended). With ``generation.pipeline_depth`` D > 1, up to D rounds
+overlap: each engine call carries the next stage of every round in flight, so
+the engine sees one full batch instead of three small ones in series; the steps
+above still run in round order after each call, and a round's prompts show the
+machine tasks of the rounds committed when it started (:meth:`SelfInstruct.run`).
+Randomness comes from the run seed: the in-context tasks of
 round r from ``Random(f"{seed}:{r}")``, each request's sampling seed from the
 seed, round, stage and request key, so a request's completion never depends on
 batch order.
@@ -46,14 +51,14 @@ below is the same whether it generates, resumes or refilters.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config
 from .decontamination.check import Decontaminator, Match, strongest
 from .dedup import RougeIndex
-from .engines.base import Request
-from .engines.recorded import RecordedEngine
+from .engines.recorded import Ask, RecordedEngine
 from .filters import instruction_rejection
 from .prompts import PromptBuilder
 from .stages.base import CandidateStage, Records, request_seed
@@ -74,7 +79,8 @@ class Reporter(Protocol):
     """Receives progress from the pipeline (the CLI draws it; tests may record it)."""
 
     def stage(self, name: str, total: int) -> None:
-        """A stage of the current round sends ``total`` requests to the engine."""
+        """An engine call of ``total`` requests starts; ``name`` is its stage, or its
+        stages joined by "+" (overlapped rounds, ``generation.pipeline_depth`` > 1)."""
 
     def advance(self, n: int) -> None:
         """``n`` requests of the current stage finished."""
@@ -148,11 +154,25 @@ class SelfInstruct:
         self.drop_keys = drop_keys
         self.decontaminator = decontaminator
         self.pending: list[dict[str, Any]] = []  # rows awaiting the keep_best selection
+        self.in_flight: dict[int, list[Candidate]] = {}  # round -> its kept candidates
 
     # -- the algorithm -------------------------------------------------------
 
     def run(self) -> RunStats:
         """Run rounds until the target is met; return the stats.
+
+        With ``generation.pipeline_depth`` D, up to D rounds are in flight: each
+        engine call carries the next stage of every round in flight (e.g. round r's
+        instruction prompts with round r-1's classification and round r-2's
+        instance requests), and one new round joins per call. Each round's steps
+        run in round order after each call, so the filters, ROUGE-L decisions and
+        commits are those of the strict order; only the in-context machine tasks of
+        a round's prompts are older: those of the rounds committed when the round
+        started (D - 1 rounds fewer than at depth 1). At D = 1 this is the paper's
+        strict order. A new round starts only while the tasks written plus the
+        surviving candidates of the rounds in flight (an upper bound of what those
+        will write) fall short of the target, so few rounds are started in vain.
+        All of this depends on the answers only, never on timing.
 
         Raises:
             LedgerError: a recorded round's files are damaged, or a round the
@@ -160,35 +180,65 @@ class SelfInstruct:
             EngineError: the live engine failed (the ledger keeps what it finished).
         """
         started = time.perf_counter()
-        while not self.finished():
-            round_number = self.stats.rounds + 1
-            candidates = self.generate_instructions(round_number)   # step 1
-            kept = self.filter_instructions(candidates)             # step 2
-            self.ask(self.classification, round_number, kept)       # step 3
-            self.ask(self.instances, round_number, kept)            # step 4
-            self.decontaminate(kept)                                # step 4a
-            if self.judging is not None:
-                self.ask(self.judging, round_number, self.to_judge(kept))  # step 4b
-            self.drop_reviewed(kept)                                # step 4c
-            rows = self.write(round_number, kept)                   # step 5
-            self.commit(round_number, candidates, rows)
-            self.stats.seconds = time.perf_counter() - started
-            self.reporter.round_done(self.stats)
+        depth = self.config.generation.pipeline_depth
+        flight: list[_Flight] = []
+        next_round = self.stats.rounds + 1
+        while True:
+            if len(flight) < depth and self.may_start(next_round, flight):
+                flight.append(_Flight(next_round, self.round(next_round)))
+                next_round += 1
+            if not flight:
+                break
+            asks = [f.ask for f in flight]
+            answers = (self.engine.answer_many(asks, self._on_batch)
+                       if any(a.requests for a in asks) else [{} for _ in asks])
+            for f, records in zip(list(flight), answers, strict=True):
+                self.stats.engine.count(f.ask.stage,
+                                        [r for r in records.values() if r is not None])
+                if not f.advance(records):  # the round committed
+                    flight.remove(f)
+                    self.stats.seconds = time.perf_counter() - started
+                    self.reporter.round_done(self.stats)
         self.select()                                               # the budget
         self.stats.seconds = time.perf_counter() - started
         return self.stats
 
-    def finished(self) -> bool:
-        """Target met, round limit reached, or no answer possible for the next round."""
-        return (self.stats.tasks_written >= self.config.num_instructions
-                or self.stats.rounds >= self.config.generation.max_rounds
-                or not self.engine.can_answer(self.stats.rounds + 1))
+    def round(self, round_number: int) -> Generator[Ask, Records, list[Candidate]]:
+        """One round of §2.2, as a generator: it yields each stage's requests (an
+        :class:`~selfinstruct.engines.recorded.Ask`, possibly empty) and is sent
+        their answers; it returns after the round is committed."""
+        requests, shown = self.instructions.requests(round_number)           # step 1
+        records = yield Ask(round_number, self.instructions.name, requests, shown)
+        candidates = self.instructions.candidates(records)
+        kept = self.filter_instructions(candidates)                          # step 2
+        self.in_flight[round_number] = kept
+        for stage in (self.classification, self.instances):                 # steps 3, 4
+            stage.apply(kept, (yield self.ask(stage, round_number, kept)))
+        self.decontaminate(kept)                                             # step 4a
+        if self.judging is not None:                                         # step 4b
+            judged = self.to_judge(kept)
+            self.judging.apply(judged, (yield self.ask(self.judging, round_number, judged)))
+        self.drop_reviewed(kept)                                             # step 4c
+        rows = self.write(round_number, kept)                                # step 5
+        del self.in_flight[round_number]
+        self.commit(round_number, candidates, rows)
+        return candidates
 
-    def generate_instructions(self, round_number: int) -> list[Candidate]:
-        """Step 1: prompt with pool tasks, parse the lists into candidates (§2.2)."""
-        requests, shown = self.instructions.requests(round_number)
-        return self.instructions.candidates(
-            self.answers(round_number, self.instructions.name, requests, shown))
+    def may_start(self, round_number: int, flight: Sequence[_Flight]) -> bool:
+        """Whether round ``round_number`` starts now: within ``max_rounds``, the engine
+        can answer it, and the target is not met even if every surviving candidate of
+        the rounds in flight were written."""
+        if round_number > self.config.generation.max_rounds:
+            return False
+        if not self.engine.can_answer(round_number):
+            return False
+        pending = 0
+        for f in flight:
+            kept = self.in_flight.get(f.round_number)
+            if kept is None:  # not filtered yet: no bound
+                return False
+            pending += len(surviving(kept))
+        return self.stats.tasks_written + pending < self.config.num_instructions
 
     def filter_instructions(self, candidates: list[Candidate]) -> list[Candidate]:
         """Step 2: the instruction filters, then ROUGE-L against pool and round (§2.2,
@@ -226,11 +276,10 @@ class SelfInstruct:
                 self.stats.rejections[candidate.reason] += 1
         return kept
 
-    def ask(self, stage: CandidateStage, round_number: int, kept: list[Candidate]) -> None:
-        """Steps 3 and 4 (and any later stage): one request per kept candidate, the
-        answers parsed and filtered into the candidates by the stage."""
-        stage.apply(kept, self.answers(round_number, stage.name,
-                                       stage.requests(round_number, kept)))
+    def ask(self, stage: CandidateStage, round_number: int, kept: list[Candidate]) -> Ask:
+        """Steps 3 and 4 (and any later stage): one request per kept candidate; the
+        stage parses and filters the answers into the candidates."""
+        return Ask(round_number, stage.name, stage.requests(round_number, kept))
 
     def to_judge(self, kept: list[Candidate]) -> list[Candidate]:
         """The candidates worth judging: with no cut, only as many surviving ones as the
@@ -362,13 +411,6 @@ class SelfInstruct:
 
     # -- helpers -------------------------------------------------------------
 
-    def answers(self, round_number: int, stage: str, requests: list[Request],
-                shown: dict[str, tuple[str, ...]] | None = None) -> Records:
-        """The engine's answers to one stage's requests, counted in the token totals."""
-        records = self.engine.answer(round_number, requests, shown, self._on_batch)
-        self.stats.engine.count(stage, [r for r in records.values() if r is not None])
-        return records
-
     def _on_batch(self, stage: str, total: int) -> Callable[[int], None]:
         self.reporter.stage(stage, total)
         return self.reporter.advance
@@ -392,6 +434,26 @@ class SelfInstruct:
         if self.judging is not None:
             row.update(quality_values(*verdict, judge=self.judge_name))
         return row
+
+
+@dataclass
+class _Flight:
+    """A round in flight: its generator and the stage it waits on."""
+
+    round_number: int
+    steps: Generator[Ask, Records, list[Candidate]]
+    ask: Ask = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ask = next(self.steps)
+
+    def advance(self, records: Records) -> bool:
+        """Hand the answers of :attr:`ask` to the round; False once it is committed."""
+        try:
+            self.ask = self.steps.send(records)
+        except StopIteration:
+            return False
+        return True
 
 
 def _ledger_match(match: Match, instance: int | None) -> dict[str, Any]:

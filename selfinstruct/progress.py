@@ -71,8 +71,10 @@ class RichReporter:
         self._progress.stop()
 
     def stage(self, name: str, total: int) -> None:
-        """Show the new stage's request bar."""
-        label = f"round {self._round}: {_STAGE_NAMES.get(name, name)}"
+        """Show the new stage's request bar (``name``: a stage, or stages joined by
+        "+" when overlapped rounds share the engine call)."""
+        stages = " + ".join(_STAGE_NAMES.get(part, part) for part in name.split("+"))
+        label = f"round {self._round}: {stages}"
         self._progress.reset(self._stage, total=max(total, 1), completed=0, description=label,
                              visible=True)
 

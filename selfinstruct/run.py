@@ -149,6 +149,11 @@ def lock_run(path: Path) -> RunDirectory:
     return run_dir
 
 
+IDENTITY_DEFAULTS: dict[str, Any] = {"settings.generation.pipeline_depth": 1}
+"""Identity keys a run made before they existed lacks, with the value such a run had,
+so that it still resumes and refilters."""
+
+
 def check_identity(output: Path, before: dict[str, Any], now: dict[str, Any],
                    verb: str = "resume") -> None:
     """Refuse a run directory made with other settings, naming the first difference
@@ -158,6 +163,8 @@ def check_identity(output: Path, before: dict[str, Any], now: dict[str, Any],
         JobError: ``before`` (the recorded identity) and ``now`` differ.
     """
     old, new = _flatten(before), _flatten(now)
+    for key, value in IDENTITY_DEFAULTS.items():  # settings added since the run was made
+        old.setdefault(key, value)
     for key in sorted(set(old) | set(new), key=lambda k: (not k.startswith("settings."), k)):
         if old.get(key) != new.get(key):
             raise JobError(f"{output}: holds a run made with {key} = {old.get(key)!r}, not "
@@ -548,15 +555,22 @@ def throughput(stats: RunStats, startup_seconds: float = 0.0) -> dict[str, Any]:
     ``engine_seconds`` is the wall time spent inside ``Engine.generate`` (model,
     network, queueing, retries); ``startup_seconds`` starting the engine (it starts
     lazily, inside the loop); ``own_seconds`` the rest of the loop (prompts,
-    parsing, filters, ROUGE-L, ledger and shard writes).
+    parsing, filters, ROUGE-L, ledger and shard writes). ``engine_share`` is the
+    engine's busy share of the loop's wall time after start-up: engine seconds over
+    engine plus own seconds (1.0 = the engine was never waiting for this process;
+    None before the engine ran). Overlapped rounds (``generation.pipeline_depth``)
+    raise it by making fewer, fuller engine calls.
     """
     engine_seconds = stats.live_seconds
+    own = max(stats.seconds - startup_seconds - engine_seconds, 0.0)
     return {
         "requests": stats.live_requests,
         "output_tokens": stats.live_output_tokens,
         "engine_seconds": round(engine_seconds, 3),
         "startup_seconds": round(startup_seconds, 3),
-        "own_seconds": round(max(stats.seconds - startup_seconds - engine_seconds, 0.0), 3),
+        "own_seconds": round(own, 3),
+        "engine_share": (round(engine_seconds / (engine_seconds + own), 4)
+                         if engine_seconds > 0 else None),
         "output_tokens_per_second": round(stats.live_tokens_per_second, 2),
     }
 

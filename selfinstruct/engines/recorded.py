@@ -27,6 +27,23 @@ from ..storage.ledger import RecordedRequest, RunDirectory, crash_point
 from .base import Completion, Engine, Progress, Request
 
 
+@dataclass
+class Ask:
+    """One stage's requests of one round, as the pipeline hands them over.
+
+    Attributes:
+        round_number: the round asking.
+        stage: the stage (every request's ``stage``).
+        requests: distinct keys; may be empty (the stage has nothing to ask).
+        shown: key -> ids of the tasks the prompt shows (recorded as provenance).
+    """
+
+    round_number: int
+    stage: str
+    requests: list[Request]
+    shown: Mapping[str, tuple[str, ...]] | None = None
+
+
 class LazyEngine:
     """An engine started on first use, so replaying and refiltering never start one.
 
@@ -162,29 +179,79 @@ class RecordedEngine:
         """
         if not requests:
             return {}
-        stage = requests[0].stage
-        commit = self.committed(round_number)
-        loaded = self.source.load_stage(round_number, stage,
-                                        commit["files"] if commit is not None else None)
-        recorded = {r.key: r for r in loaded or ()}
-        missing = [r for r in requests if r.key not in recorded]
-        if missing and commit is None and self.live.available:
-            completions = self._ask(missing, on_batch(stage, len(missing)) if on_batch else None)
-            for request, completion in zip(missing, completions, strict=True):
-                recorded[request.key] = _record(request, (shown or {}).get(request.key, ()),
-                                                completion)
-            self.ledger.save_stage(round_number, stage,
-                                   [recorded[r.key] for r in requests if r.key in recorded])
-            crash_point(f"round-{round_number}:after-{stage}")
-        elif recorded and self.source is not self.ledger:
-            self.ledger.save_stage(round_number, stage,
-                                   [recorded[r.key] for r in requests if r.key in recorded])
-        return {r.key: recorded.get(r.key) for r in requests}
+        ask = Ask(round_number, requests[0].stage, list(requests), shown)
+        return self.answer_many([ask], on_batch)[0]
 
-    def _ask(self, batch: list[Request], progress: Progress | None) -> list[Completion]:
+    def answer_many(self, asks: Sequence[Ask],
+                    on_batch: Callable[[str, int], Progress | None] | None = None
+                    ) -> list[dict[str, RecordedRequest | None]]:
+        """The answers to several stages' requests (of one or several rounds), with
+        every request the ledger lacks sent to the live engine as ONE batch.
+
+        This is how overlapped rounds (``generation.pipeline_depth`` > 1) keep the
+        engine full: one call carries round r's instruction prompts with round r-1's
+        classification and round r-2's instance requests. Each ask is answered as
+        :meth:`answer` would answer it alone; the records of each (round, stage)
+        are saved, in ask order, once the batch returns.
+
+        Args:
+            asks: at most one per (round, stage); an ask may have no requests.
+            on_batch: told ``(label, n)`` before ``n`` live requests are sent, the
+                label being the stage name, or the names of the stages in the
+                batch joined by "+"; what it returns is the progress callback.
+
+        Returns:
+            One ``{request.key: record}`` per ask, in ask order (see :meth:`answer`).
+
+        Raises:
+            LedgerError, EngineError: as :meth:`answer`.
+        """
+        plans: list[tuple[dict[str, RecordedRequest], list[Request], bool]] = []
+        for ask in asks:
+            if not ask.requests:
+                plans.append(({}, [], False))
+                continue
+            commit = self.committed(ask.round_number)
+            loaded = self.source.load_stage(ask.round_number, ask.stage,
+                                            commit["files"] if commit is not None else None)
+            recorded = {r.key: r for r in loaded or ()}
+            missing = [r for r in ask.requests if r.key not in recorded]
+            live = bool(missing) and commit is None and self.live.available
+            plans.append((recorded, missing if live else [], live))
+        batch = [(k, request) for k, (_, missing, _) in enumerate(plans) for request in missing]
+        if batch:
+            stages = list(dict.fromkeys(request.stage for _, request in batch))
+            progress = on_batch("+".join(stages), len(batch)) if on_batch else None
+            completions = self._ask_mixed([request for _, request in batch], progress)
+            for (k, request), completion in zip(batch, completions, strict=True):
+                plans[k][0][request.key] = _record(
+                    request, (asks[k].shown or {}).get(request.key, ()), completion)
+        for ask, (recorded, _, live) in zip(asks, plans, strict=True):
+            if live or (recorded and self.source is not self.ledger):
+                self.ledger.save_stage(ask.round_number, ask.stage,
+                                       [recorded[r.key] for r in ask.requests
+                                        if r.key in recorded])
+            if live:
+                crash_point(f"round-{ask.round_number}:after-{ask.stage}")
+        return [{r.key: recorded.get(r.key) for r in ask.requests}
+                for ask, (recorded, _, _) in zip(asks, plans, strict=True)]
+
+    def _ask_mixed(self, batch: list[Request], progress: Progress | None) -> list[Completion]:
+        """One live batch, split in two only where the judge is another engine."""
         from ..quality import JUDGING
 
-        lazy = self.judge if self.judge is not None and batch[0].stage == JUDGING else self.live
+        if self.judge is None or all(r.stage != JUDGING for r in batch):
+            return self._ask(self.live, batch, progress)
+        out: dict[int, Completion] = {}
+        for lazy, judged in ((self.live, False), (self.judge, True)):
+            positions = [i for i, r in enumerate(batch) if (r.stage == JUDGING) == judged]
+            if positions:
+                answers = self._ask(lazy, [batch[i] for i in positions], progress)
+                out.update(zip(positions, answers, strict=True))
+        return [out[i] for i in range(len(batch))]
+
+    def _ask(self, lazy: LazyEngine, batch: list[Request],
+             progress: Progress | None) -> list[Completion]:
         engine = lazy.get()
         started = time.perf_counter()
         completions = engine.generate(batch, progress=progress)
