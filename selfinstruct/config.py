@@ -97,7 +97,7 @@ class GenerationConfig(_Section):
         1000, ge=1, description="give up after this many rounds even if short of the target"
     )
     pipeline_depth: int = Field(
-        1, ge=1, le=4,
+        3, ge=1, le=4,
         description="rounds in flight at once: each engine call carries the next stage of "
                     "every one, so the engine gets fuller batches; a round's prompts then "
                     "show machine tasks of the rounds committed when it started "

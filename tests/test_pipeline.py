@@ -28,8 +28,11 @@ SEEDS = [Task(f"s{i}", "", text, (Instance("", "x"),), False) for i, text in enu
 ])]
 
 def make_loop(tmp_path, engine=None, **overrides):
+    # the strict order of the paper unless a test asks for overlapped rounds
+    generation = {"prompts_per_round": 4, "pipeline_depth": 1,
+                  **overrides.pop("generation", {})}
     config = Config.model_validate({"num_instructions": overrides.pop("n", 6), "seed": 3,
-                                    "generation": {"prompts_per_round": 4}, **overrides})
+                                    "generation": generation, **overrides})
     engine = engine or ScriptedEngine()
     writer = ShardWriter(tmp_path, config.shards.shard_size)
     recorded = RecordedEngine(RunDirectory(tmp_path), LazyEngine(lambda: engine))
