@@ -34,11 +34,11 @@ class CrashingEngine(ScriptedEngine):
         super().__init__()
         self.die_on_call = die_on_call
 
-    def generate(self, requests, progress=None):
+    def generate(self, requests, progress=None, on_done=None):
         if len(self.batches) + 1 == self.die_on_call:
             self.batches.append(list(requests))
             raise Crash()
-        return super().generate(requests, progress)
+        return super().generate(requests, progress, on_done)
 
 
 def finish(path, engine=None):
