@@ -211,3 +211,63 @@ def test_a_returned_batch_leaves_only_the_stage_file(tmp_path):
     out = engine.answer(1, requests("classification", ["a", "b", "c", "d", "e"]))
     assert len(out) == 5 and len(live.batches) == 1
     assert names(ledger, 1) == ["requests-classification.parquet"]
+
+
+# -- a real kill -9 mid-stage, over HTTP ------------------------------------------------------
+
+@pytest.mark.slow
+def test_kill_9_after_the_first_chunk_of_a_stage_loses_only_the_rest(tmp_path):
+    """`generate` over HTTP (the fake server answers each prompt the same way whatever
+    the batch) is SIGKILLed right after the first part file of its 40-request
+    instruction stage; the resumed run sends only the 8 requests not in it, and its
+    ledger and shards equal an uninterrupted run's byte for byte."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from selfinstruct.seeds import default_seeds_dir
+    from selfinstruct.storage.ledger import CRASH_ENV
+
+    from .http_fakes import FakeOpenAI
+
+    seeds = tmp_path / "seeds.jsonl"
+    with open(default_seeds_dir() / "seed_tasks.jsonl", encoding="utf-8") as source:
+        seeds.write_text("".join(source.readlines()[:12]), encoding="utf-8")
+
+    def generate(out, crash_at=None):
+        env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+        if crash_at:
+            env[CRASH_ENV] = crash_at
+        with FakeOpenAI() as fake:
+            result = subprocess.run(
+                [str(Path(sys.executable).parent / "selfinstruct"), "generate", "--seeds",
+                 str(seeds), "--base-url", fake.url, "-n", "6", "--prompts-per-round", "40",
+                 "--max-rounds", "1", "--seed", "5", "-o", str(out)],
+                capture_output=True, text=True, timeout=300, env=env)
+        return result, [b["prompt"] for b in fake.bodies]
+
+    done, sent = generate(tmp_path / "reference")
+    assert done.returncode == 0, done.stderr[-2000:]
+    cut, _ = generate(tmp_path / "run", "round-1:after-instructions-part-1")
+    assert cut.returncode == -signal.SIGKILL, cut.stderr[-2000:]
+    ledger = RunDirectory(tmp_path / "run")
+    assert names(ledger, 1) == ["requests-instructions.part-0001.parquet"]
+    kept = {r.prompt for r in ledger.load_stage(1, "instructions", None)}
+    assert len(kept) == CHUNK_COMPLETIONS
+    resumed, resent = generate(tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(resent) == sorted(p for p in sent if p not in kept)
+    assert len(resent) == len(sent) - CHUNK_COMPLETIONS
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stats"]["engine"]["live_requests"] == len(resent)
+    files = {d: sorted(p.relative_to(tmp_path / d).as_posix()
+                       for p in (tmp_path / d).rglob("*.parquet")) for d in ("reference", "run")}
+    assert files["run"] == files["reference"]
+    assert "data/shard-00000.parquet" in files["run"]
+    assert "ledger/round-00001/requests-instructions.parquet" in files["run"]
+    for name in files["run"]:
+        assert (tmp_path / "run" / name).read_bytes() == \
+            (tmp_path / "reference" / name).read_bytes(), name

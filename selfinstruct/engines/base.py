@@ -4,7 +4,9 @@ Every backend (in-process vLLM in :mod:`.offline`, OpenAI-compatible servers in
 :mod:`.http`, a Ray cluster in :mod:`.ray_data`, the ledger in :mod:`.recorded`)
 implements :class:`Engine`, so the pipeline never knows which one runs. A whole
 batch is handed over at once: vLLM's continuous batching schedules it, and the
-pipeline never sends one request at a time. Nothing here imports vLLM.
+pipeline never sends one request at a time. Completions come back one by one as
+they finish (``on_done``, :data:`Done`), so the ledger records them while the
+batch runs. Nothing here imports vLLM.
 """
 
 from __future__ import annotations
