@@ -153,7 +153,7 @@ class EngineStats:
 Progress = Callable[[int], None]
 """Called with the number of requests just finished, as they finish."""
 
-Done = Callable[[int, "Completion"], None]
+Done = Callable[[int, Completion], None]
 """Called with a request's index in the batch and its completion, as each completion
 is available (see :meth:`Engine.generate`); the ledger records completions through
 it as they arrive (:class:`~.recorded.ChunkRecorder`)."""
