@@ -34,11 +34,11 @@ class CrashingEngine(ScriptedEngine):
         super().__init__()
         self.die_on_call = die_on_call
 
-    def generate(self, requests, progress=None):
+    def generate(self, requests, progress=None, on_done=None):
         if len(self.batches) + 1 == self.die_on_call:
             self.batches.append(list(requests))
             raise Crash()
-        return super().generate(requests, progress)
+        return super().generate(requests, progress, on_done)
 
 
 def finish(path, engine=None):
@@ -169,3 +169,49 @@ def test_refilter_with_original_settings_is_the_original_and_stricter_is_a_subse
     strict = examples(tmp_path / "strict")
     assert set(strict) < set(examples(ref_path))
     assert stats.rejections["rouge_l"] > reference[1].rejections["rouge_l"]
+
+
+@pytest.mark.parametrize("point, chunk", [
+    ("round-1:after-instances-part-1", 1),
+    ("round-1:after-instances-part-3", 1),
+    ("round-1:after-classification-part-1", 2),
+    ("round-4:after-instances-part-2", 1),
+])
+def test_crash_after_k_parts_of_a_stage_resumes_with_only_the_unrecorded_requests(
+        tmp_path, reference, monkeypatch, point, chunk):
+    ref_path, _, ref_engine, ref_shards = reference
+    round_number, stage, k = _part_point(point)
+
+    def die(name):
+        if name == point:
+            raise Crash()  # right after the part file is renamed into place: kill -9
+
+    monkeypatch.setattr(recorded_module, "crash_point", die)
+    loop, dying, _ = make_loop(tmp_path, **SETTINGS)
+    loop.engine.chunk_completions = chunk
+    with pytest.raises(Crash):
+        loop.run()
+    monkeypatch.undo()
+    cut = [r.key for r in dying.batches[-1]]
+    index = len(dying.batches) - 1
+    assert [r.key for r in ref_engine.batches[index]] == cut and len(cut) > k * chunk
+    ledger = RunDirectory(tmp_path)
+    assert [r.key for r in ledger.load_stage(round_number, stage, None)] == cut[:k * chunk]
+
+    _stats, engine, shards = finish(tmp_path)
+    assert shard_bytes(tmp_path, shards) == shard_bytes(ref_path, ref_shards)
+    # the live engine is asked only for the cut stage's unrecorded requests, then the rest
+    assert [r.key for r in engine.batches[0]] == cut[k * chunk:]
+    assert sum(len(b) for b in engine.batches) == \
+        sum(len(b) for b in ref_engine.batches[index:]) - k * chunk
+    name = f"requests-{stage}.parquet"
+    assert (ledger.round_dir(round_number) / name).read_bytes() == \
+        (RunDirectory(ref_path).round_dir(round_number) / name).read_bytes()
+    assert not list(tmp_path.glob("ledger/*/*.part-*"))
+
+
+def _part_point(point: str) -> tuple[int, str, int]:
+    """``round-R:after-STAGE-part-K`` -> (R, STAGE, K)."""
+    where, _, what = point.partition(":after-")
+    stage, _, k = what.rpartition("-part-")
+    return int(where.removeprefix("round-")), stage, int(k)

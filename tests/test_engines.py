@@ -112,3 +112,128 @@ def test_a_committed_round_is_checked_not_rewritten(tmp_path):
     assert ledger.commit_round(1, [], [row]) is False
     with pytest.raises(LedgerError, match="does not give the examples it recorded"):
         ledger.commit_round(1, [], [{**row, "output": "other"}])
+
+
+# -- the offline engine reports completions as vLLM finishes them -------------------------
+
+class _FakeVLLMEngine:
+    """``LLM.llm_engine`` of vLLM 0.32 as the offline engine steps it: outputs carry the
+    external request id, requests finish last-added first, one per step, and every step
+    also reports an unfinished request."""
+
+    def __init__(self):
+        self.waiting: list[tuple[str, str]] = []  # (internal id, prompt)
+        self.aborted: list[str] = []
+
+    def has_unfinished_requests(self):
+        return bool(self.waiting)
+
+    def step(self):
+        from types import SimpleNamespace
+
+        internal, prompt = self.waiting.pop()
+        choice = SimpleNamespace(text=f"re: {prompt}", token_ids=[1, 2], finish_reason="length")
+        done = SimpleNamespace(request_id=internal.split("-")[0], finished=True, outputs=[choice],
+                  prompt_token_ids=[0] * len(prompt.split()))
+        running = SimpleNamespace(request_id="x", finished=False, outputs=[], prompt_token_ids=[])
+        return [running, done]
+
+    def abort_request(self, ids, internal=False):
+        assert internal
+        self.aborted += ids
+
+
+class _FakeLLM:
+    def __init__(self):
+        self.llm_engine = _FakeVLLMEngine()
+        self.counter = 0
+        self.params = []
+
+    def enqueue(self, prompts, params, use_tqdm=True):
+        assert use_tqdm is False
+        ids = []
+        for prompt in prompts:
+            ids.append(f"{self.counter}-abcd{self.counter:04d}")  # vLLM's internal id
+            self.llm_engine.waiting.append((ids[-1], prompt))
+            self.counter += 1
+        self.params += params
+        return ids
+
+
+def _offline_engine():
+    from types import SimpleNamespace
+
+    from selfinstruct.engines.offline import VLLMEngine
+
+    engine = object.__new__(VLLMEngine)  # no vLLM: the parts generate() uses
+    engine._llm = _FakeLLM()
+    engine._tokenizer = lambda texts: {"input_ids": [t.split() for t in texts]}
+    engine._max_model_len = 4
+    engine._sampling_module = SimpleNamespace(SamplingParams=dict)
+    return engine
+
+
+def test_the_offline_engine_reports_each_completion_as_it_finishes():
+    engine = _offline_engine()
+    batch = [Request(p, Sampling(0.5, 1.0, 8), seed=10 + i)
+             for i, p in enumerate(["one", "far too long a prompt", "two", "three"])]
+    done, ticks = [], []
+    out = engine.generate(batch, progress=ticks.append, on_done=lambda i, c: done.append((i, c)))
+    # not sent: reported first; then in the order vLLM finished them (last added first)
+    assert [i for i, _ in done] == [1, 3, 2, 0]
+    assert all(out[i] == c for i, c in done)
+    assert out[1].finish_reason == "prompt_too_long" and out[1].prompt_tokens == 5
+    assert [c.text for c in out] == ["re: one", "", "re: two", "re: three"]
+    assert out[0].finish_reason == "length" and out[0].output_tokens == 2
+    assert sum(ticks) == 4
+    assert [p["seed"] for p in engine._llm.params] == [10, 12, 13]  # per-request seeds kept
+
+
+def test_an_error_while_reporting_aborts_what_is_still_running():
+    engine = _offline_engine()
+    batch = [Request(p, Sampling(0.5, 1.0, 8)) for p in ["a", "b", "c"]]
+
+    def fail(index, completion):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        engine.generate(batch, on_done=fail)
+    assert engine._llm.llm_engine.aborted == ["0-abcd0000", "1-abcd0001"]  # c had finished
+
+
+def test_an_output_of_another_batch_is_an_engine_error():
+    engine = _offline_engine()
+    llm, enqueue = engine._llm, engine._llm.enqueue
+
+    def enqueue_behind_a_stray(*args, **kwargs):
+        ids = enqueue(*args, **kwargs)
+        llm.llm_engine.waiting.append(("99-zzzzzzzz", "left over"))  # finishes first
+        return ids
+
+    llm.enqueue = enqueue_behind_a_stray
+    with pytest.raises(EngineError, match="'99', which this batch did not send"):
+        engine.generate([Request("a", Sampling(0.5, 1.0, 8))])
+    assert llm.llm_engine.aborted == ["0-abcd0000"]
+
+
+@pytest.mark.engine
+def test_the_offline_engine_calls_on_done_once_per_request_before_returning():
+    from selfinstruct.engines.offline import VLLMEngine
+    from selfinstruct.models import resolve_model
+
+    model = resolve_model(None)
+    engine = VLLMEngine(model.path, model.name, EngineConfig(max_model_len=256), seed=0)
+    try:
+        sampling = Sampling(0.8, 0.95, 8)
+        batch = [Request(f"Name a {thing}:", sampling, seed=7 + i)
+                 for i, thing in enumerate(["colour", "fruit", "river"])]
+        done, ticks = [], []
+        out = engine.generate(batch, progress=ticks.append,
+                              on_done=lambda i, c: done.append((i, c)))
+        second = engine.generate(batch[:1], on_done=lambda i, c: done.append((i, c)))
+    finally:
+        engine.close()
+    assert sorted(i for i, _ in done[:3]) == [0, 1, 2] and sum(ticks) == 3
+    assert all(out[i] == c for i, c in done[:3])
+    assert all(0 < c.output_tokens <= 8 and c.finish_reason in ("stop", "length") for c in out)
+    assert done[3:] == [(0, second[0])]  # a second batch: its own ids, nothing left over

@@ -77,6 +77,35 @@ def test_completions_in_request_order_with_usage_and_sampling(server, engines):
                     "stop": ["\n16."], "seed": 1007}
 
 
+def test_each_answer_is_reported_on_the_callers_thread_as_it_arrives(engines):
+    import threading
+
+    # prompt 0 is answered last: it must not hold back the report of the others
+    def slow_first(body, attempt):
+        return ("delay", 0.5) if body["prompt"].endswith(" 0") else None
+
+    with FakeOpenAI(fault=slow_first) as fake:
+        engine = engines(config(fake.url))
+        batch = requests(6)
+        done = []
+        out = engine.generate(batch, on_done=lambda i, c: done.append(
+            (i, c, threading.current_thread() is threading.main_thread())))
+    assert sorted(i for i, _, _ in done) == list(range(6)) and done[-1][0] == 0
+    assert all(out[i] == c and on_main for i, c, on_main in done)
+
+
+def test_answers_reported_before_a_failure_stay_reported(engines):
+    def fail_2(body, attempt):
+        return "401" if body["prompt"].endswith(" 2") else None
+
+    with FakeOpenAI(fault=fail_2) as fake:
+        engine = engines(config(fake.url, max_in_flight=1))  # one at a time, in order
+        done = []
+        with pytest.raises(EngineRequestError):
+            engine.generate(requests(4), on_done=lambda i, c: done.append(i))
+    assert done == [0, 1]  # the answers that came before the 401
+
+
 def test_chat_requests_use_chat_completions(server, engines):
     out = engines(config(server.url)).generate(requests(3, chat=True, max_tokens=4))
     assert set(server.paths) == {"/v1/chat/completions"}

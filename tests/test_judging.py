@@ -137,12 +137,12 @@ def test_resume_after_a_crash_in_judging_asks_nothing_twice(tmp_path):
         pass
 
     class DiesWhileJudging(ScriptedEngine):
-        def generate(self, requests, progress=None):
+        def generate(self, requests, progress=None, on_done=None):
             if requests[0].stage == "judging" and sum(
                     b[0].stage == "judging" for b in self.batches) == 1:
                 self.batches.append(list(requests))
                 raise Crash()
-            return super().generate(requests, progress)
+            return super().generate(requests, progress, on_done)
 
     _, _, _, reference = run(tmp_path / "ref", n=10)
     dying = DiesWhileJudging()

@@ -224,3 +224,34 @@ def test_pipeline_depth_is_checked(tmp_path):
     with pytest.raises(ValidationError, match="pipeline_depth"):
         Config.model_validate({"generation": {"pipeline_depth": 0}})
     assert Config().generation.pipeline_depth >= 1
+
+
+def test_a_crash_inside_a_mixed_call_keeps_its_recorded_chunks(tmp_path, reference, monkeypatch):
+    ref_path, _, _, ref_shards = reference
+    parts: list[str] = []
+
+    def die(name):
+        if "-part-" in name:
+            parts.append(name)
+            if len(parts) == 4:
+                raise Crash()
+
+    monkeypatch.setattr(recorded_module, "crash_point", die)
+    loop, engine, _ = make_loop(tmp_path, **SETTINGS)
+    loop.engine.chunk_completions = 2  # a part file every 2 completions
+    with pytest.raises(Crash):
+        loop.run()
+    monkeypatch.undo()
+    died_in = engine.batches[-1]
+    assert len({r.stage for r in died_in}) > 1  # the call that died mixed stages
+    run_dir = RunDirectory(tmp_path)
+    saved = {(stage, r.key) for n in range(1, 8)
+             for stage in ("instructions", "classification", "instances")
+             for _, path in run_dir.part_paths(n, stage)
+             for r in run_dir.load_stage(n, stage, None) or []}
+    assert saved
+    _, again, shards = finish(tmp_path)
+    assert shard_bytes(tmp_path, shards) == shard_bytes(ref_path, ref_shards)
+    asked = {(r.stage, r.key) for b in again.batches[:1] for r in b}
+    assert asked and not asked & saved  # what the parts held is not asked again
+    assert len(again.batches[0]) < len(died_in)

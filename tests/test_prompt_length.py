@@ -18,10 +18,13 @@ from .test_pipeline import ScriptedEngine, make_loop
 class OverflowingEngine(ScriptedEngine):
     """The scripted engine, except that prompts showing the word "enormous" overflow."""
 
-    def generate(self, requests, progress=None):
+    def generate(self, requests, progress=None, on_done=None):
         answers = super().generate(requests, progress)
-        return [Completion("", 5000, 0, PROMPT_TOO_LONG) if "enormous" in r.prompt else a
-                for r, a in zip(requests, answers, strict=True)]
+        answers = [Completion("", 5000, 0, PROMPT_TOO_LONG) if "enormous" in r.prompt else a
+                   for r, a in zip(requests, answers, strict=True)]
+        for index, answer in enumerate(answers if on_done else ()):
+            on_done(index, answer)
+        return answers
 
 
 def test_requests_over_the_context_are_rejected_with_a_reason_code(tmp_path, monkeypatch):

@@ -39,6 +39,34 @@ def test_generate_with_ray_but_no_ray_fails_before_writing(monkeypatch, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_completions_are_reported_as_the_jobs_rows_come_back():
+    from types import SimpleNamespace
+
+    engine = object.__new__(RayEngine)  # no Ray: the parts generate() uses
+    engine.config = EngineConfig(backend="ray")
+    engine.jobs = 0
+    engine._tokenizer = None
+    engine._ray = SimpleNamespace(data=SimpleNamespace(from_items=list))
+    seen = []
+
+    def job(rows):  # the processor: rows come back in another order, one duplicated
+        def iter_rows():
+            for row in [rows[2], rows[0], rows[2], rows[1]]:
+                seen.append(row["index"])
+                yield {"index": row["index"], "text": row["prompt"].upper(),
+                       "prompt_tokens": 2, "output_tokens": 1, "finish_reason": "stop"}
+        return SimpleNamespace(iter_rows=iter_rows)
+
+    engine._processor = lambda: job
+    batch = [Request(p, Sampling(0.5, 1.0, 8), seed=i) for i, p in enumerate(["a", "b", "c"])]
+    done = []
+    out = engine.generate(batch, on_done=lambda i, c: done.append((i, len(seen), c)))
+    # each as its row arrives (not after the job), once, the completion returned
+    assert [(i, arrived) for i, arrived, _ in done] == [(2, 1), (0, 2), (1, 4)]
+    assert [c.text for c in out] == ["A", "B", "C"]
+    assert all(out[i] == c for i, _, c in done)
+
+
 def _ray_llm_missing() -> str | None:
     if importlib.util.find_spec("ray") is None:
         return "ray is not installed (pip install 'selfinstruct[ray]')"

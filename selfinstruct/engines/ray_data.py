@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import EngineConfig
-from .base import Capabilities, Completion, EngineError, EngineUnavailable, Progress, Request
+from .base import (Capabilities, Completion, Done, EngineError, EngineUnavailable, Progress,
+                   Request)
 from .offline import is_cpu_vllm, render_chat, vllm_distribution, vllm_engine_args, vllm_sampling
 
 
@@ -201,9 +202,12 @@ class RayEngine:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         return render_chat(self._tokenizer, request.prompt)
 
-    def generate(self, requests: Sequence[Request], progress: Progress | None = None
-                 ) -> list[Completion]:
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None,
+                 on_done: Done | None = None) -> list[Completion]:
         """Run the batch as one Ray Data job; see :class:`~selfinstruct.engines.base.Engine`.
+
+        ``on_done`` and ``progress`` are called as the job's rows come back to
+        this process (Ray Data hands them over a block at a time).
 
         Returns:
             One completion per request, in request order.
@@ -228,9 +232,11 @@ class RayEngine:
             for row in dataset.iter_rows():
                 index = int(row["index"])
                 if results[index] is None:
-                    results[index] = Completion(row["text"], int(row["prompt_tokens"]),
-                                                int(row["output_tokens"]),
-                                                row["finish_reason"])
+                    completion = Completion(row["text"], int(row["prompt_tokens"]),
+                                            int(row["output_tokens"]), row["finish_reason"])
+                    results[index] = completion
+                    if on_done is not None:
+                        on_done(index, completion)
                     if progress is not None:
                         progress(1)
         except EngineError:

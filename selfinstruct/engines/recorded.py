@@ -4,11 +4,17 @@ Every request the pipeline makes goes through :class:`RecordedEngine`. A request
 whose completion the ledger holds (same round, stage and key) is answered from it
 and costs nothing; the others go to the live engine in one batch, which starts
 only then (:class:`LazyEngine`), and the stage's records are saved, atomically,
-before the pipeline reads any of them. So:
+before the pipeline reads any of them. While the batch runs, its completions are
+recorded as they arrive (:class:`ChunkRecorder`: part files of the stage, one per
+:data:`CHUNK_COMPLETIONS` completions or :data:`CHUNK_SECONDS` seconds, whichever
+comes first), so a crash mid-batch loses at most the last chunk: fewer than 32
+completions, and, while completions keep arriving, no more than about the last 5
+seconds of them. So:
 
 * a new run records everything it asks;
 * resuming a run (same directory) replays its committed rounds from the ledger
-  and asks the live engine only for what an unfinished round had not recorded;
+  and asks the live engine only for what an unfinished round had not recorded,
+  down to the requests of a stage that was cut short;
 * ``refilter`` reads another run's ledger (``source``) with no live engine at all,
   and records into its own directory what it used.
 
@@ -18,13 +24,98 @@ answer is None), so replaying it gives the decisions it recorded.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..storage.ledger import RecordedRequest, RunDirectory, crash_point
-from .base import Completion, Engine, Progress, Request
+from ..storage.ledger import PART_FILE, RecordedRequest, RunDirectory, crash_point
+from .base import Completion, Done, Engine, Progress, Request
+
+CHUNK_COMPLETIONS = 32
+"""Completions of a live batch kept in memory at most: the 32nd unwritten one writes
+them all to the ledger (:class:`ChunkRecorder`). A crash (``kill -9``, a lost machine)
+mid-batch loses at most 31 completions; at 100 a second, the recorder writes about
+3 small part files a second."""
+
+CHUNK_SECONDS = 5.0
+"""Seconds the oldest unwritten completion of a live batch waits at most, as long
+as completions keep arriving: the first to arrive after that writes the chunk out
+(there is no timer: with nothing arriving, nothing new is at risk beyond the at
+most :data:`CHUNK_COMPLETIONS` - 1 already held)."""
+
+
+class ChunkRecorder:
+    """Records a live batch's completions in the ledger as they arrive, in small chunks.
+
+    A batch may mix requests of several rounds and stages: completions are grouped
+    by (round, stage), and each write (:meth:`flush`) saves one part file per group
+    with unwritten completions (:meth:`RunDirectory.save_part`, atomic), then
+    passes the crash point ``round-<n>:after-<stage>-part-<number>``. A write
+    happens once ``size`` completions are unwritten (all groups together) or the
+    oldest has waited ``seconds`` when the next one arrives; whoever owns the batch
+    calls :meth:`flush` once more if the batch fails, and, if it returns, saves
+    each stage whole with :meth:`RunDirectory.save_stage` instead (which
+    supersedes the parts; what is still unwritten here is then dropped).
+
+    Args:
+        ledger: the run directory recorded into (locked by the caller).
+        size: completions unwritten at most (default :data:`CHUNK_COMPLETIONS`), >= 1.
+        seconds: age of the oldest unwritten completion that makes the next one
+            write the chunk (default :data:`CHUNK_SECONDS`).
+        clock: monotonic time in seconds (tests pass a fake one).
+
+    Attributes:
+        parts: the part files written, in order.
+    """
+
+    def __init__(self, ledger: RunDirectory, size: int | None = None,
+                 seconds: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.ledger = ledger
+        self.size = CHUNK_COMPLETIONS if size is None else size
+        self.seconds = CHUNK_SECONDS if seconds is None else seconds
+        if self.size < 1:
+            raise ValueError(f"ChunkRecorder size must be at least 1, not {self.size}")
+        self._clock = clock
+        self._pending: dict[tuple[int, str], list[RecordedRequest]] = {}
+        self._count = 0
+        self._oldest = 0.0
+        self.parts: list[Path] = []
+
+    def add(self, round_number: int, request: Request, completion: Completion,
+            shown: tuple[str, ...] = ()) -> RecordedRequest:
+        """Take one completion (of ``request``, asked by round ``round_number``, whose
+        prompt shows the tasks ``shown``); write the chunk if it is due.
+
+        Returns:
+            The ledger record of the completion.
+        """
+        record = _record(request, shown, completion)
+        now = self._clock()
+        if self._count == 0:
+            self._oldest = now
+        self._pending.setdefault((round_number, request.stage), []).append(record)
+        self._count += 1
+        if self._count >= self.size or now - self._oldest >= self.seconds:
+            self.flush()
+        return record
+
+    @property
+    def pending(self) -> int:
+        """Completions taken and not yet written."""
+        return self._count
+
+    def flush(self) -> None:
+        """Write every unwritten completion: one part file per (round, stage)."""
+        groups, self._pending, self._count = self._pending, {}, 0
+        for (round_number, stage), records in groups.items():
+            path = self.ledger.save_part(round_number, stage, records)
+            self.parts.append(path)
+            match = PART_FILE.fullmatch(path.name)
+            number = int(match["number"]) if match else len(self.parts)
+            crash_point(f"round-{round_number}:after-{stage}-part-{number}")
 
 
 @dataclass
@@ -109,11 +200,16 @@ class RecordedEngine:
         judge: the live engine of the judging stage when the judge is not the
             generating model (``quality.judge_model``); None = ``live`` judges.
             Its requests and tokens count in :attr:`stats` like any others.
+        chunk_completions, chunk_seconds: when a live batch's completions are
+            written as part files (:class:`ChunkRecorder`).
     """
 
     def __init__(self, ledger: RunDirectory, live: LazyEngine,
-                 source: RunDirectory | None = None, judge: LazyEngine | None = None):
+                 source: RunDirectory | None = None, judge: LazyEngine | None = None,
+                 chunk_completions: int = CHUNK_COMPLETIONS,
+                 chunk_seconds: float = CHUNK_SECONDS):
         self.ledger = ledger
+        self.chunk_completions, self.chunk_seconds = chunk_completions, chunk_seconds
         self.source = source or ledger
         self.live = live
         self.judge = judge
@@ -174,8 +270,8 @@ class RecordedEngine:
         Raises:
             LedgerError: a committed round's records are missing or damaged.
             EngineError: the live engine failed (what it finished is not lost:
-                nothing of a batch is recorded until the whole batch returns, and
-                everything before it is).
+                completions are recorded as they arrive, in chunks, and the
+                last chunk is written before the error propagates).
         """
         if not requests:
             return {}
@@ -191,8 +287,9 @@ class RecordedEngine:
         This is how overlapped rounds (``generation.pipeline_depth`` > 1) keep the
         engine full: one call carries round r's instruction prompts with round r-1's
         classification and round r-2's instance requests. Each ask is answered as
-        :meth:`answer` would answer it alone; the records of each (round, stage)
-        are saved, in ask order, once the batch returns.
+        :meth:`answer` would answer it alone: completions are recorded in part
+        files as they arrive (:class:`ChunkRecorder`), and once the batch returns
+        each (round, stage) is saved whole, in ask order.
 
         Args:
             asks: at most one per (round, stage); an ask may have no requests.
@@ -221,13 +318,18 @@ class RecordedEngine:
         batch = [(k, request) for k, (_, missing, _) in enumerate(plans) for request in missing]
         if batch:
             stages = list(dict.fromkeys(request.stage for _, request in batch))
-            progress = on_batch("+".join(stages), len(batch)) if on_batch else None
-            completions = self._ask_mixed([request for _, request in batch], progress)
-            for (k, request), completion in zip(batch, completions, strict=True):
-                plans[k][0][request.key] = _record(
-                    request, (asks[k].shown or {}).get(request.key, ()), completion)
+            shown = [(asks[k].shown or {}).get(request.key, ()) for k, request in batch]
+            completions = self._ask_recorded(
+                [asks[k].round_number for k, _ in batch], [request for _, request in batch],
+                shown, on_batch("+".join(stages), len(batch)) if on_batch else None)
+            for (k, request), seen, completion in zip(batch, shown, completions, strict=True):
+                plans[k][0][request.key] = _record(request, seen, completion)
         for ask, (recorded, _, live) in zip(asks, plans, strict=True):
-            if live or (recorded and self.source is not self.ledger):
+            if live or (recorded and (self.source is not self.ledger or (
+                    self.committed(ask.round_number) is None
+                    and self.ledger.part_paths(ask.round_number, ask.stage)))):
+                # asked now; a copy for refilter; or parts of a batch cut short after
+                # its last completion: the stage file is what a commit covers
                 self.ledger.save_stage(ask.round_number, ask.stage,
                                        [recorded[r.key] for r in ask.requests
                                         if r.key in recorded])
@@ -236,25 +338,64 @@ class RecordedEngine:
         return [{r.key: recorded.get(r.key) for r in ask.requests}
                 for ask, (recorded, _, _) in zip(asks, plans, strict=True)]
 
-    def _ask_mixed(self, batch: list[Request], progress: Progress | None) -> list[Completion]:
+    def _ask_recorded(self, round_numbers: Sequence[int], batch: Sequence[Request],
+                      shown: Sequence[tuple[str, ...]], progress: Progress | None
+                      ) -> list[Completion]:
+        """Send one live batch, recording its completions in chunks as they arrive.
+
+        Args:
+            round_numbers: the round of each request of ``batch`` (a batch may mix
+                rounds and stages: each (round, stage) gets its own part files).
+            batch: the requests.
+            shown: the task ids each request's prompt shows (provenance).
+            progress: the live engine's progress callback.
+
+        Returns:
+            The completions, in batch order. The caller saves each stage whole
+            (:meth:`RunDirectory.save_stage`), superseding the part files.
+
+        Raises:
+            whatever the engine raised, once the completions it reported are written.
+        """
+        recorder = ChunkRecorder(self.ledger, self.chunk_completions, self.chunk_seconds)
+
+        def done(index: int, completion: Completion) -> None:
+            recorder.add(round_numbers[index], batch[index], completion, shown[index])
+
+        try:
+            return self._ask_mixed(list(batch), progress, done)
+        except BaseException:
+            if recorder.pending:  # keep what was paid for; the original error goes on
+                with contextlib.suppress(Exception):
+                    recorder.flush()
+            raise
+
+    def _ask_mixed(self, batch: list[Request], progress: Progress | None,
+                   on_done: Done) -> list[Completion]:
         """One live batch, split in two only where the judge is another engine."""
         from ..quality import JUDGING
 
-        if self.judge is None or all(r.stage != JUDGING for r in batch):
-            return self._ask(self.live, batch, progress)
+        judge = self.judge
+        if judge is None or all(r.stage != JUDGING for r in batch):
+            return self._ask(self.live, batch, progress, on_done)
         out: dict[int, Completion] = {}
-        for lazy, judged in ((self.live, False), (self.judge, True)):
+        for lazy, judged in ((self.live, False), (judge, True)):
             positions = [i for i, r in enumerate(batch) if (r.stage == JUDGING) == judged]
-            if positions:
-                answers = self._ask(lazy, [batch[i] for i in positions], progress)
-                out.update(zip(positions, answers, strict=True))
+            if not positions:
+                continue
+
+            def done(index: int, completion: Completion, at: list[int] = positions) -> None:
+                on_done(at[index], completion)
+
+            answers = self._ask(lazy, [batch[i] for i in positions], progress, done)
+            out.update(zip(positions, answers, strict=True))
         return [out[i] for i in range(len(batch))]
 
-    def _ask(self, lazy: LazyEngine, batch: list[Request],
-             progress: Progress | None) -> list[Completion]:
+    def _ask(self, lazy: LazyEngine, batch: list[Request], progress: Progress | None,
+             on_done: Done | None = None) -> list[Completion]:
         engine = lazy.get()
         started = time.perf_counter()
-        completions = engine.generate(batch, progress=progress)
+        completions = engine.generate(batch, progress=progress, on_done=on_done)
         self.stats.seconds += time.perf_counter() - started
         self.stats.requests += len(completions)
         self.stats.output_tokens += sum(c.output_tokens for c in completions)

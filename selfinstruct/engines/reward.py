@@ -39,7 +39,7 @@ from ..config import EngineConfig
 from ..models import ModelError, ResolvedModel, resolve_model
 from ..signals import stopping
 from ..storage.shards import messages_for
-from .base import (PROMPT_TOO_LONG, Capabilities, Completion, EngineError, Progress,
+from .base import (PROMPT_TOO_LONG, Capabilities, Completion, Done, EngineError, Progress,
                    Request)
 from .offline import (_EngineOutput, _progress_bar_factory, _quiet_vllm_logs_when_stopping,
                       _start_orphan_watchdog, is_cpu_vllm, resolve_dtype, shut_down,
@@ -359,16 +359,25 @@ class RewardEngine:
         self.model_name = scorer.model_name
         self.version = scorer.describe().get("version", "")
 
-    def generate(self, requests: Sequence[Request], progress: Progress | None = None
-                 ) -> list[Completion]:
-        """Score every request's example in one batch."""
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None,
+                 on_done: Done | None = None) -> list[Completion]:
+        """Score every request's example in one batch.
+
+        vLLM's pooling runner (``LLM.encode``) returns the batch whole, so
+        ``on_done`` is called for every request once the whole batch is scored
+        (scoring is a prefill without decoding: a crash loses one batch of it).
+        """
         examples = []
         for request in requests:
             instruction, input_text, output = json.loads(request.prompt)
             examples.append((instruction, input_text, output))
         scores = self.scorer.score(examples, progress)
-        return [Completion(repr(score), 0, 0, "stop") if score is not None
-                else Completion("", 0, 0, PROMPT_TOO_LONG) for score in scores]
+        completions = [Completion(repr(score), 0, 0, "stop") if score is not None
+                       else Completion("", 0, 0, PROMPT_TOO_LONG) for score in scores]
+        if on_done is not None:
+            for index, completion in enumerate(completions):
+                on_done(index, completion)
+        return completions
 
     def describe(self) -> dict[str, Any]:
         """The scorer's description (the pooling task, vLLM's version)."""

@@ -4,8 +4,11 @@ Layout (all files written atomically: temporary name, fsync, rename)::
 
     .lock                                   held (flock) by the one process running
     ledger/round-00001/requests-instructions.parquet   each stage's requests and
-    ledger/round-00001/requests-classification.parquet completions, saved as soon
-    ledger/round-00001/requests-instances.parquet      as the engine returns them
+    ledger/round-00001/requests-classification.parquet completions, saved whole
+    ledger/round-00001/requests-instances.parquet      when the stage's batch returns
+    ledger/round-00001/requests-instances.part-0001.parquet  completions of a batch
+                                            still running, saved in chunks as they
+                                            arrive; the whole stage file replaces them
     ledger/round-00001/candidates.parquet   every candidate instruction: stage, reason,
                                             neighbour, score, prompt task ids, raw completion
     ledger/round-00001/rows.parquet         the examples the round produced (shard schema)
@@ -17,14 +20,25 @@ A round exists once its ``commit.json`` does; its files are verified against the
 recorded hashes before use, and a mismatch is an error (:class:`LedgerError`), never
 silently read. Stage files of an unfinished round are reused when readable and
 discarded (to be requested again) when not.
+
+Part files (:meth:`RunDirectory.save_part`) hold completions of a stage whose batch
+has not returned yet, a chunk each, numbered in the order written
+(:class:`~selfinstruct.engines.recorded.ChunkRecorder` writes them every few
+completions or seconds). They belong to unfinished rounds only: :meth:`load_stage`
+of an unfinished round merges them with the stage file (a damaged one is discarded
+with a warning, like a damaged stage file), :meth:`save_stage` of the whole stage
+removes them, :meth:`commit_round` folds any left into their stage files first, and
+a committed round's parts are never read.
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import io
 import json
 import os
+import re
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +92,21 @@ CANDIDATE_SCHEMA = pa.schema([
 """One row per candidate instruction of a round (the ledger of decisions)."""
 
 
+PART_FILE = re.compile(r"requests-(?P<stage>.+)\.part-(?P<number>[0-9]+)\.parquet")
+"""Name of a stage's part file: ``requests-<stage>.part-<number>.parquet``, the number
+from 1, four digits at least."""
+
+
+def stage_file_name(stage: str) -> str:
+    """``requests-<stage>.parquet``: the ledger file of a stage's requests."""
+    return f"requests-{stage}.parquet"
+
+
+def part_file_name(stage: str, number: int) -> str:
+    """``requests-<stage>.part-NNNN.parquet``: part ``number`` (from 1) of a stage."""
+    return f"requests-{stage}.part-{number:04d}.parquet"
+
+
 class LedgerError(RuntimeError):
     """A run directory that cannot be used safely; the message is one line."""
 
@@ -116,6 +145,20 @@ def _parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), buffer, compression="zstd")
     return buffer.getvalue()
+
+
+def _records_bytes(records: Sequence[RecordedRequest]) -> bytes:
+    rows = [{**record.__dict__, "prompt_task_ids": list(record.prompt_task_ids)}
+            for record in records]
+    return _parquet_bytes(rows, REQUEST_SCHEMA)
+
+
+def _read_records(path: Path) -> list[RecordedRequest]:
+    return [RecordedRequest(key=r["key"], seed=r["seed"], prompt=r["prompt"],
+                            prompt_task_ids=tuple(r["prompt_task_ids"] or ()),
+                            text=r["text"], finish_reason=r["finish_reason"],
+                            prompt_tokens=r["prompt_tokens"],
+                            output_tokens=r["output_tokens"]) for r in _read_parquet(path)]
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -196,11 +239,39 @@ class RunDirectory:
 
     def save_stage(self, round_number: int, stage: str,
                    records: Sequence[RecordedRequest]) -> None:
-        """Record a stage's requests and completions (atomically, before anything uses them)."""
-        rows = [{**record.__dict__, "prompt_task_ids": list(record.prompt_task_ids)}
-                for record in records]
-        data = _parquet_bytes(rows, REQUEST_SCHEMA)
-        write_bytes_atomic(self.round_dir(round_number) / f"requests-{stage}.parquet", data)
+        """Record a stage's requests and completions (atomically, before anything uses them).
+
+        The file supersedes the stage's part files (:meth:`save_part`), which are
+        removed once it is in place: ``records`` must hold every record they do.
+        """
+        write_bytes_atomic(self.round_dir(round_number) / stage_file_name(stage),
+                           _records_bytes(records))
+        for _, path in self.part_paths(round_number, stage):
+            path.unlink(missing_ok=True)
+
+    def save_part(self, round_number: int, stage: str,
+                  records: Sequence[RecordedRequest]) -> Path:
+        """Record some completions of a stage whose batch is still running, atomically,
+        as the stage's next part file (numbered after those already there).
+
+        Returns:
+            The part file written, ``round-NNNNN/requests-<stage>.part-NNNN.parquet``.
+        """
+        parts = self.part_paths(round_number, stage)
+        number = parts[-1][0] + 1 if parts else 1
+        path = self.round_dir(round_number) / part_file_name(stage, number)
+        write_bytes_atomic(path, _records_bytes(records))
+        return path
+
+    def part_paths(self, round_number: int, stage: str) -> list[tuple[int, Path]]:
+        """The stage's part files as ``(number, path)``, in the order they were written."""
+        directory = self.round_dir(round_number)
+        found = []
+        for path in directory.glob(f"requests-{glob.escape(stage)}.part-*.parquet"):
+            match = PART_FILE.fullmatch(path.name)
+            if match and match["stage"] == stage:
+                found.append((int(match["number"]), path))
+        return sorted(found)
 
     def load_stage(self, round_number: int, stage: str,
                    committed: dict[str, str] | None) -> list[RecordedRequest] | None:
@@ -208,34 +279,41 @@ class RunDirectory:
 
         Args:
             committed: the round's ``commit.json`` file hashes when the round is
-                committed (the file must match), or None for an unfinished round
-                (an unreadable file is then discarded, with a warning).
+                committed (the file must match; part files are not read), or None
+                for an unfinished round: the stage file's records, then those of
+                its part files (in the order written) whose key is not already
+                there; an unreadable file is discarded, with a warning, and its
+                requests are sent again.
 
         Raises:
             LedgerError: a committed round's file is missing or does not match its hash.
         """
-        name = f"requests-{stage}.parquet"
+        name = stage_file_name(stage)
         path = self.round_dir(round_number) / name
         if committed is not None:
             if name not in committed:  # the stage had no requests in that round
                 return None
             self._verify(path, committed[name])
-        elif not path.is_file():
-            return None
-        try:
-            rows = _read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            if committed is not None:
+            try:
+                return _read_records(path)
+            except Exception as exc:  # pyarrow raises several types for damaged files
                 raise LedgerError(f"{path}: unreadable ledger file: {exc}") from None
-            self.warnings.append(f"{path}: damaged record of an unfinished round "
-                                 f"discarded; its requests are sent again")
-            path.unlink()
+        paths = ([path] if path.is_file() else []) + [p for _, p in
+                                                      self.part_paths(round_number, stage)]
+        if not paths:
             return None
-        return [RecordedRequest(key=r["key"], seed=r["seed"], prompt=r["prompt"],
-                                prompt_task_ids=tuple(r["prompt_task_ids"] or ()),
-                                text=r["text"], finish_reason=r["finish_reason"],
-                                prompt_tokens=r["prompt_tokens"],
-                                output_tokens=r["output_tokens"]) for r in rows]
+        merged: dict[str, RecordedRequest] = {}
+        for file in paths:
+            try:
+                records = _read_records(file)
+            except Exception:  # pyarrow raises several types for damaged files
+                self.warnings.append(f"{file}: damaged record of an unfinished round "
+                                     f"discarded; its requests are sent again")
+                file.unlink()
+                continue
+            for record in records:
+                merged.setdefault(record.key, record)
+        return list(merged.values()) if merged or path.is_file() else None
 
     def read_commit(self, round_number: int) -> dict[str, Any] | None:
         """A round's ``commit.json``, or None if the round is not committed.
@@ -262,9 +340,10 @@ class RunDirectory:
         """Commit a round: its candidates and rows, then ``commit.json`` (the commit point).
 
         ``commit.json`` holds the sha256 of those files and of every stage's
-        ``requests-*.parquet``. A round already committed here is not written
-        again: the rows must equal the ones it recorded (a replayed round gives
-        the examples it gave).
+        ``requests-<stage>.parquet`` (part files still there are folded into
+        their stage's file first, so the commit covers every record). A round
+        already committed here is not written again: the rows must equal the ones
+        it recorded (a replayed round gives the examples it gave).
 
         Returns:
             True when the round was committed now, False when it already was.
@@ -288,8 +367,14 @@ class RunDirectory:
                            ("rows.parquet", _parquet_bytes(rows, schema_for(rows)))):
             files[name] = write_bytes_atomic(directory / name, data)
         crash_point(f"round-{round_number}:before-commit")
+        for stage in sorted({m["stage"] for p in directory.glob("requests-*.part-*.parquet")
+                             if (m := PART_FILE.fullmatch(p.name))}):
+            records = self.load_stage(round_number, stage, None)  # drops damaged parts
+            if records:
+                self.save_stage(round_number, stage, records)
         for path in sorted(directory.glob("requests-*.parquet")):
-            files[path.name] = file_digest(path)
+            if not PART_FILE.fullmatch(path.name):
+                files[path.name] = file_digest(path)
         write_json(directory / "commit.json",
                    {"round": round_number, "files": files, "rows": len(rows)})
         return True
@@ -319,6 +404,7 @@ class RunDirectory:
 
 
 __all__ = [
-    "CANDIDATE_SCHEMA", "CRASH_ENV", "REQUEST_SCHEMA", "LedgerError", "RecordedRequest",
-    "RunDirectory", "RunLocked", "crash_point",
+    "CANDIDATE_SCHEMA", "CRASH_ENV", "PART_FILE", "REQUEST_SCHEMA", "LedgerError",
+    "RecordedRequest", "RunDirectory", "RunLocked", "crash_point", "part_file_name",
+    "stage_file_name",
 ]

@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..engines.base import Capabilities, Completion, Progress, Request
+from ..engines.base import Capabilities, Completion, Done, Progress, Request
 
 TOPICS = ["volcanoes", "jazz music", "tax returns", "chess openings", "bread baking",
           "solar panels", "ocean tides", "poetry meters", "city planning", "honey bees",
@@ -92,13 +92,16 @@ class ScriptedEngine:
             return Completion(scripted_verdict(request.key), 200, 60, "stop")
         return self.other(request)
 
-    def generate(self, requests: Sequence[Request], progress: Progress | None = None
-                 ) -> list[Completion]:
-        """Answer a batch, ticking ``progress`` once per request."""
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None,
+                 on_done: Done | None = None) -> list[Completion]:
+        """Answer a batch in request order, reporting each completion to ``on_done``
+        and ticking ``progress`` once per request as it is answered."""
         self.batches.append(list(requests))
         out = []
-        for request in requests:
+        for index, request in enumerate(requests):
             out.append(self.answer(request))
+            if on_done:
+                on_done(index, out[-1])
             if progress:
                 progress(1)
         return out
