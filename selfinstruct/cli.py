@@ -250,8 +250,8 @@ def main() -> None:
                   "yes" if default_of("engine.chat_template") else "no")))
 @click.option("--backend", type=click.Choice(choices_of("engine.backend")), default=None,
               help=config_help("engine.backend", "vllm: in-process engine; http: "
-                               "OpenAI-compatible servers (--base-url); ray: a Ray Data job "
-                               "per stage on a Ray cluster.",
+                               "OpenAI-compatible servers (--base-url); ray: vLLM replicas "
+                               "on a Ray cluster, started once per run.",
                                f"{default_of('engine.backend')}, or http with --base-url"))
 @click.option("--base-url", multiple=True, metavar="URL",
               help="OpenAI-compatible endpoint, e.g. http://gpu1:8000/v1 (`vllm serve`). "
@@ -502,7 +502,7 @@ SCORE_OPTIONS: dict[str, str] = {
               help="OpenAI-compatible endpoint serving the judge. Repeatable.")
 @click.option("--backend", type=click.Choice(choices_of("engine.backend")), default=None,
               help=config_help("engine.backend", "vllm: in-process engine; http: "
-                               "OpenAI-compatible servers (--base-url); ray: Ray Data jobs.",
+                               "OpenAI-compatible servers (--base-url); ray: vLLM replicas on Ray.",
                                f"{default_of('engine.backend')}, or http with --base-url"))
 @click.option("--api-key-env", default=None, metavar="VAR",
               help=config_help("engine.api_key_env"))
