@@ -443,10 +443,10 @@ class RayEngine:
         resources = dict(layout.resources)
         options: dict[str, Any] = dict(
             num_cpus=resources.pop("CPU", 0), num_gpus=resources.pop("GPU", 0),
-            max_restarts=0, concurrency_groups={POLL_GROUP: 1}, scheduling_strategy="SPREAD")
+            max_restarts=0, scheduling_strategy="SPREAD")
         if resources:
             options["resources"] = resources
-        actor = ray.remote(Replica).options(**options)
+        actor = ray.remote(concurrency_groups={POLL_GROUP: 1})(Replica).options(**options)
         self._replicas = [actor.remote(factory, model_path, self.model_name, self.config, seed)
                           for _ in range(layout.replicas)]
         pending = {replica.info.remote(): k for k, replica in enumerate(self._replicas)}
