@@ -270,8 +270,9 @@ def main() -> None:
               help=config_help("engine.ray_address", "Ray cluster address for --backend ray.",
                                "$RAY_ADDRESS, the job's cluster, or a local Ray"))
 @click.option("--ray-replicas", type=int, default=None,
-              help=config_help("engine.ray_replicas", "vLLM replicas for --backend ray, one "
-                               "GPU each.", "one per GPU"))
+              help=config_help("engine.ray_replicas", "vLLM replicas for --backend ray, "
+                               "engine.tensor_parallel_size GPUs each.",
+                               "one per tensor_parallel_size GPUs; 1 without GPUs"))
 @click.option("--judge/--no-judge", default=None,
               help=config_help("quality.judge", "Score every example with a judge model "
                                "(Self-Instruct §3.3's three questions and an overall score).",

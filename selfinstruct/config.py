@@ -290,8 +290,9 @@ class EngineConfig(_Section):
         None, description="Ray cluster for --backend ray (ray.init address); None = "
                           "$RAY_ADDRESS or the cluster of `ray job submit`, else a local one")
     ray_replicas: int | None = Field(
-        None, ge=1, description="vLLM replicas for --backend ray (one per GPU); None = one per "
-                                "GPU of the cluster, at least 1")
+        None, ge=1, description="vLLM replicas for --backend ray, started once per run, each "
+                                "with tensor_parallel_size GPUs; None = as many as the "
+                                "cluster's GPUs allow, or 1 on a cluster without GPUs")
     ray_batch_size: int = Field(
         1024, ge=1, description="requests per call to a Ray replica: a replica's share of a "
                                 "stage goes in calls of this many, one after another (a few "

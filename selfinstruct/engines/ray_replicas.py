@@ -51,6 +51,21 @@ engine's progress callback); while a batch runs the driver asks every replica
 for its count once a second (a second concurrency group of the actor, so it is
 answered while the replica generates) and ticks ``progress`` by what was done.
 
+Failures: a cluster too small for the replicas fails at once
+(:class:`RayUnavailable`; Ray would wait forever); replicas whose resources other
+jobs hold wait for them. A replica that cannot start, dies or fails a call ends
+the run with one line naming it (``Ray replica 2 of 4 (host, pid 1234) died:
+...``, :func:`failure_reason`); an :class:`~.base.EngineError` its engine raised
+keeps its kind. Actors are not restarted: the run resumes from its ledger.
+
+On an existing cluster: ``ray job submit --address http://HEAD:8265
+--working-dir . -- selfinstruct generate --backend ray ...`` runs the driver on
+the cluster, where ``$RAY_ADDRESS`` is set and the working directory is shipped
+to every node; outside a job ``engine.ray_address`` (``--ray-address``) or
+``$RAY_ADDRESS`` joins a cluster, and with neither a local instance is started
+(and stopped by :meth:`RayEngine.close`). vLLM must be installed on every node,
+and the model path must be one every node sees (or a Hub id).
+
 ``ray`` is an optional dependency (``pip install 'selfinstruct[ray]'``); it is
 imported only when the backend starts.
 """
