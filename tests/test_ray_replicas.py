@@ -1,8 +1,10 @@
 """The Ray backend's driver side (selfinstruct.engines.ray_replicas) without vLLM.
 
-Fast: splitting a batch over replicas, placement, the one-line failure reasons and
-the progress tally. Marked ``slow`` (a local Ray instance, ~10 s to start on 2
-cores): real Ray actors whose engines are scripted stand-ins
+Fast: splitting a batch over replicas, placement, the one-line failure reasons, the
+progress tally, and the whole engine over an in-process stand-in for ``ray``
+(:class:`FakeRay`: actors called at once): reassembly, ``on_done``, failures mapped
+to one line naming the replica, ``close``. Marked ``slow`` (a local Ray instance,
+~10 s to start on 2 cores): real Ray actors whose engines are scripted stand-ins
 (:mod:`selfinstruct.testing.replicas`): reassembly in request order, ``on_done``
 and ``progress``, replicas started once for a whole two-round run, a replica that
 fails to start, dies or rejects a request, and ``close``.
@@ -13,8 +15,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import threading
 import time
+import types
+from typing import Any
 
 import pytest
 
@@ -149,6 +154,165 @@ def test_progress_never_runs_ahead_of_a_share_and_ends_at_it():
     assert tally.told == [4, 3]
 
 
+# -- the engine over a stand-in for ray (fast) --------------------------------------------
+
+class FakeActorDied(Exception):
+    """Stands for ray.exceptions.RayActorError (the stand-in module's)."""
+
+
+class FakeTaskError(Exception):
+    """Stands for RayTaskError: what the actor's method raised, as ``cause``."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(f"ray::Replica.method() (pid=1)\n{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+class FakeRef:
+    def __init__(self, call):
+        try:
+            self.value, self.error = call(), None
+        except FakeActorDied as exc:
+            self.value, self.error = None, exc
+        except Exception as exc:
+            self.value, self.error = None, FakeTaskError(exc)
+
+
+class FakeActor:
+    """An actor whose methods run at once, in this process; ``dead`` makes every call fail
+    as a dead actor's do."""
+
+    def __init__(self, ray: FakeRay, body: Any):
+        self.ray, self.body, self.dead = ray, body, False
+
+    def __getattr__(self, name: str) -> Any:
+        actor = self
+
+        class Method:
+            def options(self, **kwargs):
+                actor.ray.options.append(kwargs)
+                return self
+
+            def remote(self, *args):
+                def call():
+                    if actor.dead:
+                        raise FakeActorDied("The actor died unexpectedly before finishing this "
+                                            "task.\nWorker exit type: SYSTEM_ERROR Worker exit "
+                                            "detail: killed by the test. More text.")
+                    return getattr(actor.body, name)(*args)
+                return FakeRef(call)
+
+        return Method()
+
+
+class NotStarted:
+    """The body of an actor whose constructor raised: its calls raise that."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def info(self) -> None:
+        raise self.error
+
+
+class FakeRay(types.ModuleType):
+    """The part of ``ray`` that RayEngine uses, with actors that run in this process."""
+
+    __version__ = "fake"
+
+    def __init__(self, cpus: int = 6):
+        super().__init__("ray")
+        self.cpus, self.actors, self.killed, self.options = cpus, [], [], []
+        self.exceptions = types.ModuleType("ray.exceptions")
+        self.exceptions.RayActorError = FakeActorDied
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": float(self.cpus)}
+
+    def remote(self, **decorator):
+        ray = self
+
+        def wrap(cls):
+            class ActorClass:
+                def options(self, **kwargs):
+                    ray.options.append({**decorator, **kwargs})
+                    return self
+
+                def remote(self, *args):
+                    try:
+                        body = cls(*args)
+                    except Exception as exc:  # Ray reports it on the actor's first call
+                        body = NotStarted(exc)
+                    actor = FakeActor(ray, body)
+                    ray.actors.append(actor)
+                    return actor
+            return ActorClass()
+        return wrap
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return list(refs), []
+
+    def get(self, ref, timeout=None):
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+
+    def kill(self, actor):
+        self.killed.append(actor)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch) -> FakeRay:
+    ray = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.exceptions", ray.exceptions)
+    return ray
+
+
+def test_the_engine_reassembles_calls_in_request_order(fake_ray):
+    ray = engine(replicas=3, batch_size=2)
+    assert ray.replicas_started == 3 and ray.version == "scripted"
+    assert {"concurrency_groups": {"poll": 1}, "num_cpus": 2, "num_gpus": 0, "max_restarts": 0,
+            "scheduling_strategy": "SPREAD"}.items() <= fake_ray.options[0].items()
+    batch = [req(f"p{i}", 10 + i % 4, seed=i) for i in range(9)]
+    done: list[int] = []
+    ticks: list[int] = []
+    out = ray.generate(batch, progress=ticks.append, on_done=lambda i, c: done.append(i))
+    assert [echoed(c)["prompt"] for c in out] == [f"p{i}" for i in range(9)]
+    assert sorted(done) == list(range(9)) and sum(ticks) == 9
+    assert ray.calls == len(split_batch(batch, 3, 2))
+    served = [h["requests"] for h in ray.describe()["replica_hosts"]]
+    assert served == [sum(len(c.indices) for c in split_batch(batch, 3, 2) if c.replica == k)
+                      for k in range(3)]
+    ray.close()
+    assert fake_ray.killed == fake_ray.actors
+    assert all(a.body._engine is None for a in fake_ray.actors)  # engines shut down first
+
+
+def test_a_dead_replica_and_a_failing_call_are_one_line_naming_the_replica(fake_ray):
+    ray = engine(replicas=3, batch_size=2)
+    fake_ray.actors[1].dead = True
+    host = ray.describe()["replica_hosts"][1]
+    with pytest.raises(EngineUnavailable) as caught:
+        ray.generate([req(f"p{i}") for i in range(6)])
+    assert str(caught.value) == (f"Ray replica 2 of 3 ({host['host']}, pid {host['pid']}) "
+                                 "died: its process died (SYSTEM_ERROR: killed by the test.)")
+    fake_ray.actors[1].dead = False
+    with pytest.raises(EngineRequestError, match=r"^Ray replica 1 of 3 .*: the scripted "
+                                                 r"replica rejects this request$"):
+        ray.generate([req(REJECT)])
+
+
+def test_a_replica_that_fails_to_start_ends_the_start(fake_ray):
+    with pytest.raises(RayUnavailable, match=r"^Ray replica 1 of 2 could not start: "
+                                             r"RuntimeError: out of memory$"):
+        engine(fail_start="out of memory")
+    assert fake_ray.killed == fake_ray.actors and len(fake_ray.actors) == 2
+
+
 # -- real Ray, scripted replicas (slow) ------------------------------------------------------
 
 RAY_MISSING = importlib.util.find_spec("ray") is None
@@ -221,7 +385,7 @@ def test_batches_come_back_in_order_from_replicas_started_once(local_ray):
 
 @pytest.mark.slow
 def test_progress_ticks_while_a_long_call_runs(local_ray):
-    ray = engine(replicas=1, batch_size=100, seconds_per_request=0.4)
+    ray = engine(replicas=1, batch_size=100, seconds_per_request=0.5)
     try:
         seen: list[tuple[float, int]] = []
         done: list[float] = []
