@@ -1,10 +1,10 @@
 """The engine interface: a batch of prompts and sampling settings in, texts and token counts out.
 
 Every backend (in-process vLLM in :mod:`.offline`, OpenAI-compatible servers in
-:mod:`.http`, vLLM replicas on a Ray cluster in :mod:`.ray_replicas`, the ledger in
-:mod:`.recorded`) implements :class:`Engine`, so the pipeline never knows which one
-runs. A whole batch is handed over at once: vLLM's continuous batching schedules
-it, and the pipeline never sends one request at a time. Nothing here imports vLLM.
+:mod:`.http`, a Ray cluster in :mod:`.ray_replicas`, the ledger in :mod:`.recorded`)
+implements :class:`Engine`, so the pipeline never knows which one runs. A whole
+batch is handed over at once: vLLM's continuous batching schedules it, and the
+pipeline never sends one request at a time. Nothing here imports vLLM.
 """
 
 from __future__ import annotations
@@ -151,6 +151,11 @@ class EngineStats:
 Progress = Callable[[int], None]
 """Called with the number of requests just finished, as they finish."""
 
+Done = Callable[[int, Completion], None]
+"""Called with a request's index in the batch and its completion, as each completion
+is available (see :meth:`Engine.generate`); the ledger records completions through
+it as they arrive (:class:`~.recorded.ChunkRecorder`)."""
+
 
 class EngineError(RuntimeError):
     """A backend failed in a way the run cannot get past by itself.
@@ -186,7 +191,7 @@ class Capabilities:
             ``--model`` is a path or hub id; otherwise it is a served model name.
         structured_output: the engine honours :attr:`Sampling.json_schema` (its
             texts are JSON valid against the schema unless cut by ``max_tokens``
-            or a stop string). True for vLLM offline, the Ray replicas (offline engines) and HTTP (a
+            or a stop string). True for vLLM offline, the Ray replicas and HTTP (a
             server that reads OpenAI's ``response_format``: ``vllm serve`` does);
             where False the schema is ignored and a caller must parse free text.
     """

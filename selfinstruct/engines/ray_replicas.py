@@ -83,7 +83,7 @@ from typing import Any
 
 from ..config import EngineConfig
 from ..signals import stopping
-from .base import Completion, Engine, EngineError, EngineUnavailable, Progress, Request
+from .base import Completion, Done, Engine, EngineError, EngineUnavailable, Progress, Request
 from .offline import VLLMEngine, is_cpu_vllm
 
 INSTALL_HINT = "pip install 'selfinstruct[ray]'"
@@ -100,9 +100,6 @@ before it kills them."""
 
 PROMPT_CHARS_PER_STEP = 32
 """Prompt characters that cost about one decode step in :func:`estimated_work`."""
-
-OnDone = Callable[[int, Completion], None]
-"""Called with a request's index in the batch and its completion, as it comes back."""
 
 EngineFactory = Callable[[str, str, EngineConfig, int], Engine]
 """Builds a replica's engine: ``(model_path, model_name, config, seed) -> Engine``."""
@@ -514,7 +511,7 @@ class RayEngine:
         return counts
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None,
-                 on_done: OnDone | None = None) -> list[Completion]:
+                 on_done: Done | None = None) -> list[Completion]:
         """Complete a batch on the replicas; see :class:`~selfinstruct.engines.base.Engine`.
 
         The batch is split with :func:`split_batch` and every call is sent at once;
