@@ -22,7 +22,8 @@ engines at once:
 * ``http``: a local vLLM OpenAI-compatible server started by the child (the CPU
   flags of :mod:`selfinstruct.testing.local_server`, ``--max-num-seqs`` 256 as the
   offline engine), then :class:`selfinstruct.engines.http.HTTPEngine` against it.
-* ``ray``: :class:`selfinstruct.engines.ray_data.RayEngine` on a local Ray instance;
+* ``ray``: :class:`selfinstruct.engines.ray_replicas.RayEngine` on a local Ray instance
+  (``--ray-replicas`` vLLM replicas, default 1, started once: the start-up column);
   reported as skipped (with the reason) where it cannot run.
 
 Every backend first completes a warm-up batch (8 requests, not timed); then the
@@ -167,11 +168,12 @@ def run_backend(name: str, args) -> dict:
             finally:
                 engine.close()
     elif name == "ray":
-        from selfinstruct.engines.ray_data import RayEngine, RayUnavailable
+        from selfinstruct.engines.ray_replicas import RayEngine, RayUnavailable
 
         try:
             engine = RayEngine(model.path, model.name,
-                               EngineConfig(backend="ray", max_model_len=2048), seed=0)
+                               EngineConfig(backend="ray", max_model_len=2048,
+                                            ray_replicas=args.ray_replicas), seed=0)
         except RayUnavailable as exc:
             return {"skipped": str(exc)}
         startup = time.perf_counter() - started
@@ -219,6 +221,9 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--max-num-seqs", type=int, default=256,
                         help="the server's --max-num-seqs (offline vllm.LLM on CPU: 256)")
+    parser.add_argument("--ray-replicas", type=int, default=None,
+                        help="vLLM replicas of the ray backend (default: one per GPU, or 1 "
+                             "on a CPU machine; several CPU replicas share its cores)")
     parser.add_argument("--wait-quiet", type=float, default=1800.0,
                         help="seconds to wait for other vLLM engines on this machine to "
                              "finish before each backend (timings would be skewed)")
@@ -268,8 +273,8 @@ def main() -> int:
               f"{r['tokens_per_second']:>8.1f} {ratio:>10} {r['startup_seconds']:>10.1f}"
               + (f"  ({r['warning']})" if "warning" in r else ""))
     if "tokens_per_second" in results.get("ray", {}):
-        print("ray: every generate call is one Ray Data job, which starts its vLLM replica "
-              "(timed, as in a run: once per stage)")
+        print("ray: the replicas start once (start-up, not timed, as in a run: once per "
+              "run); every generate call is split over them")
     return 0
 
 

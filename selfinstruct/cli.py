@@ -253,8 +253,8 @@ def main() -> None:
                   "yes" if default_of("engine.chat_template") else "no")))
 @click.option("--backend", type=click.Choice(choices_of("engine.backend")), default=None,
               help=config_help("engine.backend", "vllm: in-process engine; http: "
-                               "OpenAI-compatible servers (--base-url); ray: a Ray Data job "
-                               "per stage on a Ray cluster.",
+                               "OpenAI-compatible servers (--base-url); ray: vLLM replicas "
+                               "on a Ray cluster, started once per run.",
                                f"{default_of('engine.backend')}, or http with --base-url"))
 @click.option("--base-url", multiple=True, metavar="URL",
               help="OpenAI-compatible endpoint, e.g. http://gpu1:8000/v1 (`vllm serve`). "
@@ -273,8 +273,9 @@ def main() -> None:
               help=config_help("engine.ray_address", "Ray cluster address for --backend ray.",
                                "$RAY_ADDRESS, the job's cluster, or a local Ray"))
 @click.option("--ray-replicas", type=int, default=None,
-              help=config_help("engine.ray_replicas", "vLLM replicas for --backend ray, one "
-                               "GPU each.", "one per GPU"))
+              help=config_help("engine.ray_replicas", "vLLM replicas for --backend ray, "
+                               "engine.tensor_parallel_size GPUs each.",
+                               "one per tensor_parallel_size GPUs; 1 without GPUs"))
 @click.option("--judge/--no-judge", default=None,
               help=config_help("quality.judge", "Score every example with a judge model "
                                "(Self-Instruct §3.3's three questions and an overall score).",
@@ -505,7 +506,7 @@ SCORE_OPTIONS: dict[str, str] = {
               help="OpenAI-compatible endpoint serving the judge. Repeatable.")
 @click.option("--backend", type=click.Choice(choices_of("engine.backend")), default=None,
               help=config_help("engine.backend", "vllm: in-process engine; http: "
-                               "OpenAI-compatible servers (--base-url); ray: Ray Data jobs.",
+                               "OpenAI-compatible servers (--base-url); ray: vLLM replicas on Ray.",
                                f"{default_of('engine.backend')}, or http with --base-url"))
 @click.option("--api-key-env", default=None, metavar="VAR",
               help=config_help("engine.api_key_env"))

@@ -262,8 +262,8 @@ class EngineConfig(_Section):
 
     ``http`` sends every request to OpenAI-compatible servers (``vllm serve``) at
     ``base_urls``; giving ``base_urls`` without a ``backend`` selects it. ``ray``
-    runs each stage's batch as a Ray Data job with ``ray.data.llm`` (one vLLM
-    replica per GPU of the cluster).
+    splits each stage's batch over vLLM replicas on a Ray cluster (long-lived Ray
+    actors, one per GPU by default, started once per run).
     """
 
     backend: Literal["vllm", "http", "ray"] = "vllm"
@@ -296,9 +296,13 @@ class EngineConfig(_Section):
         None, description="Ray cluster for --backend ray (ray.init address); None = "
                           "$RAY_ADDRESS or the cluster of `ray job submit`, else a local one")
     ray_replicas: int | None = Field(
-        None, ge=1, description="vLLM replicas for --backend ray (one per GPU); None = one per "
-                                "GPU of the cluster, at least 1")
-    ray_batch_size: int = Field(16, ge=1, description="requests per Ray Data batch")
+        None, ge=1, description="vLLM replicas for --backend ray, started once per run, each "
+                                "with tensor_parallel_size GPUs; None = as many as the "
+                                "cluster's GPUs allow, or 1 on a cluster without GPUs")
+    ray_batch_size: int = Field(
+        1024, ge=1, description="requests per call to a Ray replica: a replica's share of a "
+                                "stage goes in calls of this many, one after another (a few "
+                                "times vLLM's max_num_seqs keeps its batch full)")
     dtype: VLLMDType = Field("auto", description="model weights' dtype for vLLM")
     max_model_len: int | None = Field(
         2048, ge=128, description="context length for vLLM, prompt and output tokens; None = "

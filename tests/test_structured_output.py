@@ -1,8 +1,9 @@
 """Structured output: ``Sampling.json_schema`` reaches each backend in the form it reads.
 
-Fast tests: the HTTP bodies (both paths, through the fake server), the offline
-engine's ``SamplingParams`` mapping (against a stand-in for ``vllm.sampling_params``)
-and the Ray rows (through an Arrow round trip, as Ray Data stores them). Tests
+Fast tests: the HTTP bodies (both paths, through the fake server) and the offline
+engine's ``SamplingParams`` mapping (against a stand-in for ``vllm.sampling_params``;
+the Ray backend's replicas run that engine, and ``tests/test_ray_replicas.py`` checks
+that a request reaches them with its schema). Tests
 marked ``engine`` check the bodies and parameters against the installed vLLM's own
 classes, and generate with a schema on the embedded model.
 """
@@ -53,7 +54,7 @@ def test_a_schema_is_hashable_text_and_must_be_a_json_object():
 def test_engines_declare_whether_they_honour_a_schema():
     from selfinstruct.engines.http import HTTPEngine
     from selfinstruct.engines.offline import VLLMEngine
-    from selfinstruct.engines.ray_data import RayEngine
+    from selfinstruct.engines.ray_replicas import RayEngine
 
     assert VLLMEngine.capabilities.structured_output
     assert HTTPEngine.capabilities.structured_output
@@ -152,44 +153,6 @@ def test_an_older_vllm_gets_guided_decoding_and_one_without_either_fails():
         build_sampling_params(Request("p", constrained()), _module())
     plain = build_sampling_params(Request("p", Sampling(0.0, 1.0, 8)), _module())
     assert plain.kwargs["max_tokens"] == 8 and "guided_decoding" not in plain.kwargs
-
-
-# -- Ray Data LLM ----------------------------------------------------------------
-
-def test_ray_rows_carry_the_schema_through_arrow_as_ray_data_llm_reads_it():
-    import pyarrow as pa
-
-    from selfinstruct.engines.ray_data import RayEngine
-
-    seen: list[dict] = []
-
-    class Dataset:
-        def __init__(self, rows):
-            self.rows = rows
-
-        def iter_rows(self):
-            for row in self.rows:
-                seen.append(row)
-                yield {"index": row["index"], "text": "{}", "prompt_tokens": 3,
-                       "output_tokens": 2, "finish_reason": "stop"}
-
-    engine = RayEngine.__new__(RayEngine)  # no Ray: the job is replaced below
-    engine.config = EngineConfig(backend="ray")
-    engine.jobs = 0
-    # Ray Data keeps rows as Arrow: a missing key of one row becomes None in the others
-    engine._ray = SimpleNamespace(data=SimpleNamespace(
-        from_items=lambda rows: pa.array(rows).to_pylist()))
-    engine._processor = lambda: Dataset
-    batch = [Request("free", Sampling(0.7, 0.9, 8), seed=1),
-             Request("held", constrained(), seed=2)]
-    out = engine.generate(batch)
-    assert [c.text for c in out] == ["{}", "{}"]
-    by_prompt = {row["prompt"]: row["sampling_params"] for row in seen}
-    # ray.data.llm (2.60, vllm_engine_stage) builds StructuredOutputsParams(**entry)
-    # when the entry is truthy, and passes no constraint otherwise
-    assert not by_prompt["free"].get("structured_outputs")
-    assert by_prompt["held"]["structured_outputs"] == {"json": SCHEMA_TEXT}
-    assert by_prompt["held"]["seed"] == 2 and by_prompt["held"]["max_tokens"] == 64
 
 
 # -- the installed vLLM (marked engine) ------------------------------------------

