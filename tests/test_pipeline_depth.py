@@ -255,3 +255,15 @@ def test_a_crash_inside_a_mixed_call_keeps_its_recorded_chunks(tmp_path, referen
     asked = {(r.stage, r.key) for b in again.batches[:1] for r in b}
     assert asked and not asked & saved  # what the parts held is not asked again
     assert len(again.batches[0]) < len(died_in)
+
+
+def test_throughput_reports_the_engines_share_of_the_loop_after_start_up():
+    from selfinstruct.engines.recorded import LiveStats
+    from selfinstruct.run import throughput
+    from selfinstruct.stats import RunStats
+
+    stats = RunStats(live=LiveStats(requests=10, output_tokens=900, seconds=9.0), seconds=14.0)
+    figures = throughput(stats, startup_seconds=2.0)
+    assert figures["own_seconds"] == 3.0
+    assert figures["engine_share"] == 0.75  # 9 s of the 12 s after start-up
+    assert throughput(RunStats(live=LiveStats()), 0.0)["engine_share"] is None
