@@ -20,10 +20,10 @@ from selfinstruct.testing.scripted import ScriptedEngine, scripted_verdict
 from .test_pipeline import SEEDS
 
 
-def judged_loop(path, engine=None, source=None, n=8, **quality):
+def judged_loop(path, engine=None, source=None, n=8, generation=None, **quality):
     config = Config.model_validate({
         "num_instructions": n, "seed": 3,
-        "generation": {"prompts_per_round": 4, "pipeline_depth": 1},
+        "generation": generation or {"prompts_per_round": 4, "pipeline_depth": 1},
         "quality": {"judge": True, **quality}})
     engine = engine or ScriptedEngine()
     live = LazyEngine(None) if source is not None else LazyEngine(lambda: engine)

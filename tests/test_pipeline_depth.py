@@ -11,13 +11,12 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from selfinstruct import pipeline as pipeline_module
 from selfinstruct.engines import recorded as recorded_module
 from selfinstruct.engines.recorded import LazyEngine, RecordedEngine
-from selfinstruct.storage import ledger as ledger_module
 from selfinstruct.storage.ledger import RunDirectory
 
-from .test_durability import Crash, CrashingEngine, examples, refiltered, shard_bytes
+from .test_durability import (Crash, examples, refiltered, resume_after_crash_at,
+                              resume_after_dying_call, shard_bytes)
 from .test_pipeline import ScriptedEngine, make_loop
 
 DEPTH = 3
@@ -92,16 +91,7 @@ def test_rounds_after_the_target_are_not_started_in_vain(tmp_path, reference):
 @pytest.mark.parametrize("die_on_call", range(1, 10))
 def test_crash_in_any_call_resumes_to_the_same_shards_asking_only_what_died(
         tmp_path, reference, die_on_call):
-    ref_path, ref_stats, ref_engine, ref_shards = reference
-    with pytest.raises(Crash):
-        finish(tmp_path, CrashingEngine(die_on_call))
-    committed = RunDirectory(tmp_path).committed_rounds()
-    stats, engine, shards = finish(tmp_path)
-    assert shard_bytes(tmp_path, shards) == shard_bytes(ref_path, ref_shards)
-    assert stats.tasks_written == ref_stats.tasks_written
-    assert stats.replayed_rounds == committed
-    sent = sum(len(b) for b in engine.batches)
-    assert sent == sum(len(b) for b in ref_engine.batches[die_on_call - 1:])
+    resume_after_dying_call(tmp_path, reference, die_on_call, run=finish)
 
 
 @pytest.mark.parametrize("point", ["round-2:after-classification", "round-3:after-instances",
@@ -109,27 +99,9 @@ def test_crash_in_any_call_resumes_to_the_same_shards_asking_only_what_died(
                                    "round-2:before-manifest"])
 def test_crash_between_writes_of_overlapped_rounds_loses_nothing(
         tmp_path, reference, monkeypatch, point):
-    ref_path, _, ref_engine, ref_shards = reference
-
-    def die(name):
-        if name == point:
-            raise Crash()
-
-    for module in (pipeline_module, ledger_module, recorded_module):
-        monkeypatch.setattr(module, "crash_point", die)
-    with pytest.raises(Crash):
-        finish(tmp_path)
-    monkeypatch.undo()
-    _, engine, shards = finish(tmp_path)
-    assert shard_bytes(tmp_path, shards) == shard_bytes(ref_path, ref_shards)
-    total = sum(len(b) for b in ref_engine.batches)
-    run_dir = RunDirectory(tmp_path)
-    recorded = sum(len(run_dir.load_stage(r, s, None) or [])
-                   for r in range(1, run_dir.committed_rounds() + 1)
-                   for s in ("instructions", "classification", "instances"))
-    assert recorded == total  # every request recorded exactly once
+    engine = resume_after_crash_at(tmp_path, reference, monkeypatch, point, run=finish)
     # what the dead process had saved is not asked again
-    assert sum(len(b) for b in engine.batches) < total
+    assert sum(len(b) for b in engine.batches) < sum(len(b) for b in reference[2].batches)
 
 
 def test_completed_deep_run_replays_without_an_engine(tmp_path):
@@ -151,24 +123,11 @@ def test_refilter_of_a_deep_run_needs_no_engine_and_stricter_is_a_subset(tmp_pat
 
 
 def judged(path, source=None, **quality):
-    from selfinstruct.config import Config
-    from selfinstruct.pipeline import SelfInstruct
-    from selfinstruct.prompts import PromptBuilder
-    from selfinstruct.storage.shards import ShardWriter
+    from .test_judging import judged_loop
 
-    from .test_pipeline import SEEDS
-
-    config = Config.model_validate({
-        "num_instructions": 10, "seed": 3,
-        "generation": {"prompts_per_round": 3, "pipeline_depth": 4},
-        "quality": {"judge": True, **quality}})
-    engine = ScriptedEngine()
-    live = LazyEngine(None) if source is not None else LazyEngine(lambda: engine)
-    recorded = RecordedEngine(RunDirectory(path), live,
-                              source=RunDirectory(source) if source is not None else None)
-    writer = ShardWriter(path, config.shards.shard_size)
-    loop = SelfInstruct(config, recorded, PromptBuilder(rubric="judge"), SEEDS, writer,
-                        "scripted")
+    loop, engine, writer = judged_loop(
+        path, source=source, n=10,
+        generation={"prompts_per_round": 3, "pipeline_depth": 4}, **quality)
     stats = loop.run()
     writer.close()
     return stats, engine, rows(path)
