@@ -400,7 +400,7 @@ class _Sequence:
     prompt: str
     prompt_tokens: int
     remaining: int
-    done: asyncio.Future[None]
+    done: asyncio.Future[float]
     aborted: bool = False
 
 
@@ -465,14 +465,21 @@ class Batcher:
 
     # -- sequences ---------------------------------------------------------------
 
-    async def run(self, prompt: str, prompt_tokens: int, output_tokens: int) -> None:
+    async def run(self, prompt: str, prompt_tokens: int, output_tokens: int) -> float:
         """Queue one sequence and wait until it has generated ``output_tokens`` tokens
-        (at least one step). Cancelled, it is dropped (counted as aborted)."""
-        if self._task is None:
+        (at least one step).
+
+        Returns:
+            The simulated clock (s) at the end of its last step.
+
+        Cancelled, it is dropped (counted as aborted).
+        """
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.get_loop() is not loop:  # the first, or a new loop
             self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            self._task = loop.create_task(self._loop())
         seq = _Sequence(prompt, max(0, prompt_tokens), max(1, output_tokens),
-                        asyncio.get_running_loop().create_future())
+                        loop.create_future())
         if self._first_arrival is None:
             self._first_arrival = self.now()
         self.waiting.append(seq)
@@ -480,7 +487,7 @@ class Batcher:
         assert self._wake is not None
         self._wake.set()
         try:
-            await asyncio.shield(seq.done)
+            return await asyncio.shield(seq.done)
         except asyncio.CancelledError:
             seq.aborted = True
             self.stats.aborted += 1
@@ -550,7 +557,7 @@ class Batcher:
                 if seq.remaining > 0:
                     still.append(seq)
                 elif not seq.done.done():
-                    seq.done.set_result(None)
+                    seq.done.set_result(self.clock)
             if len(still) < len(self.running):
                 self._last_finish = self.clock
             self.running = still
