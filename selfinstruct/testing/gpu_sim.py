@@ -233,7 +233,8 @@ class Replay:
             commit = run.read_commit(number)
             assert commit is not None  # committed_rounds() counted it
             for name in sorted(commit["files"]):
-                if name.startswith("requests-") and name.endswith(".parquet"):
+                if (name.startswith("requests-") and name.endswith(".parquet")
+                        and ".part-" not in name):  # a stage file, not a chunk of one
                     stage = name[len("requests-"):-len(".parquet")]
                     rows = run.load_stage(number, stage, commit["files"])
                     records.setdefault(stage, []).extend(rows or ())
