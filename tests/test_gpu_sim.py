@@ -126,6 +126,8 @@ def test_unrecorded_prompts_go_to_their_stage_unserved_records_first():
     # list 1 was served already: lists 0 and 2 come first, then reuse in ledger order
     assert [r.text for r in new] == ["list 0", "list 2", "list 0", "list 1"]
     assert [r.how for r in new] == ["cycled", "cycled", "reused", "reused"]
+    replay.reset()  # a new run is served as the first was
+    assert replay.answer(template + "new 0", 100).text == "list 0"
     other = replay.answer("A task is a classification task when... something else", 3)
     assert (other.stage, other.text) == ("classification", " Yes")
 

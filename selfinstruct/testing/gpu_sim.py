@@ -78,7 +78,8 @@ from the start (counted as ``reused``). ``max_tokens`` is honoured: a longer rec
 is cut to that many tokens (its text to the same share of its characters) and
 finishes with "length".
 
-Counters (``GET /sim/stats``, ``POST /sim/reset``): see :class:`SimStats`.
+Counters (``GET /sim/stats``; ``POST /sim/reset`` starts them and the replay afresh):
+see :class:`SimStats`.
 
 Run one by hand: ``python -m selfinstruct.testing.gpu_sim --ledger RUN_DIR``.
 """
@@ -206,6 +207,11 @@ class Replay:
         self.stages = sorted({stage for stage, _ in self._groups})
         self._largest = max(self._groups, key=lambda k: len(self._groups[k]))
         self._by_head: dict[str, tuple[str, str]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was served: every record is unserved again, each group's turn
+        back at its first record (a new run replays as the first did)."""
         self._next: dict[tuple[str, str], int] = dict.fromkeys(self._groups, 0)
         self._unserved = {key: len(indices) for key, indices in self._groups.items()}
         self._served: set[int] = set()
@@ -441,8 +447,8 @@ class Batcher:
     # -- the clock ---------------------------------------------------------------
 
     def reset(self) -> None:
-        """Zero the counters and the clock, and empty the prefix cache (sequences in
-        flight keep running and count towards the new period)."""
+        """Start a new period: zero the counters (times count from now) and empty the
+        prefix cache. Sequences in flight keep running and count towards the new period."""
         self.stats = SimStats(self.max_num_seqs, self.time_scale)
         self._epoch = self.now()
         self._first_arrival: float | None = None
@@ -650,9 +656,11 @@ class GPUSim:
         return result
 
     def reset(self) -> None:
-        """Zero the counters and the clock (see :meth:`Batcher.reset`)."""
+        """Start a new period: the counters (see :meth:`Batcher.reset`) and the replay
+        (see :meth:`Replay.reset`) start afresh."""
         async def do() -> None:
             self.batcher.reset()
+            self.replay.reset()
         self._submit(do())
 
     # -- HTTP ------------------------------------------------------------------------
@@ -690,6 +698,7 @@ class GPUSim:
         from aiohttp import web
 
         self.batcher.reset()
+        self.replay.reset()
         return web.json_response({"reset": True})
 
     @staticmethod
