@@ -22,7 +22,12 @@ take their modelled time, the pipeline's own work its real wall time): the share
 the window (first request to last answer) with at least one sequence running, the
 mean occupancy of the batch while busy (running / ``max_num_seqs``), output tokens
 per simulated second, and the wall-clock a ``--target``-task run would take at the
-tasks-per-simulated-second of the window, with its ratio to depth 1.
+tasks-per-simulated-second of the window, with its ratio to depth 1. ``--repeats N``
+runs every depth N times, interleaved, and adds each depth's median. Below the
+table, per run: requests by stage, how they were replayed (exact / cycled /
+reused), the simulator's lag, the pipeline's CPU seconds and the load average.
+The pipeline's own work runs in real time on this machine, so another process's
+load lengthens the idle time it causes: compare runs made under the same load.
 
 ``--make-ledger TEXTS`` first writes ``--ledger`` (when it holds no run yet) with the
 project's scripted engine answering from a record file of real instructions (Alpaca's
@@ -43,6 +48,8 @@ import math
 import os
 import random
 import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,6 +187,57 @@ def run_pipeline(url: str, model: str, out: Path, args: argparse.Namespace,
     return stats
 
 
+def child_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def result_row(depth: int, repeat: int, stats: dict[str, Any], sim: Any,
+               wall: float) -> dict[str, Any]:
+    """One run's figures: the run's manifest ``stats`` and the simulator's SimStats."""
+    window = sim.window_s
+    return {"depth": depth, "repeat": repeat, "rounds": stats["rounds"],
+            "tasks": stats["tasks_written"], "wall_s": wall, "window_s": window,
+            "busy_share": sim.busy_share, "occupancy": sim.occupancy,
+            "output_tokens_per_s": sim.output_tokens_per_second,
+            "tasks_per_s": stats["tasks_written"] / window if window else 0.0,
+            "requests": sim.requests, "by_how": sim.by_how, "by_stage": sim.by_stage,
+            "lag_s": sim.lag_s, "sim": sim.to_json_dict()}
+
+
+def print_table(rows: list[dict[str, Any]], target: int, medians: bool) -> None:
+    """The table of runs (and, with ``medians``, each depth's median over its runs: one
+    run slowed by another process's load does not move it); the ratio is tasks per
+    simulated second over the first depth's median."""
+    def median(items: list[dict[str, Any]], key: str) -> float:
+        return float(statistics.median(r[key] for r in items))
+
+    shown = [dict(r, setting=f"depth {r['depth']}" + (f" ({r['repeat']})" if medians else ""))
+             for r in rows]
+    if medians:
+        for depth in dict.fromkeys(r["depth"] for r in rows):
+            runs = [r for r in rows if r["depth"] == depth]
+            shown.append({"setting": f"depth {depth} median", **{
+                key: median(runs, key) for key in ("busy_share", "occupancy",
+                                                 "output_tokens_per_s", "tasks",
+                                                 "window_s", "tasks_per_s")}})
+    first = [r for r in rows if r["depth"] == rows[0]["depth"]] if rows else []
+    base = median(first, "tasks_per_s") if first else 0.0
+    header = (f"{'setting':<14} {'busy share':>10} {'occupancy':>10} {'out tok/s':>10} "
+              f"{'tasks':>6} {'window s':>9} {f'{target:,} tasks':>14} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    for row in shown:
+        rate = row["tasks_per_s"]
+        projected = target / rate / 3600 if rate else math.inf
+        print(f"{row['setting']:<14} {row['busy_share']:>10.1%} {row['occupancy']:>10.1%} "
+              f"{row['output_tokens_per_s']:>10,.0f} {row['tasks']:>6.0f} "
+              f"{row['window_s']:>9.1f} {projected:>12.2f} h {rate / base if base else 0:>5.2f}x")
+        if "repeat" in row:
+            row.update(projected_hours=projected, ratio=rate / base if base else 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ledger", type=Path, required=True,
@@ -196,6 +254,8 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="simulated seconds per wall second of GPU work")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each depth (interleaved); the table adds medians")
     parser.add_argument("--target", type=int, default=52_000,
                         help="tasks of the run whose wall-clock is projected")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -220,48 +280,33 @@ def main() -> None:
     model = H100_LLAMA_8B
     with GPUSim(replay, SIM_MODEL, max_num_seqs=args.max_num_seqs,
                 time_scale=args.time_scale) as sim:
-        for depth in depths:
-            extra = depth_flag(depth, work)
-            if extra is None:
-                print(f"depth {depth}: skipped (this checkout has no "
-                      "generation.pipeline_depth)", file=sys.stderr)
-                continue
-            sim.reset()
-            started = time.perf_counter()
-            stats = run_pipeline(sim.url, SIM_MODEL, work / f"depth-{depth}", args, extra)
-            sim_stats = sim.stats()
-            window = sim_stats.window_s
-            tasks = stats["tasks_written"]
-            rows.append({
-                "depth": depth, "rounds": stats["rounds"], "tasks": tasks,
-                "wall_s": time.perf_counter() - started, "window_s": window,
-                "busy_share": sim_stats.busy_share, "occupancy": sim_stats.occupancy,
-                "output_tokens_per_s": sim_stats.output_tokens_per_second,
-                "tasks_per_s": tasks / window if window else 0.0,
-                "requests": sim_stats.requests, "by_how": sim_stats.by_how,
-                "by_stage": sim_stats.by_stage, "lag_s": sim_stats.lag_s,
-                "sim": sim_stats.to_json_dict()})
-    base = rows[0]["tasks_per_s"] if rows else 0.0
+        for repeat in range(1, args.repeats + 1):  # interleaved: load drifts alike
+            for depth in depths:
+                extra = depth_flag(depth, work)
+                if extra is None:
+                    if repeat == 1:
+                        print(f"depth {depth}: skipped (this checkout has no "
+                              "generation.pipeline_depth)", file=sys.stderr)
+                    continue
+                sim.reset()
+                started, cpu = time.perf_counter(), child_cpu_seconds()
+                stats = run_pipeline(sim.url, SIM_MODEL, work / f"depth-{depth}-{repeat}",
+                                     args, extra)
+                rows.append(result_row(depth, repeat, stats, sim.stats(),
+                                       time.perf_counter() - started))
+                rows[-1].update(client_cpu_s=child_cpu_seconds() - cpu,
+                                load=os.getloadavg()[0])
     print(f"\nSIMULATED: {args.prompts_per_round} prompts/round, {args.rounds} rounds, "
           f"max_num_seqs {args.max_num_seqs}, max_in_flight {args.max_in_flight}; "
           f"step = {model.a * 1e3:g} ms + {model.b * 1e3:g} ms x running + "
           f"{model.c * 1e3:g} ms x prefilled token; time scale {args.time_scale:g}x; "
           f"{len(replay)} recorded completions from {args.ledger}")
-    header = (f"{'setting':<10} {'busy share':>10} {'occupancy':>10} {'out tok/s':>10} "
-              f"{'tasks':>6} {'window s':>9} {f'{args.target:,} tasks':>14} {'ratio':>6}")
-    print(header)
-    print("-" * len(header))
+    print_table(rows, args.target, args.repeats > 1)
     for row in rows:
-        projected = args.target / row["tasks_per_s"] / 3600 if row["tasks_per_s"] else math.inf
-        row["projected_hours"] = projected
-        row["ratio"] = row["tasks_per_s"] / base if base else 0.0
-        print(f"{'depth ' + str(row['depth']):<10} {row['busy_share']:>10.1%} "
-              f"{row['occupancy']:>10.1%} {row['output_tokens_per_s']:>10,.0f} "
-              f"{row['tasks']:>6} {row['window_s']:>9.1f} {projected:>12.2f} h "
-              f"{row['ratio']:>5.2f}x")
-    for row in rows:
-        print(f"depth {row['depth']}: {row['requests']} requests {row['by_stage']}, replayed "
-              f"{row['by_how']}, sim lag {row['lag_s']:.1f} s, bench wall {row['wall_s']:.0f} s")
+        print(f"depth {row['depth']} ({row['repeat']}): {row['requests']} requests "
+              f"{row['by_stage']}, replayed {row['by_how']}, sim lag {row['lag_s']:.1f} s, "
+              f"bench wall {row['wall_s']:.0f} s, pipeline CPU {row['client_cpu_s']:.0f} s, "
+              f"load {row['load']:.1f}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "rows": rows}, indent=1), encoding="utf-8")
