@@ -23,8 +23,10 @@ The batching model (:class:`Batcher`)
   blocks of :data:`BLOCK_CHARS` characters already prefilled by an earlier step are
   not charged again (block hashes chained over the prefix, as vLLM hashes its KV
   blocks; nothing is evicted; blocks prefilled in the same step are not shared).
-* Not modelled: KV-cache exhaustion and preemption (an 8B model at 2,048 tokens of
-  context and 256 sequences fits an H100's cache), sampling cost, network latency.
+* Not modelled: KV-cache exhaustion and preemption (Llama-3-8B holds 128 KiB of KV
+  cache a token; 256 of this workload's sequences, well under 1,000 tokens each, need
+  under 32 GiB, within the ~50 GiB an H100 has left after the weights), sampling
+  cost, network latency.
 
 The constants (:data:`H100_LLAMA_8B`)
 -------------------------------------
