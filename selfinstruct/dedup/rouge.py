@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 from rapidfuzz.distance import LCSseq
@@ -140,6 +141,32 @@ def rouge_tokenize(text: str, tokenizer: str = "rouge") -> list[str]:
         return _ROUGE_WORD.findall(text.lower())
     _check_tokenizer(tokenizer)
     return _unicode_word_re().findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+# The rouge tokenizer over many texts at once, joined by NUL: a NUL match
+# (empty group) marks each boundary.
+_ROUGE_WORD_OR_NUL = re.compile(r"([a-z0-9]+)|\x00")
+
+
+def _tokenize_many(texts: Sequence[str], tokenizer: str) -> tuple[list[str], np.ndarray]:
+    """:func:`rouge_tokenize` of every text: ``(tokens of all texts in order,
+    tokens per text)`` (int64).
+
+    For the rouge tokenizer and no NUL in any text, one regex pass over the
+    texts joined by NUL: ``str.lower`` maps characters independently (only a
+    final sigma looks at its neighbours, and sigmas are no token characters),
+    so the tokens are those of each text.
+    """
+    if tokenizer == "rouge" and len(texts) > 1:
+        joined = "\x00".join(texts)
+        if joined.count("\x00") == len(texts) - 1:
+            parts = _ROUGE_WORD_OR_NUL.findall(joined.lower())
+            sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+            bounds = np.concatenate(([-1], np.flatnonzero(sizes == 0), [len(parts)]))
+            return list(filter(None, parts)), np.diff(bounds) - 1
+    tokens = [rouge_tokenize(t, tokenizer) for t in texts]
+    lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    return list(chain.from_iterable(tokens)), lens
 
 
 def _f1(lcs: int, len_target: int, len_prediction: int) -> float:
