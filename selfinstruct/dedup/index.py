@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import combinations, pairwise
+from itertools import chain, combinations, pairwise, repeat
 from typing import TypeVar, overload
 
 import numpy as np
@@ -38,8 +38,8 @@ import numpy.typing as npt
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
-from .rouge import (_EPS, _MAX_TOKENS, DEFAULT_THRESHOLD, _check_tokenizer, _f1_array,
-                    _tokenize_many)
+from .rouge import (_EPS, _MAX_TOKENS, DEFAULT_THRESHOLD, TEXT_MARK, _check_tokenizer,
+                    _f1_array, _rouge_tokens_joined, rouge_tokenize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,17 +169,17 @@ _SEEN = 1 << 62
 # occurrences up to this length, 2 up to the next, then 1 (capped by the
 # overlap the threshold implies).  Larger k prunes unrelated pairs far
 # better but multiplies the signatures of long texts.
-_K3_LEN = 16
-_K2_LEN = 40
-# Candidates per sequential block; texts per chunk when signatures are made;
-# (probe x index) combinations expanded at once: these bound transient memory.
+_K3_LEN = 0
+_K2_LEN = 20
+# Candidates per sequential block (also texts per chunk wherever signatures
+# are made) and (probe x segment) matches expanded at once: these bound the
+# transient memory.
 _BLOCK = 1 << 15
-_ITEM_CHUNK = 1 << 15
 _COMBO_CHUNK = 1 << 22
 
 # Fingerprints: occurrence ids hashed into 64 * _FP_WORDS buckets, one bitmap
 # per count level 1.._FP_PLANES (see _fingerprints).
-_FP_WORDS = 4
+_FP_WORDS = 1
 _FP_PLANES = 2
 _FP_W = _FP_WORDS * _FP_PLANES
 
@@ -197,8 +197,8 @@ def _occurrence_numbers(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
     how many earlier tokens of its own text are the same token (int64)."""
     out = np.empty(len(tok), dtype=np.int64)
     ends = np.cumsum(lens)
-    for a in range(0, len(lens), 4 * _ITEM_CHUNK):
-        b = min(a + 4 * _ITEM_CHUNK, len(lens))
+    for a in range(0, len(lens), 4 * _BLOCK):
+        b = min(a + 4 * _BLOCK, len(lens))
         t0, t1 = (int(ends[a - 1]) if a else 0), int(ends[b - 1])
         n = t1 - t0
         if not n:
@@ -356,6 +356,12 @@ class _Segment:
         slack = 2.0 * sigs.rem[order] - tp * sigs.ln[order]
         return _Segment(comp[order], sigs.item[order].astype(np.int32), slack)
 
+    @staticmethod
+    def of_sorted(sigs: _Sigs, tp: float) -> _Segment:
+        """From signatures already sorted by (key, length) (:meth:`_Sigs.sorted`)."""
+        comp = (sigs.key << _LBITS) | np.minimum(sigs.ln, _LMAX)
+        return _Segment(comp, sigs.item.astype(np.int32), 2.0 * sigs.rem - tp * sigs.ln)
+
     def __len__(self) -> int:
         return len(self.comp)
 
@@ -369,6 +375,21 @@ class _Segment:
         """The signatures of items ``< n``."""
         keep = self.item < n
         return _Segment(self.comp[keep], self.item[keep], self.slack[keep])
+
+
+@dataclass(slots=True)
+class _Joined:
+    """Result of :meth:`RougeIndex._join`: verified pairs ``(y, x, f, in_pool)``
+    (the later text, as a position in the joined texts; its partner, a pool
+    index when ``in_pool`` else an earlier position; their reference F1 with
+    ``y`` the target) and the texts' sorted short and long signatures."""
+
+    y: np.ndarray
+    x: np.ndarray
+    f: np.ndarray
+    in_pool: np.ndarray
+    shorts: _Sigs
+    longs: _Sigs
 
 
 @dataclass(slots=True)
@@ -481,7 +502,7 @@ class RougeIndex:
         self._off.extend(np.zeros(1, dtype=np.int64))
         self._fp = _Array(np.uint64)  # fingerprints, _FP_W words per text
         self._full = _Array(bool)
-        self._vocab: dict[str, int] = {}
+        self._vocab: dict[str | bytes, int] = {}
         self._stamp = np.zeros(16, dtype=np.int64)
         self._qid = 0
         # Global order: ranks of occurrences seen when it was fixed.
@@ -521,15 +542,37 @@ class RougeIndex:
     # -- encoding -----------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str]) -> _Encoded:
-        """Texts -> token ids (index-local, first-seen order) and token strings."""
-        flat, lens = _tokenize_many(texts, self.tokenizer)
+        """Texts -> token ids (index-local, first-seen order) and token strings.
+
+        Tokens of the rouge tokenizer are kept as ASCII bytes (one pass over
+        all texts, :func:`_rouge_tokens_joined`, when it applies)."""
         vocab = self._vocab
-        for t in dict.fromkeys(flat):
+        joined = (_rouge_tokens_joined(texts) if self.tokenizer == "rouge" and len(texts) > 1
+                  else None)
+        flat: list[str] | list[bytes]
+        if joined is not None:
+            flat = joined
+        else:
+            tokens = [rouge_tokenize(t, self.tokenizer) for t in texts]
+            lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+            if self.tokenizer == "rouge":
+                flat = [t.encode("ascii") for t in chain.from_iterable(tokens)]
+            else:
+                flat = list(chain.from_iterable(tokens))
+        new = dict.fromkeys(flat)
+        new.pop(TEXT_MARK, None)  # type: ignore[call-overload]
+        for t in new:
             if t not in vocab:
                 if len(vocab) >= _MAX_TOKENS:
                     raise OverflowError("RougeIndex supports at most 1,112,064 distinct tokens")
                 vocab[t] = len(vocab)
-        tok = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
+        ids = np.fromiter(map(vocab.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
+        if joined is not None:
+            marks = np.flatnonzero(ids < 0)
+            lens = np.diff(np.concatenate(([-1], marks, [len(ids)]))) - 1
+            tok = ids[ids >= 0]
+        else:
+            tok = ids
         # One code point per token id, skipping the surrogates (rouge._char).
         cps = (tok + np.where(tok >= 0xD800, 0x800, 0)).astype("<u4")
         return _Encoded(tok, lens, _split(cps.tobytes().decode("utf-32-le"), lens))
@@ -624,42 +667,35 @@ class RougeIndex:
         pos = np.arange(len(oid), dtype=np.int64) - np.repeat(starts, lens)
         return oid[order], pos
 
-    def _signatures(self, tok: np.ndarray, lens: np.ndarray, long: bool) -> list[_Sigs]:
-        """Short (or ``long``) signatures of texts (flat tokens, lengths; items
-        numbered from 0), one :class:`_Sigs` per chunk of ``_ITEM_CHUNK`` texts."""
-        out = []
+    def _signatures(self, oid: np.ndarray, lens: np.ndarray, long: bool) -> _Sigs:
+        """Short (or ``long``) signatures of texts given by their occurrences in
+        the global order (``oid`` from :meth:`_ordered`) and lengths; items
+        numbered from 0."""
         plan = self._plans(int(lens.max()) if len(lens) else 0)
-        ends = np.cumsum(lens)
-        for a in range(0, len(lens), _ITEM_CHUNK):
-            b = min(a + _ITEM_CHUNK, len(lens))
-            t0 = int(ends[a - 1]) if a else 0
-            sub = lens[a:b]
-            oid, _ = self._ordered(tok[t0 : int(ends[b - 1])], sub)
-            starts = np.cumsum(sub) - sub
-            by_len = np.argsort(sub, kind="stable")
-            sl = sub[by_len]
-            brk = [0, *(np.flatnonzero(sl[1:] != sl[:-1]) + 1).tolist(), len(sl)]
-            parts = []
-            for s, e in pairwise(brk):
-                ln = int(sl[s])
-                if ln == 0:
+        starts = np.cumsum(lens) - lens
+        by_len = np.argsort(lens, kind="stable")
+        sl = lens[by_len]
+        brk = [0, *(np.flatnonzero(sl[1:] != sl[:-1]) + 1).tolist(), len(sl)]
+        parts = []
+        for s, e in pairwise(brk):
+            ln = int(sl[s])
+            if ln == 0:
+                continue
+            idx = by_len[s:e]
+            todo = ([(kk, int(plan[2 + kk, ln])) for kk in (1, 2, 3)] if long
+                    else [(int(plan[0, ln]), int(plan[1, ln]))])
+            for kk, p in todo:
+                if p < kk:
                     continue
-                idx = by_len[s:e]
-                todo = ([(kk, int(plan[2 + kk, ln])) for kk in (1, 2, 3)] if long
-                        else [(int(plan[0, ln]), int(plan[1, ln]))])
-                for kk, p in todo:
-                    if p < kk:
-                        continue
-                    cmb = _combos(p, kk)
-                    cols = starts[idx][:, None] + cmb.T[:, None, :]  # (k, n, C)
-                    key = _sig_keys(oid, cols, kk)
-                    c = len(cmb)
-                    parts.append(_Sigs(key.ravel(), np.repeat(idx + a, c),
-                                       np.tile(ln - 1 - cmb[:, -1], len(idx)),
-                                       np.full(key.size, ln, dtype=np.int64),
-                                       np.full(key.size, kk, dtype=np.int64)))
-            out.append(_Sigs.concat(parts))
-        return out
+                cmb = _combos(p, kk)
+                cols = starts[idx][:, None] + cmb.T[:, None, :]  # (k, n, C)
+                key = _sig_keys(oid, cols, kk)
+                c = len(cmb)
+                parts.append(_Sigs(key.ravel(), np.repeat(idx, c),
+                                   np.tile(ln - 1 - cmb[:, -1], len(idx)),
+                                   np.full(key.size, ln, dtype=np.int64),
+                                   np.full(key.size, kk, dtype=np.int64)))
+        return _Sigs.concat(parts)
 
     def _maybe_reorder(self, upcoming: _Encoded) -> None:
         n = len(self._texts)
@@ -694,22 +730,41 @@ class RougeIndex:
     def _index_pending(self) -> None:
         """Add pool items not yet in the signature segments as new sorted segments."""
         n = len(self._texts)
-        a = self._indexed
-        if a >= n:
-            return
         off = self._off.view()
-        tok = self._tok.view()[int(off[a]) : int(off[n])]
-        lens = self._lens.view()[a:n]
-        for long, segs in ((False, self._short_segs), (True, self._long_segs)):
-            sigs = _Sigs.concat(self._signatures(tok, lens, long))
-            if not len(sigs):
-                continue
-            sigs.item += a
-            segs.append(_Segment.of(sigs, self._tp))
-            while len(segs) >= 2 and len(segs[-2]) <= 2 * len(segs[-1]):
-                last = segs.pop()
-                segs[-1] = segs[-1].merge(last)
-        self._indexed = n
+        lens_all = self._lens.view()
+        for a in range(self._indexed, n, _BLOCK):
+            b = min(a + _BLOCK, n)
+            lens = lens_all[a:b]
+            oid, _ = self._ordered(self._tok.view()[int(off[a]) : int(off[b])], lens)
+            for long in (False, True):
+                sigs = self._signatures(oid, lens, long).sorted()
+                sigs.item += a
+                self._add_segment(long, _Segment.of_sorted(sigs, self._tp))
+            self._indexed = b
+
+    def _add_segment(self, long: bool, seg: _Segment) -> None:
+        """Append a segment to the pool's short or long signatures, merging
+        segments of similar size (a log-structured merge)."""
+        if not len(seg):
+            return
+        segs = self._long_segs if long else self._short_segs
+        segs.append(seg)
+        while len(segs) >= 2 and len(segs[-2]) <= 2 * len(segs[-1]):
+            last = segs.pop()
+            segs[-1] = segs[-1].merge(last)
+
+    def _index_block(self, shorts: _Sigs, longs: _Sigs, keep: np.ndarray, nb: int) -> None:
+        """Add the kept texts of a block (now pool items ``nb..``) to the
+        segments from the block's own sorted signatures."""
+        if self._indexed != nb:  # an earlier part of the pool is not indexed: do it later
+            return
+        pool_index = nb + np.cumsum(keep) - 1
+        for long, sigs in ((False, shorts), (True, longs)):
+            sel = keep[sigs.item]
+            kept = _Sigs(sigs.key[sel], pool_index[sigs.item[sel]], sigs.rem[sel], sigs.ln[sel],
+                         sigs.k[sel])
+            self._add_segment(long, _Segment.of_sorted(kept, self._tp))
+        self._indexed = nb + int(keep.sum())
 
     def _ensure_full(self, upto: int | None = None) -> None:
         """Full posting lists (every occurrence: rows (item, rem, n)) of pool
@@ -1006,87 +1061,77 @@ class RougeIndex:
             return np.zeros(0, dtype=np.int64)
         return _unique(np.concatenate(out))
 
-    def _join(self, enc: _Encoded, pool: bool, batch: bool, keep_all: bool
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _join(self, enc: _Encoded, pool: bool, batch: bool, keep_all: bool) -> _Joined:
         """Verified candidate pairs of the texts ``enc`` (not in the pool) with
-        the pool (``pool``) and with each other (``batch``).
+        the pool (``pool``) and with each other (``batch``): see :class:`_Joined`.
 
-        Returns:
-            ``(y, x, f, in_pool)``: the later text (position in ``enc``), its
-            partner (pool index, or an earlier position in ``enc``), their
-            reference F1 (``y`` the target), and whether the partner is a pool
-            item; only pairs with F1 > threshold unless ``keep_all`` (then
-            every verified pair with F1 > 0).
-        """
+        Only pairs with F1 > threshold are returned unless ``keep_all`` (then
+        every verified pair with F1 > 0)."""
         m = len(enc.lens)
         z = np.zeros(0, dtype=np.int64)
+        none = _Sigs.concat([])
         if not m or not enc.lens.any():
-            return z, z, z.astype(np.float64), z.astype(bool)
+            return _Joined(z, z, z.astype(np.float64), z.astype(bool), none, none)
         if pool:
             self._index_pending()
         short_segs = self._short_segs if pool else []
         long_segs = self._long_segs if pool else []
         if not short_segs and not long_segs and not batch:
-            return z, z, z.astype(np.float64), z.astype(bool)
+            return _Joined(z, z, z.astype(np.float64), z.astype(bool), none, none)
         plan = self._plans(int(enc.lens.max()))
         long_texts = bool(enc.lens.max() >= _LMAX) or bool(
             pool and self._lens.n and self._lens.view().max() >= _LMAX)
-        shorts = self._signatures(enc.tok, enc.lens, long=False)
-        selfseg = _Segment.of(_Sigs.concat(shorts), self._tp) if batch else None
+        oid, _ = self._ordered(enc.tok, enc.lens)
+        shortp = self._signatures(oid, enc.lens, long=False).sorted()
+        longp = self._signatures(oid, enc.lens, long=True).sorted()
+        del oid
+        plens = self._lens.a
+        jobs: list[tuple[np.ndarray, bool]] = []
+        if len(longp):
+            lo = plan[2, longp.ln]
+            hi = np.minimum(self._window_hi(longp), longp.ln)
+            jobs.extend((self._pairs(longp, seg, lo, hi, False, plens, long_texts), True)
+                        for seg in short_segs)
+            if batch:
+                selfseg = _Segment.of_sorted(shortp, self._tp)
+                jobs.append((self._pairs(longp, selfseg, lo, hi, True, enc.lens, long_texts),
+                             False))
+        if len(shortp) and long_segs:
+            lo = shortp.ln + 1
+            hi = self._window_hi(shortp)
+            jobs.extend((self._pairs(shortp, seg, lo, hi, False, plens, long_texts), True)
+                        for seg in long_segs)
         qseqs = np.empty(m, dtype=object)
         qseqs[:] = enc.seqs
         qfp, qfull = enc.fingerprints()
         pseqs = self._seqarr.a
-        plens = self._lens.a
         pfp = self._fp.a[: self._fp.n].reshape(-1, _FP_W)
         pfull = self._full.a
         thr = 0.0 if keep_all else self.threshold
-        ys, xs, fs, ps = [], [], [], []
-        for c, a in enumerate(range(0, m, _ITEM_CHUNK)):
-            sub = enc.sub(a, min(a + _ITEM_CHUNK, m))
-            longp = _Sigs.concat(self._signatures(sub.tok, sub.lens, long=True)).sorted()
-            longp.item += a
-            shortp = shorts[c].sorted() if long_segs else shorts[c]
-            jobs: list[tuple[np.ndarray, bool]] = []
-            if len(longp):
-                lo = plan[2, longp.ln]
-                hi = np.minimum(self._window_hi(longp), longp.ln)
-                jobs.extend((self._pairs(longp, seg, lo, hi, False, plens, long_texts), True)
-                            for seg in short_segs)
-                if selfseg is not None:
-                    jobs.append((self._pairs(longp, selfseg, lo, hi, True, enc.lens,
-                                             long_texts), False))
-            if len(shortp) and long_segs:
-                lo = shortp.ln + 1
-                hi = self._window_hi(shortp)
-                jobs.extend((self._pairs(shortp, seg, lo, hi, False, plens, long_texts), True)
-                            for seg in long_segs)
-            for packed, in_pool in jobs:
-                if not len(packed):
-                    continue
-                y = packed >> 32
-                x = packed & 0xFFFFFFFF
-                if in_pool:
-                    xseqs, xlens, xfp, xfull = pseqs, plens, pfp, pfull
-                else:  # the later text is the target
-                    y, x = np.maximum(y, x), np.minimum(y, x)
-                    xseqs, xlens, xfp, xfull = qseqs, enc.lens, qfp, qfull
-                ly, lx = enc.lens[y], xlens[x]
-                ub = _overlap_bound(qfp[y], qfull[y], ly, xfp[x], xfull[x], lx)
-                near = 2.0 * ub > self._tp * (lx + ly)
-                y, x = y[near], x[near]
-                lcs = process.cpdist(qseqs[y], xseqs[x], scorer=LCSseq.similarity,
-                                     dtype=np.int32)
-                f = _f1_array(lcs, enc.lens[y], xlens[x])  # type: ignore[arg-type]
-                sel = f > thr
-                ys.append(y[sel])
-                xs.append(x[sel])
-                fs.append(f[sel])
-                ps.append(np.full(int(sel.sum()), in_pool))
-        if not ys:
-            return z, z, z.astype(np.float64), z.astype(bool)
-        return (np.concatenate(ys), np.concatenate(xs), np.concatenate(fs),
-                np.concatenate(ps))
+        ys, xs, fs, ps = [z], [z], [z.astype(np.float64)], [z.astype(bool)]
+        for packed, in_pool in jobs:
+            if not len(packed):
+                continue
+            y = packed >> 32
+            x = packed & 0xFFFFFFFF
+            if in_pool:
+                xseqs, xlens, xfp, xfull = pseqs, plens, pfp, pfull
+            else:  # the later text is the target
+                y, x = np.maximum(y, x), np.minimum(y, x)
+                xseqs, xlens, xfp, xfull = qseqs, enc.lens, qfp, qfull
+            ly, lx = enc.lens[y], xlens[x]
+            ub = _overlap_bound(qfp[y], qfull[y], ly, xfp[x], xfull[x], lx)
+            near = 2.0 * ub > self._tp * (lx + ly)
+            y, x = y[near], x[near]
+            lcs = process.cpdist(qseqs[y], xseqs[x], scorer=LCSseq.similarity, dtype=np.int32)
+            f = _f1_array(lcs, enc.lens[y], xlens[x])  # type: ignore[arg-type]
+            sel = f > thr
+            ys.append(y[sel])
+            xs.append(x[sel])
+            fs.append(f[sel])
+            ps.append(np.full(int(sel.sum()), in_pool))
+        return _Joined(np.concatenate(ys), np.concatenate(xs), np.concatenate(fs),
+                       np.concatenate(ps), shortp, longp)
 
     def nearest(self, text: str) -> tuple[int | None, float]:
         """Most similar pool text by ROUGE-L F1.
@@ -1119,9 +1164,11 @@ class RougeIndex:
         out: list[tuple[int, float] | None] = [None] * len(enc.lens)
         if not self._texts:
             return out
-        y, x, f, _ = self._join(enc, pool=True, batch=False, keep_all=False)
-        for yi, xi, fi in zip(*_best_per_target(y, x, f), strict=True):
-            out[yi] = (xi, fi)
+        for a in range(0, len(out), _BLOCK):
+            j = self._join(enc.sub(a, min(a + _BLOCK, len(out))), pool=True, batch=False,
+                           keep_all=False)
+            for yi, xi, fi in zip(*_best_per_target(j.y, j.x, j.f), strict=True):
+                out[a + yi] = (xi, fi)
         return out
 
     def dedup_batch(
@@ -1169,7 +1216,8 @@ class RougeIndex:
                 b = min(a + _BLOCK, m)
                 nb = len(self._texts)
                 blk = enc.sub(a, b)
-                y, x, f, in_pool = self._join(blk, pool=nb > 0, batch=True, keep_all=exact)
+                j = self._join(blk, pool=nb > 0, batch=True, keep_all=exact)
+                y, x, f, in_pool = j.y, j.x, j.f, j.in_pool
                 hot = f > self.threshold
                 kb = _resolve(b - a, y[hot], x[hot], in_pool[hot])
                 kept_before = np.cumsum(kb) - kb
@@ -1182,6 +1230,7 @@ class RougeIndex:
                 px[inner] = nb + kept_before[x[inner]]
                 self._store([c for c, k in zip(candidates[a:b], kb.tolist(), strict=True) if k],
                             blk, kb)
+                self._index_block(j.shorts, j.longs, kb, nb)
                 texts = self._texts
                 dropped = hot & live & ~kb[y]
                 for yi, xi, fi in zip(*_best_per_target(y[dropped], px[dropped], f[dropped]),

@@ -22,7 +22,6 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from itertools import chain
 
 import numpy as np
 from rapidfuzz.distance import LCSseq
@@ -143,30 +142,30 @@ def rouge_tokenize(text: str, tokenizer: str = "rouge") -> list[str]:
     return _unicode_word_re().findall(unicodedata.normalize("NFKC", text).casefold())
 
 
-# The rouge tokenizer over many texts at once, joined by NUL: a NUL match
-# (empty group) marks each boundary.
-_ROUGE_WORD_OR_NUL = re.compile(r"([a-z0-9]+)|\x00")
+# rouge_score's tokenizer on ASCII bytes: A-Z lowered, a-z and 0-9 kept, every
+# other byte (NUL aside: the text boundary) a separator.
+_ASCII_FOLD = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c == 0)
+                    else 32 for c in range(256))
+#: Marks the end of one text in :func:`_rouge_tokens_joined`.
+TEXT_MARK = b"\x00"
+# The only characters outside ASCII whose lowercase holds an ASCII letter or
+# digit (checked over all code points): the dotted I and the Kelvin sign.
+_LOWER_TO_ASCII = ("\u0130", "\u212a")
 
 
-def _tokenize_many(texts: Sequence[str], tokenizer: str) -> tuple[list[str], np.ndarray]:
-    """:func:`rouge_tokenize` of every text: ``(tokens of all texts in order,
-    tokens per text)`` (int64).
+def _rouge_tokens_joined(texts: Sequence[str]) -> list[bytes] | None:
+    """The rouge tokenizer's tokens of all texts in one pass, as ASCII bytes,
+    the texts separated by :data:`TEXT_MARK`; None when no text may hold NUL,
+    the dotted I or the Kelvin sign (then tokenize text by text).
 
-    For the rouge tokenizer and no NUL in any text, one regex pass over the
-    texts joined by NUL: ``str.lower`` maps characters independently (only a
-    final sigma looks at its neighbours, and sigmas are no token characters),
-    so the tokens are those of each text.
+    Same tokens as :func:`rouge_tokenize` for each text: outside ASCII only
+    those two characters lowercase to ``[a-z0-9]``, so every other one is a
+    separator, and ASCII lowercases byte by byte.
     """
-    if tokenizer == "rouge" and len(texts) > 1:
-        joined = "\x00".join(texts)
-        if joined.count("\x00") == len(texts) - 1:
-            parts = _ROUGE_WORD_OR_NUL.findall(joined.lower())
-            sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-            bounds = np.concatenate(([-1], np.flatnonzero(sizes == 0), [len(parts)]))
-            return list(filter(None, parts)), np.diff(bounds) - 1
-    tokens = [rouge_tokenize(t, tokenizer) for t in texts]
-    lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    return list(chain.from_iterable(tokens)), lens
+    joined = " \x00 ".join(texts)
+    if joined.count("\x00") != len(texts) - 1 or any(c in joined for c in _LOWER_TO_ASCII):
+        return None
+    return joined.encode("ascii", "replace").translate(_ASCII_FOLD).split()
 
 
 def _f1(lcs: int, len_target: int, len_prediction: int) -> float:
