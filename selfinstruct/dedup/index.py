@@ -176,6 +176,13 @@ _K2_LEN = 20
 # transient memory.
 _BLOCK = 1 << 15
 _COMBO_CHUNK = 1 << 22
+# Pool texts added last stay out of the signature segments (a "tail") while
+# there are at most _TAIL texts and a batch makes at most _BRUTE pairs with
+# them: those pairs are checked directly (length filter and fingerprints).
+# Batches of at most _BRUTE_BATCH texts are checked against each other so.
+_TAIL = 4096
+_BRUTE = 1 << 16
+_BRUTE_BATCH = 64
 
 # Fingerprints: occurrence ids hashed into 64 * _FP_WORDS buckets, one bitmap
 # per count level 1.._FP_PLANES (see _fingerprints).
@@ -195,6 +202,17 @@ def _split(flat: _S, lens: np.ndarray) -> list[_S]:
 def _occurrence_numbers(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Per token of a flat token-id array (texts of ``lens`` tokens, in order):
     how many earlier tokens of its own text are the same token (int64)."""
+    if len(tok) <= 64:  # a few texts: a dict per text beats sorting
+        ks: list[int] = []
+        pos = 0
+        for n in lens.tolist():
+            seen: dict[int, int] = {}
+            for t in tok[pos : pos + n].tolist():
+                k = seen.get(t, 0)
+                seen[t] = k + 1
+                ks.append(k)
+            pos += n
+        return np.array(ks, dtype=np.int64)
     out = np.empty(len(tok), dtype=np.int64)
     ends = np.cumsum(lens)
     for a in range(0, len(lens), 4 * _BLOCK):
@@ -257,42 +275,44 @@ def _popcount(a: np.ndarray) -> np.ndarray:
     return table[a.view(np.uint8)].reshape(*a.shape, 8).sum(axis=-1)
 
 
-def _fingerprints(tok: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Overlap fingerprints of texts (flat token ids, lengths).
+def _fingerprints(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Overlap fingerprints of texts (flat token ids, lengths): uint64 array of
+    shape (texts, ``_FP_W``).
 
     Each occurrence id ``(token, k)`` is hashed to one of ``64 * _FP_WORDS``
     buckets; plane t (t = 1.._FP_PLANES) marks the buckets holding at least t
-    of the text's occurrences.  For two texts, the multiset overlap (hence
-    the LCS) is at most ``sum_b min(cx_b, cy_b)`` (a shared occurrence lies
-    in one bucket of both), which is the popcount of the planes ANDed when
-    one of the two texts has no bucket above ``_FP_PLANES`` (``full``).
-
-    Returns:
-        ``(fp, full)``: uint64 array of shape (texts, ``_FP_W``), bool array.
+    of the text's occurrences.  A text with a bucket above ``_FP_PLANES`` gets
+    all bits set instead.  For two texts the multiset overlap (hence the LCS)
+    is at most ``sum_b min(cx_b, cy_b)`` (a shared occurrence lies in one
+    bucket of both), which is the popcount of the planes ANDed when either
+    text's planes are exact, and at most that popcount otherwise: see
+    :func:`_overlap_bound`.
     """
     m = len(lens)
     fp = np.zeros((m, _FP_W), dtype=np.uint64)
     if not len(tok):
-        return fp, np.ones(m, dtype=bool)
+        return fp
     oid = (_occurrence_numbers(tok, lens) << 21) | tok
     bucket = ((oid * _MUL) >> 40) & (64 * _FP_WORDS - 1)
     level = _occurrence_numbers(bucket, lens)
     item = np.repeat(np.arange(m, dtype=np.int64), lens)
-    full = np.ones(m, dtype=bool)
-    full[item[level >= _FP_PLANES]] = False
     ok = level < _FP_PLANES
     word = level[ok] * _FP_WORDS + (bucket[ok] >> 6)
     bit = np.left_shift(np.uint64(1), (bucket[ok] & 63).astype(np.uint64))
     np.bitwise_or.at(fp, (item[ok], word), bit)
-    return fp, full
+    fp[item[~ok]] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    return fp
 
 
-def _overlap_bound(fx: np.ndarray, fullx: np.ndarray, lx: np.ndarray,
-                   fy: np.ndarray, fully: np.ndarray, ly: np.ndarray) -> np.ndarray:
+def _overlap_bound(fx: np.ndarray, lx: np.ndarray, fy: np.ndarray, ly: np.ndarray
+                   ) -> np.ndarray:
     """Upper bound on the multiset overlap of text pairs from their fingerprints
-    (rows of :func:`_fingerprints`), never above the shorter length."""
+    (rows of :func:`_fingerprints`) and lengths: the shared bits, unless all
+    bits are shared (both fingerprints may be saturated), capped by the
+    shorter length."""
     shared = _popcount(fx & fy).sum(axis=1, dtype=np.int64)
-    return np.where(fullx | fully, np.minimum(shared, np.minimum(lx, ly)), np.minimum(lx, ly))
+    shorter = np.minimum(lx, ly)
+    return np.where(shared >= 64 * _FP_W, shorter, np.minimum(shared, shorter))
 
 
 @lru_cache(maxsize=512)
@@ -395,14 +415,13 @@ class _Joined:
 @dataclass(slots=True)
 class _Encoded:
     """Texts as token ids: ``tok`` flat (int64), ``lens`` per text, ``seqs``
-    token-character strings (for rapidfuzz), overlap fingerprints ``fp`` and
-    ``full`` (:func:`_fingerprints`, made on first use)."""
+    token-character strings (for rapidfuzz), overlap fingerprints ``fp``
+    (:func:`_fingerprints`, made on first use)."""
 
     tok: np.ndarray
     lens: np.ndarray
     seqs: list[str]
     fp: np.ndarray | None = None
-    full: np.ndarray | None = None
 
     def sub(self, a: int, b: int) -> _Encoded:
         """Texts ``a..b-1``."""
@@ -410,13 +429,12 @@ class _Encoded:
         t0 = int(ends[a - 1]) if a else 0
         t1 = int(ends[b - 1]) if b else 0
         return _Encoded(self.tok[t0:t1], self.lens[a:b], self.seqs[a:b],
-                        None if self.fp is None else self.fp[a:b],
-                        None if self.full is None else self.full[a:b])
+                        None if self.fp is None else self.fp[a:b])
 
-    def fingerprints(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.fp is None or self.full is None:
-            self.fp, self.full = _fingerprints(self.tok, self.lens)
-        return self.fp, self.full
+    def fingerprints(self) -> np.ndarray:
+        if self.fp is None:
+            self.fp = _fingerprints(self.tok, self.lens)
+        return self.fp
 
 
 class RougeIndex:
@@ -501,7 +519,6 @@ class RougeIndex:
         self._off = _Array(np.int64)
         self._off.extend(np.zeros(1, dtype=np.int64))
         self._fp = _Array(np.uint64)  # fingerprints, _FP_W words per text
-        self._full = _Array(bool)
         self._vocab: dict[str | bytes, int] = {}
         self._stamp = np.zeros(16, dtype=np.int64)
         self._qid = 0
@@ -756,8 +773,8 @@ class RougeIndex:
     def _index_block(self, shorts: _Sigs, longs: _Sigs, keep: np.ndarray, nb: int) -> None:
         """Add the kept texts of a block (now pool items ``nb..``) to the
         segments from the block's own sorted signatures."""
-        if self._indexed != nb:  # an earlier part of the pool is not indexed: do it later
-            return
+        if self._indexed != nb or len(keep) < _TAIL or not len(shorts) + len(longs):
+            return  # the kept texts stay in the tail (indexed later)
         pool_index = nb + np.cumsum(keep) - 1
         for long, sigs in ((False, shorts), (True, longs)):
             sel = keep[sigs.item]
@@ -820,16 +837,15 @@ class RougeIndex:
 
     def _store(self, texts: list[str], enc: _Encoded, mask: np.ndarray | None = None) -> None:
         """Append ``texts`` (those of ``enc``, or its rows where ``mask``) to the pool."""
-        fp, full = enc.fingerprints()
+        fp = enc.fingerprints()
         if mask is None:
             seqs, lens, tok = enc.seqs, enc.lens, enc.tok
         else:
             seqs = [s for s, k in zip(enc.seqs, mask.tolist(), strict=True) if k]
             lens = enc.lens[mask]
             tok = enc.tok[np.repeat(mask, enc.lens)]
-            fp, full = fp[mask], full[mask]
+            fp = fp[mask]
         self._fp.extend(fp.ravel())
-        self._full.extend(full)
         self._texts.extend(texts)
         self._seqarr.extend(seqs)
         self._lens.extend(lens)
@@ -860,7 +876,6 @@ class RougeIndex:
             self._posted = n
         del self._texts[n:]
         self._fp.truncate(n * _FP_W)
-        self._full.truncate(n)
         self._seqarr.truncate(n)
         self._lens.truncate(n)
         self._tok.truncate(int(off[n]))
@@ -1018,23 +1033,27 @@ class RougeIndex:
         return np.clip(np.ceil(v + 1e-7), 0, _LMAX).astype(np.int64)
 
     def _pairs(self, probe: _Sigs, seg: _Segment, lo: np.ndarray, hi: np.ndarray,
-               self_join: bool, xlens: np.ndarray, long_texts: bool) -> np.ndarray:
+               self_join: bool, qfp: np.ndarray, xfp: np.ndarray, xlens: np.ndarray,
+               long_texts: bool) -> np.ndarray:
         """Candidate pairs of probe signatures with a sorted segment, packed as
         ``probe item << 32 | segment item`` (int64, sorted, unique).
 
         The segment is searched in the partner length window ``[lo, hi]``
         (which holds the probe side of the positional filter); each match
-        passes the segment side.  ``self_join``: the segment holds the short
+        must pass the segment side, then the pair the overlap bound of the
+        fingerprints (``qfp`` of the probe's texts, ``xfp`` and ``xlens`` of
+        the segment's).  ``self_join``: the segment holds the short
         signatures of the probe's own texts, and a pair is taken from its
         longer text only (equal lengths: the higher item number probes).
-        ``xlens``/``long_texts``: true lengths of the segment's items, read
-        when some length exceeds the packed field.
+        ``long_texts``: some length exceeds the packed field (read the true
+        lengths).
         """
         base = probe.key << _LBITS
         start = np.searchsorted(seg.comp, base | np.minimum(lo, _LMAX), side="left")
         end = np.searchsorted(seg.comp, base | hi, side="right")
         count = np.maximum(end - start, 0)
         need = self._tp * probe.ln - 2.0 * probe.k
+        tp = self._tp
         out = []
         for a, b in _chunks(count, _COMBO_CHUNK):
             cnt = count[a:b]
@@ -1048,18 +1067,38 @@ class RougeIndex:
             rep = np.repeat(np.arange(a, b, dtype=np.int64), cnt)[ok]
             x = seg.item[idx].astype(np.int64)
             y = probe.item[rep]
-            if self_join or long_texts:
-                lx = xlens[x] if long_texts else seg.comp[idx] & _LMAX
-                ly = probe.ln[rep]
-                if self_join:
-                    sel = (lx < ly) | ((lx == ly) & (x < y))
-                else:
-                    sel = (lx >= lo[rep]) & (lx <= hi[rep])
-                x, y = x[sel], y[sel]
-            out.append((y << 32) | x)
+            lx = xlens[x] if long_texts else seg.comp[idx] & _LMAX
+            ly = probe.ln[rep]
+            if self_join:
+                sel = (lx < ly) | ((lx == ly) & (x < y))
+            elif long_texts:
+                sel = (lx >= lo[rep]) & (lx <= hi[rep])
+            else:
+                sel = None
+            if sel is not None:
+                x, y, lx, ly = x[sel], y[sel], lx[sel], ly[sel]
+            ub = _overlap_bound(qfp[y], ly, xfp[x], lx)
+            sel = 2.0 * ub > tp * (lx + ly)
+            out.append((y[sel] << 32) | x[sel])
         if not out:
             return np.zeros(0, dtype=np.int64)
         return _unique(np.concatenate(out))
+
+    def _brute(self, ylens: np.ndarray, yfp: np.ndarray, xlens: np.ndarray, xfp: np.ndarray,
+               x0: int, lower: bool) -> np.ndarray:
+        """All pairs of texts ``y`` (lengths, fingerprints) with texts ``x0 + j``
+        (``j``-th of ``xlens``, ``xfp``) that pass the length filter and the
+        fingerprint overlap bound, packed ``y << 32 | x``; with ``lower`` only
+        ``x < y`` (the same texts on both sides)."""
+        ly, lx = ylens[:, None], xlens[None, :]
+        shared = _popcount(yfp[:, None, :] & xfp[None, :, :]).sum(axis=2, dtype=np.int64)
+        shorter = np.minimum(lx, ly)
+        ub = np.where(shared >= 64 * _FP_W, shorter, np.minimum(shared, shorter))
+        ok = (2.0 * ub > self._tp * (lx + ly)) & (ub > 0)
+        if lower:
+            ok &= np.tri(len(ylens), len(xlens), -1, dtype=bool)
+        y, j = np.nonzero(ok)
+        return (y.astype(np.int64) << 32) | (j.astype(np.int64) + x0)
 
     def _join(self, enc: _Encoded, pool: bool, batch: bool, keep_all: bool) -> _Joined:
         """Verified candidate pairs of the texts ``enc`` (not in the pool) with
@@ -1072,41 +1111,48 @@ class RougeIndex:
         none = _Sigs.concat([])
         if not m or not enc.lens.any():
             return _Joined(z, z, z.astype(np.float64), z.astype(bool), none, none)
-        if pool:
+        n = len(self._texts) if pool else 0
+        if n - self._indexed > min(_TAIL, _BRUTE // m):
             self._index_pending()
+        tail = n - self._indexed if pool else 0
         short_segs = self._short_segs if pool else []
         long_segs = self._long_segs if pool else []
-        if not short_segs and not long_segs and not batch:
-            return _Joined(z, z, z.astype(np.float64), z.astype(bool), none, none)
-        plan = self._plans(int(enc.lens.max()))
-        long_texts = bool(enc.lens.max() >= _LMAX) or bool(
-            pool and self._lens.n and self._lens.view().max() >= _LMAX)
-        oid, _ = self._ordered(enc.tok, enc.lens)
-        shortp = self._signatures(oid, enc.lens, long=False).sorted()
-        longp = self._signatures(oid, enc.lens, long=True).sorted()
-        del oid
+        brute_self = batch and m <= _BRUTE_BATCH
         plens = self._lens.a
+        qfp = enc.fingerprints()
+        pfp = self._fp.a[: self._fp.n].reshape(-1, _FP_W)
         jobs: list[tuple[np.ndarray, bool]] = []
-        if len(longp):
-            lo = plan[2, longp.ln]
-            hi = np.minimum(self._window_hi(longp), longp.ln)
-            jobs.extend((self._pairs(longp, seg, lo, hi, False, plens, long_texts), True)
-                        for seg in short_segs)
-            if batch:
-                selfseg = _Segment.of_sorted(shortp, self._tp)
-                jobs.append((self._pairs(longp, selfseg, lo, hi, True, enc.lens, long_texts),
-                             False))
-        if len(shortp) and long_segs:
-            lo = shortp.ln + 1
-            hi = self._window_hi(shortp)
-            jobs.extend((self._pairs(shortp, seg, lo, hi, False, plens, long_texts), True)
-                        for seg in long_segs)
+        if tail:
+            a = self._indexed
+            jobs.append((self._brute(enc.lens, qfp, plens[a:n], pfp[a:n], a, False), True))
+        if brute_self and m > 1:
+            jobs.append((self._brute(enc.lens, qfp, enc.lens, qfp, 0, True), False))
+        shortp = longp = none
+        if short_segs or long_segs or (batch and not brute_self):
+            plan = self._plans(int(enc.lens.max()))
+            long_texts = bool(enc.lens.max() >= _LMAX) or bool(
+                pool and self._lens.n and self._lens.view().max() >= _LMAX)
+            oid, _ = self._ordered(enc.tok, enc.lens)
+            shortp = self._signatures(oid, enc.lens, long=False).sorted()
+            longp = self._signatures(oid, enc.lens, long=True).sorted()
+            del oid
+            if len(longp):
+                lo = plan[2, longp.ln]
+                hi = np.minimum(self._window_hi(longp), longp.ln)
+                jobs.extend((self._pairs(longp, seg, lo, hi, False, qfp, pfp, plens, long_texts),
+                             True) for seg in short_segs)
+                if batch and not brute_self:
+                    selfseg = _Segment.of_sorted(shortp, self._tp)
+                    jobs.append((self._pairs(longp, selfseg, lo, hi, True, qfp, qfp, enc.lens,
+                                             long_texts), False))
+            if len(shortp) and long_segs:
+                lo = shortp.ln + 1
+                hi = self._window_hi(shortp)
+                jobs.extend((self._pairs(shortp, seg, lo, hi, False, qfp, pfp, plens,
+                                         long_texts), True) for seg in long_segs)
         qseqs = np.empty(m, dtype=object)
         qseqs[:] = enc.seqs
-        qfp, qfull = enc.fingerprints()
         pseqs = self._seqarr.a
-        pfp = self._fp.a[: self._fp.n].reshape(-1, _FP_W)
-        pfull = self._full.a
         thr = 0.0 if keep_all else self.threshold
         ys, xs, fs, ps = [z], [z], [z.astype(np.float64)], [z.astype(bool)]
         for packed, in_pool in jobs:
@@ -1115,14 +1161,10 @@ class RougeIndex:
             y = packed >> 32
             x = packed & 0xFFFFFFFF
             if in_pool:
-                xseqs, xlens, xfp, xfull = pseqs, plens, pfp, pfull
+                xseqs, xlens = pseqs, plens
             else:  # the later text is the target
                 y, x = np.maximum(y, x), np.minimum(y, x)
-                xseqs, xlens, xfp, xfull = qseqs, enc.lens, qfp, qfull
-            ly, lx = enc.lens[y], xlens[x]
-            ub = _overlap_bound(qfp[y], qfull[y], ly, xfp[x], xfull[x], lx)
-            near = 2.0 * ub > self._tp * (lx + ly)
-            y, x = y[near], x[near]
+                xseqs, xlens = qseqs, enc.lens
             lcs = process.cpdist(qseqs[y], xseqs[x], scorer=LCSseq.similarity, dtype=np.int32)
             f = _f1_array(lcs, enc.lens[y], xlens[x])  # type: ignore[arg-type]
             sel = f > thr
