@@ -1025,12 +1025,12 @@ class RougeIndex:
 
     def _window_hi(self, probe: _Sigs) -> np.ndarray:
         """Longest partner length the probe's positional bound allows:
-        ``2 (k + ry) > t' (lx + ly)``, rounded up (int64, clamped to _LMAX)."""
+        ``2 (k + ry) > t' (lx + ly)``, rounded up (int64; 2**40 when t' <= 0)."""
         tp = self._tp
         if tp <= 0:
-            return np.full(len(probe), _LMAX, dtype=np.int64)
+            return np.full(len(probe), 1 << 40, dtype=np.int64)
         v = (2.0 * (probe.k + probe.rem) - tp * probe.ln) / tp
-        return np.clip(np.ceil(v + 1e-7), 0, _LMAX).astype(np.int64)
+        return np.clip(np.ceil(v + 1e-7), 0, 1 << 40).astype(np.int64)
 
     def _pairs(self, probe: _Sigs, seg: _Segment, lo: np.ndarray, hi: np.ndarray,
                self_join: bool, qfp: np.ndarray, xfp: np.ndarray, xlens: np.ndarray,
@@ -1039,7 +1039,8 @@ class RougeIndex:
         ``probe item << 32 | segment item`` (int64, sorted, unique).
 
         The segment is searched in the partner length window ``[lo, hi]``
-        (which holds the probe side of the positional filter); each match
+        (which holds the probe side of the positional filter; clamped to the
+        packed length field, then checked on true lengths); each match
         must pass the segment side, then the pair the overlap bound of the
         fingerprints (``qfp`` of the probe's texts, ``xfp`` and ``xlens`` of
         the segment's).  ``self_join``: the segment holds the short
@@ -1050,7 +1051,7 @@ class RougeIndex:
         """
         base = probe.key << _LBITS
         start = np.searchsorted(seg.comp, base | np.minimum(lo, _LMAX), side="left")
-        end = np.searchsorted(seg.comp, base | hi, side="right")
+        end = np.searchsorted(seg.comp, base | np.minimum(hi, _LMAX), side="right")
         count = np.maximum(end - start, 0)
         need = self._tp * probe.ln - 2.0 * probe.k
         tp = self._tp
