@@ -184,7 +184,7 @@ _TAIL = 4096
 _BRUTE = 1 << 16
 _BRUTE_BATCH = 64
 
-# Fingerprints: occurrence ids hashed into 64 * _FP_WORDS buckets, one bitmap
+# Fingerprints: occurrence ids hashed into 64 * _FP_WORDS - 1 buckets, one bitmap
 # per count level 1.._FP_PLANES (see _fingerprints).
 _FP_WORDS = 1
 _FP_PLANES = 2
@@ -279,40 +279,43 @@ def _fingerprints(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Overlap fingerprints of texts (flat token ids, lengths): uint64 array of
     shape (texts, ``_FP_W``).
 
-    Each occurrence id ``(token, k)`` is hashed to one of ``64 * _FP_WORDS``
-    buckets; plane t (t = 1.._FP_PLANES) marks the buckets holding at least t
-    of the text's occurrences.  A text with a bucket above ``_FP_PLANES`` gets
-    all bits set instead.  For two texts the multiset overlap (hence the LCS)
+    Each occurrence id ``(token, k)`` is hashed to one of ``64 * _FP_WORDS - 1``
+    buckets; plane t (t = 1.._FP_PLANES, ``_FP_WORDS`` words each) marks the
+    buckets holding at least t of the text's occurrences.  Bit 0 of word 0
+    (no bucket) is set when no bucket holds more than ``_FP_PLANES`` (the
+    planes are *exact*).  For two texts the multiset overlap (hence the LCS)
     is at most ``sum_b min(cx_b, cy_b)`` (a shared occurrence lies in one
     bucket of both), which is the popcount of the planes ANDed when either
-    text's planes are exact, and at most that popcount otherwise: see
-    :func:`_overlap_bound`.
+    text's planes are exact: see :func:`_overlap_bound`.
     """
     m = len(lens)
     fp = np.zeros((m, _FP_W), dtype=np.uint64)
+    fp[:, 0] = 1
     if not len(tok):
         return fp
     oid = (_occurrence_numbers(tok, lens) << 21) | tok
-    bucket = ((oid * _MUL) >> 40) & (64 * _FP_WORDS - 1)
+    bucket = 1 + ((oid * _MUL) >> 40) % (64 * _FP_WORDS - 1)  # bit positions 1..
     level = _occurrence_numbers(bucket, lens)
     item = np.repeat(np.arange(m, dtype=np.int64), lens)
     ok = level < _FP_PLANES
     word = level[ok] * _FP_WORDS + (bucket[ok] >> 6)
     bit = np.left_shift(np.uint64(1), (bucket[ok] & 63).astype(np.uint64))
     np.bitwise_or.at(fp, (item[ok], word), bit)
-    fp[item[~ok]] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    fp[item[~ok], 0] &= ~np.uint64(1)
     return fp
 
 
 def _overlap_bound(fx: np.ndarray, lx: np.ndarray, fy: np.ndarray, ly: np.ndarray
                    ) -> np.ndarray:
     """Upper bound on the multiset overlap of text pairs from their fingerprints
-    (rows of :func:`_fingerprints`) and lengths: the shared bits, unless all
-    bits are shared (both fingerprints may be saturated), capped by the
-    shorter length."""
-    shared = _popcount(fx & fy).sum(axis=1, dtype=np.int64)
+    (rows of :func:`_fingerprints`) and lengths: the buckets shared level by
+    level when either fingerprint is exact, capped by the shorter length."""
+    both = fx & fy
+    exact = ((fx[:, 0] | fy[:, 0]) & np.uint64(1)).astype(bool)
+    both[:, 0] &= ~np.uint64(1)
+    shared = _popcount(both).sum(axis=1, dtype=np.int64)
     shorter = np.minimum(lx, ly)
-    return np.where(shared >= 64 * _FP_W, shorter, np.minimum(shared, shorter))
+    return np.where(exact, np.minimum(shared, shorter), shorter)
 
 
 @lru_cache(maxsize=512)
@@ -1092,9 +1095,12 @@ class RougeIndex:
         fingerprint overlap bound, packed ``y << 32 | x``; with ``lower`` only
         ``x < y`` (the same texts on both sides)."""
         ly, lx = ylens[:, None], xlens[None, :]
-        shared = _popcount(yfp[:, None, :] & xfp[None, :, :]).sum(axis=2, dtype=np.int64)
+        both = yfp[:, None, :] & xfp[None, :, :]
+        exact = ((yfp[:, None, 0] | xfp[None, :, 0]) & np.uint64(1)).astype(bool)
+        both[:, :, 0] &= ~np.uint64(1)
+        shared = _popcount(both).sum(axis=2, dtype=np.int64)
         shorter = np.minimum(lx, ly)
-        ub = np.where(shared >= 64 * _FP_W, shorter, np.minimum(shared, shorter))
+        ub = np.where(exact, np.minimum(shared, shorter), shorter)
         ok = (2.0 * ub > self._tp * (lx + ly)) & (ub > 0)
         if lower:
             ok &= np.tri(len(ylens), len(xlens), -1, dtype=bool)
