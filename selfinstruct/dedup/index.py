@@ -360,30 +360,36 @@ class _Sigs:
                        for f in ("key", "item", "rem", "ln", "k")))
 
 
+def _caps(sigs: _Sigs, tp: float) -> np.ndarray:
+    """Per signature, the longest partner its side of the positional filter
+    allows: ``2 (k + rem) > t' (ln + ly)`` iff ``ly <= cap`` (rounded up: a
+    superset), int32."""
+    if tp <= 0:
+        return np.full(len(sigs), np.iinfo(np.int32).max, dtype=np.int32)
+    v = np.floor((2.0 * (sigs.k + sigs.rem) - tp * sigs.ln) / tp + 1e-7)
+    return np.clip(v, -1, np.iinfo(np.int32).max).astype(np.int32)
+
+
 class _Segment:
     """Signatures sorted by ``(key, clamped length)`` for ``searchsorted`` probes:
-    ``comp`` (key << 20 | length), ``item`` (pool index) and ``slack``
-    (``2 rem - t' ln``: the positional filter at a match with a probe of
-    length ``ly`` and signature size k holds on this side iff
-    ``slack > t' ly - 2k``)."""
+    ``comp`` (key << 20 | length), ``item`` (pool index) and ``cap``
+    (:func:`_caps`: a match with a probe text of length ``ly`` passes this
+    side of the positional filter iff ``ly <= cap``)."""
 
-    __slots__ = ("comp", "item", "slack")
+    __slots__ = ("cap", "comp", "item")
 
-    def __init__(self, comp: np.ndarray, item: np.ndarray, slack: np.ndarray) -> None:
-        self.comp, self.item, self.slack = comp, item, slack
+    def __init__(self, comp: np.ndarray, item: np.ndarray, cap: np.ndarray) -> None:
+        self.comp, self.item, self.cap = comp, item, cap
 
     @staticmethod
     def of(sigs: _Sigs, tp: float) -> _Segment:
-        comp = (sigs.key << _LBITS) | np.minimum(sigs.ln, _LMAX)
-        order = np.argsort(comp, kind="stable")
-        slack = 2.0 * sigs.rem[order] - tp * sigs.ln[order]
-        return _Segment(comp[order], sigs.item[order].astype(np.int32), slack)
+        return _Segment.of_sorted(sigs.sorted(), tp)
 
     @staticmethod
     def of_sorted(sigs: _Sigs, tp: float) -> _Segment:
         """From signatures already sorted by (key, length) (:meth:`_Sigs.sorted`)."""
         comp = (sigs.key << _LBITS) | np.minimum(sigs.ln, _LMAX)
-        return _Segment(comp, sigs.item.astype(np.int32), 2.0 * sigs.rem - tp * sigs.ln)
+        return _Segment(comp, sigs.item.astype(np.int32), _caps(sigs, tp))
 
     def __len__(self) -> int:
         return len(self.comp)
@@ -392,12 +398,12 @@ class _Segment:
         comp = np.concatenate((self.comp, other.comp))
         order = np.argsort(comp, kind="stable")  # two sorted runs
         return _Segment(comp[order], np.concatenate((self.item, other.item))[order],
-                        np.concatenate((self.slack, other.slack))[order])
+                        np.concatenate((self.cap, other.cap))[order])
 
     def below(self, n: int) -> _Segment:
         """The signatures of items ``< n``."""
         keep = self.item < n
-        return _Segment(self.comp[keep], self.item[keep], self.slack[keep])
+        return _Segment(self.comp[keep], self.item[keep], self.cap[keep])
 
 
 @dataclass(slots=True)
@@ -518,7 +524,7 @@ class RougeIndex:
         self._texts: list[str] = []
         self._seqarr = _Array(object)
         self._lens = _Array(np.int64)
-        self._tok = _Array(np.int64)
+        self._tok = _Array(np.int32)  # token ids < 2**21
         self._off = _Array(np.int64)
         self._off.extend(np.zeros(1, dtype=np.int64))
         self._fp = _Array(np.uint64)  # fingerprints, _FP_W words per text
@@ -1056,8 +1062,7 @@ class RougeIndex:
         start = np.searchsorted(seg.comp, base | np.minimum(lo, _LMAX), side="left")
         end = np.searchsorted(seg.comp, base | np.minimum(hi, _LMAX), side="right")
         count = np.maximum(end - start, 0)
-        need = self._tp * probe.ln - 2.0 * probe.k
-        tp = self._tp
+        plen = probe.ln.astype(np.int32)
         out = []
         for a, b in _chunks(count, _COMBO_CHUNK):
             cnt = count[a:b]
@@ -1066,23 +1071,24 @@ class RougeIndex:
                 continue
             offsets = np.cumsum(cnt) - cnt
             idx = np.arange(total, dtype=np.int64) + np.repeat(start[a:b] - offsets, cnt)
-            ok = seg.slack[idx] > np.repeat(need[a:b], cnt)
+            ly = np.repeat(plen[a:b], cnt)
+            ok = seg.cap[idx] >= ly
             idx = idx[ok]
-            rep = np.repeat(np.arange(a, b, dtype=np.int64), cnt)[ok]
+            ly = ly[ok].astype(np.int64)
+            y = np.repeat(probe.item[a:b], cnt)[ok]
             x = seg.item[idx].astype(np.int64)
-            y = probe.item[rep]
             lx = xlens[x] if long_texts else seg.comp[idx] & _LMAX
-            ly = probe.ln[rep]
             if self_join:
                 sel = (lx < ly) | ((lx == ly) & (x < y))
             elif long_texts:
-                sel = (lx >= lo[rep]) & (lx <= hi[rep])
+                sel = ((lx >= np.repeat(lo[a:b], cnt)[ok])
+                       & (lx <= np.repeat(hi[a:b], cnt)[ok]))
             else:
                 sel = None
             if sel is not None:
                 x, y, lx, ly = x[sel], y[sel], lx[sel], ly[sel]
             ub = _overlap_bound(qfp[y], ly, xfp[x], lx)
-            sel = 2.0 * ub > tp * (lx + ly)
+            sel = 2.0 * ub > self._tp * (lx + ly)
             out.append((y[sel] << 32) | x[sel])
         if not out:
             return np.zeros(0, dtype=np.int64)
