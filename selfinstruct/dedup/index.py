@@ -1255,64 +1255,84 @@ class RougeIndex:
             One :class:`Decision` per candidate, in order.
         """
         candidates = list(candidates)
+        n0 = len(self._texts)
+        try:
+            keep, nearest, score = self._filter(candidates, exact_nearest_for_kept)
+            texts = self._texts
+            out = []
+            for k, ni, sc in zip(keep.tolist(), nearest.tolist(), score.tolist(), strict=True):
+                if ni >= 0:
+                    out.append(Decision(k, ni, texts[ni], sc))
+                else:
+                    out.append(_KEPT_NONE if sc == 0.0 else
+                               _KEPT_NAN if k and sc != sc else Decision(k, None, None, sc))
+        finally:
+            if not add:
+                self._truncate(n0)
+        return out
+
+    def _filter(self, candidates: list[str], exact: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`dedup_batch` as arrays, the kept candidates appended to the pool.
+
+        Returns:
+            ``(keep, nearest, score)``: bool, int64 (pool index of the nearest
+            text, -1 for none) and float64 (its F1; for kept candidates 0.0 when
+            the candidate has no tokens or the pool was empty, else NaN unless
+            ``exact``) per candidate.
+        """
         m = len(candidates)
         enc = self._encode(candidates)
         self._maybe_reorder(enc)
         n0 = len(self._texts)
-        exact = exact_nearest_for_kept
-        out: list[Decision | None] = [None] * m
         keep = np.zeros(m, dtype=bool)
+        nearest = np.full(m, -1, dtype=np.int64)
+        score = np.full(m, math.nan)
         z = np.zeros(0, dtype=np.int64)
         seeds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(z, z, z.astype(np.float64))]
         if exact:
             self._ensure_full(n0)  # the pool as it is; kept candidates enter in order
-        try:
-            for a in range(0, m, _BLOCK):
-                b = min(a + _BLOCK, m)
-                nb = len(self._texts)
-                blk = enc.sub(a, b)
-                j = self._join(blk, pool=nb > 0, batch=True, keep_all=exact)
-                y, x, f, in_pool = j.y, j.x, j.f, j.in_pool
-                hot = f > self.threshold
-                kb = _resolve(b - a, y[hot], x[hot], in_pool[hot])
-                kept_before = np.cumsum(kb) - kb
-                # A partner counts when it is in the pool or kept earlier in the
-                # block; px: its pool index (a kept candidate gets nb + kept before).
-                inner = ~in_pool
-                live = in_pool.copy()
-                live[inner] = kb[x[inner]]
-                px = x.copy()
-                px[inner] = nb + kept_before[x[inner]]
-                self._store([c for c, k in zip(candidates[a:b], kb.tolist(), strict=True) if k],
-                            blk, kb)
-                self._index_block(j.shorts, j.longs, kb, nb)
-                texts = self._texts
-                dropped = hot & live & ~kb[y]
-                for yi, xi, fi in zip(*_best_per_target(y[dropped], px[dropped], f[dropped]),
-                                      strict=True):
-                    out[a + yi] = Decision(False, xi, texts[xi], fi)
-                if exact:
-                    sel = live & kb[y]
-                    seeds.append((a + y[sel], px[sel], f[sel]))
-                else:
-                    nothing = ((blk.lens == 0) | (kept_before + nb == 0)).tolist()
-                    for i in np.flatnonzero(kb).tolist():
-                        out[a + i] = _KEPT_NONE if nothing[i] else _KEPT_NAN
-                keep[a:b] = kb
+        for a in range(0, m, _BLOCK):
+            b = min(a + _BLOCK, m)
+            nb = len(self._texts)
+            blk = enc.sub(a, b)
+            j = self._join(blk, pool=nb > 0, batch=True, keep_all=exact)
+            y, x, f, in_pool = j.y, j.x, j.f, j.in_pool
+            hot = f > self.threshold
+            kb = _resolve(b - a, y[hot], x[hot], in_pool[hot])
+            kept_before = np.cumsum(kb) - kb
+            # A partner counts when it is in the pool or kept earlier in the
+            # block; px: its pool index (a kept candidate gets nb + kept before).
+            inner = ~in_pool
+            live = in_pool.copy()
+            live[inner] = kb[x[inner]]
+            px = x.copy()
+            px[inner] = nb + kept_before[x[inner]]
+            self._store([c for c, k in zip(candidates[a:b], kb.tolist(), strict=True) if k],
+                        blk, kb)
+            self._index_block(j.shorts, j.longs, kb, nb)
+            dropped = hot & live & ~kb[y]
+            by, bx, bf = _best_per_target(y[dropped], px[dropped], f[dropped])
+            nearest[a + np.array(by, dtype=np.int64)] = bx
+            score[a + np.array(by, dtype=np.int64)] = bf
+            score[a:b][kb & ((blk.lens == 0) | (kept_before + nb == 0))] = 0.0
             if exact:
-                sy, sx, sf = (np.concatenate([s[c] for s in seeds]) for c in range(3))
-                self._exact_kept(enc, keep, n0, sy, sx, sf, out)
-        finally:
-            if not add:
-                self._truncate(n0)
-        return out  # type: ignore[return-value]
+                sel = live & kb[y]
+                seeds.append((a + y[sel], px[sel], f[sel]))
+            keep[a:b] = kb
+        if exact:
+            sy, sx, sf = (np.concatenate([s[c] for s in seeds]) for c in range(3))
+            self._exact_kept(enc, keep, n0, sy, sx, sf, nearest, score)
+        return keep, nearest, score
 
     def _exact_kept(self, enc: _Encoded, keep: np.ndarray, n0: int, y: np.ndarray,
-                    px: np.ndarray, f: np.ndarray, out: list[Decision | None]) -> None:
-        """Exact nearest pool text of every kept candidate, in order, each added to
-        the full posting lists after its search (the storage holds them already,
-        at ``n0..``).  ``y``/``px``/``f``: verified pairs (candidate, pool index
-        of an earlier kept text, F1) seeding the lower bounds."""
+                    px: np.ndarray, f: np.ndarray, nearest: np.ndarray,
+                    score: np.ndarray) -> None:
+        """Exact nearest pool text of every kept candidate, in order (into
+        ``nearest``/``score``), each added to the full posting lists after its
+        search (the storage holds them already, at ``n0..``).  ``y``/``px``/``f``:
+        verified pairs (candidate, pool index of an earlier kept text, F1)
+        seeding the lower bounds."""
         seed: dict[int, tuple[int, float]] = {}
         if len(y):
             by, bx, bf = _best_per_target(y.astype(np.int64), px.astype(np.int64), f)
@@ -1320,18 +1340,18 @@ class RougeIndex:
         rows = np.flatnonzero(keep)
         ks_all = self._sorted_keys(_Encoded(enc.tok[np.repeat(keep, enc.lens)], enc.lens[keep],
                                             []))
-        texts = self._texts
         for r, i in enumerate(rows.tolist()):
             seq = enc.seqs[i]
             pool_i = n0 + r
             ks = ks_all[r]
             if not seq or pool_i == 0:
-                out[i] = _KEPT_NONE
+                score[i] = 0.0
             else:
                 self._qid += 1
                 best_i, best_f = seed.get(i, (None, 0.0))
                 bi, bf = self._full_search(ks, len(seq), seq, best_i, best_f)
-                out[i] = Decision(True, bi, texts[bi] if bi is not None else None, bf)
+                nearest[i] = -1 if bi is None else bi
+                score[i] = bf
             self._post_full(pool_i, ks)
 
 
