@@ -131,6 +131,32 @@ class _Array:
         return self.a[: self.n]
 
 
+class _Columns:
+    """Append-only 2-D numpy array grown along axis 1 (``view()``: the used columns)."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self, rows: int, dtype: npt.DTypeLike) -> None:
+        self.a = np.empty((rows, 16), dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        m = values.shape[1]
+        if self.n + m > self.a.shape[1]:
+            b = np.empty((self.a.shape[0], max(2 * self.a.shape[1], self.n + m)),
+                         dtype=self.a.dtype)
+            b[:, : self.n] = self.a[:, : self.n]
+            self.a = b
+        self.a[:, self.n : self.n + m] = values
+        self.n += m
+
+    def truncate(self, n: int) -> None:
+        self.n = n
+
+    def view(self) -> np.ndarray:
+        return self.a[:, : self.n]
+
+
 class _TextsView(Sequence[str]):
     """Read-only, copy-free view of the pool texts."""
 
@@ -277,7 +303,7 @@ def _popcount(a: np.ndarray) -> np.ndarray:
 
 def _fingerprints(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Overlap fingerprints of texts (flat token ids, lengths): uint64 array of
-    shape (texts, ``_FP_W``).
+    shape (``_FP_W``, texts), word-major.
 
     Each occurrence id ``(token, k)`` is hashed to one of ``64 * _FP_WORDS - 1``
     buckets; plane t (t = 1.._FP_PLANES, ``_FP_WORDS`` words each) marks the
@@ -289,8 +315,8 @@ def _fingerprints(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
     text's planes are exact: see :func:`_overlap_bound`.
     """
     m = len(lens)
-    fp = np.zeros((m, _FP_W), dtype=np.uint64)
-    fp[:, 0] = 1
+    fp = np.zeros((_FP_W, m), dtype=np.uint64)
+    fp[0] = 1
     if not len(tok):
         return fp
     oid = (_occurrence_numbers(tok, lens) << 21) | tok
@@ -300,21 +326,22 @@ def _fingerprints(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
     ok = level < _FP_PLANES
     word = level[ok] * _FP_WORDS + (bucket[ok] >> 6)
     bit = np.left_shift(np.uint64(1), (bucket[ok] & 63).astype(np.uint64))
-    np.bitwise_or.at(fp, (item[ok], word), bit)
-    fp[item[~ok], 0] &= ~np.uint64(1)
+    np.bitwise_or.at(fp, (word, item[ok]), bit)
+    fp[0, item[~ok]] &= ~np.uint64(1)
     return fp
 
 
 def _overlap_bound(fx: np.ndarray, lx: np.ndarray, fy: np.ndarray, ly: np.ndarray
                    ) -> np.ndarray:
     """Upper bound on the multiset overlap of text pairs from their fingerprints
-    (rows of :func:`_fingerprints`) and lengths: the buckets shared level by
-    level when either fingerprint is exact, capped by the shorter length."""
-    both = fx & fy
-    exact = ((fx[:, 0] | fy[:, 0]) & np.uint64(1)).astype(bool)
-    both[:, 0] &= ~np.uint64(1)
-    shared = _popcount(both).sum(axis=1, dtype=np.int64)
+    (columns of :func:`_fingerprints`, any trailing shape) and lengths: the
+    buckets shared level by level when either fingerprint is exact, capped by
+    the shorter length."""
     shorter = np.minimum(lx, ly)
+    exact = ((fx[0] | fy[0]) & np.uint64(1)).astype(bool)
+    shared = _popcount((fx[0] & fy[0]) >> np.uint64(1)).astype(np.int64)
+    for w in range(1, len(fx)):
+        shared += _popcount(fx[w] & fy[w])
     return np.where(exact, np.minimum(shared, shorter), shorter)
 
 
@@ -438,7 +465,7 @@ class _Encoded:
         t0 = int(ends[a - 1]) if a else 0
         t1 = int(ends[b - 1]) if b else 0
         return _Encoded(self.tok[t0:t1], self.lens[a:b], self.seqs[a:b],
-                        None if self.fp is None else self.fp[a:b])
+                        None if self.fp is None else self.fp[:, a:b])
 
     def fingerprints(self) -> np.ndarray:
         if self.fp is None:
@@ -527,7 +554,7 @@ class RougeIndex:
         self._tok = _Array(np.int32)  # token ids < 2**21
         self._off = _Array(np.int64)
         self._off.extend(np.zeros(1, dtype=np.int64))
-        self._fp = _Array(np.uint64)  # fingerprints, _FP_W words per text
+        self._fp = _Columns(_FP_W, np.uint64)  # fingerprints (word-major)
         self._vocab: dict[str | bytes, int] = {}
         self._stamp = np.zeros(16, dtype=np.int64)
         self._qid = 0
@@ -853,8 +880,8 @@ class RougeIndex:
             seqs = [s for s, k in zip(enc.seqs, mask.tolist(), strict=True) if k]
             lens = enc.lens[mask]
             tok = enc.tok[np.repeat(mask, enc.lens)]
-            fp = fp[mask]
-        self._fp.extend(fp.ravel())
+            fp = fp[:, mask]
+        self._fp.extend(fp)
         self._texts.extend(texts)
         self._seqarr.extend(seqs)
         self._lens.extend(lens)
@@ -884,7 +911,7 @@ class RougeIndex:
                     g.n -= 1
             self._posted = n
         del self._texts[n:]
-        self._fp.truncate(n * _FP_W)
+        self._fp.truncate(n)
         self._seqarr.truncate(n)
         self._lens.truncate(n)
         self._tok.truncate(int(off[n]))
@@ -1087,7 +1114,7 @@ class RougeIndex:
                 sel = None
             if sel is not None:
                 x, y, lx, ly = x[sel], y[sel], lx[sel], ly[sel]
-            ub = _overlap_bound(qfp[y], ly, xfp[x], lx)
+            ub = _overlap_bound(qfp[:, y], ly, xfp[:, x], lx)
             sel = 2.0 * ub > self._tp * (lx + ly)
             out.append((y[sel] << 32) | x[sel])
         if not out:
@@ -1101,12 +1128,7 @@ class RougeIndex:
         fingerprint overlap bound, packed ``y << 32 | x``; with ``lower`` only
         ``x < y`` (the same texts on both sides)."""
         ly, lx = ylens[:, None], xlens[None, :]
-        both = yfp[:, None, :] & xfp[None, :, :]
-        exact = ((yfp[:, None, 0] | xfp[None, :, 0]) & np.uint64(1)).astype(bool)
-        both[:, :, 0] &= ~np.uint64(1)
-        shared = _popcount(both).sum(axis=2, dtype=np.int64)
-        shorter = np.minimum(lx, ly)
-        ub = np.where(exact, np.minimum(shared, shorter), shorter)
+        ub = _overlap_bound(yfp[:, :, None], ly, xfp[:, None, :], lx)
         ok = (2.0 * ub > self._tp * (lx + ly)) & (ub > 0)
         if lower:
             ok &= np.tri(len(ylens), len(xlens), -1, dtype=bool)
@@ -1133,11 +1155,11 @@ class RougeIndex:
         brute_self = batch and m <= _BRUTE_BATCH
         plens = self._lens.a
         qfp = enc.fingerprints()
-        pfp = self._fp.a[: self._fp.n].reshape(-1, _FP_W)
+        pfp = self._fp.a
         jobs: list[tuple[np.ndarray, bool]] = []
         if tail:
             a = self._indexed
-            jobs.append((self._brute(enc.lens, qfp, plens[a:n], pfp[a:n], a, False), True))
+            jobs.append((self._brute(enc.lens, qfp, plens[a:n], pfp[:, a:n], a, False), True))
         if brute_self and m > 1:
             jobs.append((self._brute(enc.lens, qfp, enc.lens, qfp, 0, True), False))
         shortp = longp = none
