@@ -209,6 +209,9 @@ _COMBO_CHUNK = 1 << 22
 _TAIL = 4096
 _BRUTE = 1 << 16
 _BRUTE_BATCH = 64
+# A new pool segment is merged into the one before while that one is at most
+# _MERGE times as large (a log-structured merge: few segments to probe).
+_MERGE = 64
 
 # Fingerprints: occurrence ids hashed into 64 * _FP_WORDS - 1 buckets, one bitmap
 # per count level 1.._FP_PLANES (see _fingerprints).
@@ -802,7 +805,7 @@ class RougeIndex:
             return
         segs = self._long_segs if long else self._short_segs
         segs.append(seg)
-        while len(segs) >= 2 and len(segs[-2]) <= 2 * len(segs[-1]):
+        while len(segs) >= 2 and len(segs[-2]) <= _MERGE * len(segs[-1]):
             last = segs.pop()
             segs[-1] = segs[-1].merge(last)
 
