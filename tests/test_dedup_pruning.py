@@ -7,10 +7,11 @@ with the module's limits as shipped and with limits shrunk so that every path
 is taken on small inputs: signatures only (no brute-force tail), tiny blocks
 and match chunks, a packed length field of 3 bits (lengths over 7 take the
 clamped path), 5-bit signature hashes (collisions everywhere), k = 3 and
-k = 2 signatures on short texts, and one-word one-plane fingerprints (which
-saturate).  Decisions must equal the reference loop: rouge_score's ROUGE-L F1
-(through :func:`rouge_l`, equal to it bit for bit; rouge_score itself where
-the texts are short enough for its pure-Python LCS).
+k = 2 signatures on short texts, one-word one-plane fingerprints (which
+saturate) and several pool segments (merged only when of similar sizes).
+Decisions must equal the reference loop: rouge_score's ROUGE-L F1 (through
+:func:`rouge_l`, equal to it bit for bit; rouge_score itself where the texts
+are short enough for its pure-Python LCS).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ LIMITS = {
     "signatures only": {"_TAIL": 0, "_BRUTE": 0, "_BRUTE_BATCH": 0},
     "tiny": {"_BLOCK": 7, "_TAIL": 3, "_BRUTE": 12, "_BRUTE_BATCH": 2, "_COMBO_CHUNK": 5,
              "_LBITS": 3, "_LMAX": 7, "_HASH_MASK": 31, "_K3_LEN": 6, "_K2_LEN": 12,
-             "_FP_WORDS": 1, "_FP_PLANES": 1, "_FP_W": 1},
+             "_FP_WORDS": 1, "_FP_PLANES": 1, "_FP_W": 1, "_MERGE": 1},
 }
 
 
