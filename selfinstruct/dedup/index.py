@@ -224,7 +224,7 @@ _S = TypeVar("_S", str, list[int])
 
 def _split(flat: _S, lens: np.ndarray) -> list[_S]:
     """Consecutive pieces of ``flat`` with the given lengths."""
-    ends = np.cumsum(lens).tolist()
+    ends: list[int] = np.cumsum(lens).tolist()
     return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=False)]
 
 
@@ -293,15 +293,19 @@ def _unique(a: np.ndarray) -> np.ndarray:
     if len(a) < 2:
         return a
     a = np.sort(a)
-    return a[np.concatenate(([True], a[1:] != a[:-1]))]
+    out: np.ndarray = a[np.concatenate(([True], a[1:] != a[:-1]))]
+    return out
 
 
 def _popcount(a: np.ndarray) -> np.ndarray:
     """Set bits per element of a uint64 array."""
+    out: np.ndarray
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(a)
-    table = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
-    return table[a.view(np.uint8)].reshape(*a.shape, 8).sum(axis=-1)
+        out = np.bitwise_count(a)
+    else:
+        table = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
+        out = table[a.view(np.uint8)].reshape(*a.shape, 8).sum(axis=-1)
+    return out
 
 
 def _fingerprints(tok: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -397,7 +401,8 @@ def _caps(sigs: _Sigs, tp: float) -> np.ndarray:
     if tp <= 0:
         return np.full(len(sigs), np.iinfo(np.int32).max, dtype=np.int32)
     v = np.floor((2.0 * (sigs.k + sigs.rem) - tp * sigs.ln) / tp + 1e-7)
-    return np.clip(v, -1, np.iinfo(np.int32).max).astype(np.int32)
+    out: np.ndarray = np.clip(v, -1, np.iinfo(np.int32).max).astype(np.int32)
+    return out
 
 
 class _Segment:
@@ -606,6 +611,7 @@ class RougeIndex:
         joined = (_rouge_tokens_joined(texts) if self.tokenizer == "rouge" and len(texts) > 1
                   else None)
         flat: list[str] | list[bytes]
+        lens: np.ndarray | None = None
         if joined is not None:
             flat = joined
         else:
@@ -615,15 +621,15 @@ class RougeIndex:
                 flat = [t.encode("ascii") for t in chain.from_iterable(tokens)]
             else:
                 flat = list(chain.from_iterable(tokens))
-        new = dict.fromkeys(flat)
-        new.pop(TEXT_MARK, None)  # type: ignore[call-overload]
+        new: dict[str | bytes, None] = dict.fromkeys(flat)
+        new.pop(TEXT_MARK, None)
         for t in new:
             if t not in vocab:
                 if len(vocab) >= _MAX_TOKENS:
                     raise OverflowError("RougeIndex supports at most 1,112,064 distinct tokens")
                 vocab[t] = len(vocab)
         ids = np.fromiter(map(vocab.get, flat, repeat(-1)), dtype=np.int64, count=len(flat))
-        if joined is not None:
+        if lens is None:  # the joined tokens: a mark ends each text
             marks = np.flatnonzero(ids < 0)
             lens = np.diff(np.concatenate(([-1], marks, [len(ids)]))) - 1
             tok = ids[ids >= 0]
@@ -1069,7 +1075,8 @@ class RougeIndex:
         if tp <= 0:
             return np.full(len(probe), 1 << 40, dtype=np.int64)
         v = (2.0 * (probe.k + probe.rem) - tp * probe.ln) / tp
-        return np.clip(np.ceil(v + 1e-7), 0, 1 << 40).astype(np.int64)
+        out: np.ndarray = np.clip(np.ceil(v + 1e-7), 0, 1 << 40).astype(np.int64)
+        return out
 
     def _pairs(self, probe: _Sigs, seg: _Segment, lo: np.ndarray, hi: np.ndarray,
                self_join: bool, qfp: np.ndarray, xfp: np.ndarray, xlens: np.ndarray,
@@ -1204,7 +1211,7 @@ class RougeIndex:
                 y, x = np.maximum(y, x), np.minimum(y, x)
                 xseqs, xlens = qseqs, enc.lens
             lcs = process.cpdist(qseqs[y], xseqs[x], scorer=LCSseq.similarity, dtype=np.int32)
-            f = _f1_array(lcs, enc.lens[y], xlens[x])  # type: ignore[arg-type]
+            f = _f1_array(lcs, enc.lens[y], xlens[x])
             sel = f > thr
             ys.append(y[sel])
             xs.append(x[sel])
@@ -1360,8 +1367,8 @@ class RougeIndex:
         seeding the lower bounds."""
         seed: dict[int, tuple[int, float]] = {}
         if len(y):
-            by, bx, bf = _best_per_target(y.astype(np.int64), px.astype(np.int64), f)
-            seed = dict(zip(by, zip(bx, bf, strict=True), strict=True))
+            sy, sx, sf = _best_per_target(y.astype(np.int64), px.astype(np.int64), f)
+            seed = dict(zip(sy, zip(sx, sf, strict=True), strict=True))
         rows = np.flatnonzero(keep)
         ks_all = self._sorted_keys(_Encoded(enc.tok[np.repeat(keep, enc.lens)], enc.lens[keep],
                                             []))
@@ -1385,12 +1392,15 @@ def _sig_keys(oid: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
     each subset in ``oid``.  k = 1: the occurrence id (ids beyond 2**41, i.e.
     a token repeated over a million times, share one key: a superset); else a
     41-bit hash of the k ids (collisions only add candidates).  Tagged with k."""
+    out: np.ndarray
     if k == 1:
-        return (np.minimum(oid[cols[0]], _HASH_MASK) << 2) | 1
+        out = (np.minimum(oid[cols[0]], _HASH_MASK) << 2) | 1
+        return out
     h = oid[cols[0]]
     for c in range(1, k):
         h = h * _MUL + oid[cols[c]]  # wraps modulo 2**64
-    return ((h & _HASH_MASK) << 2) | k
+    out = ((h & _HASH_MASK) << 2) | k
+    return out
 
 
 def _resolve(m: int, y: np.ndarray, x: np.ndarray, in_pool: np.ndarray) -> np.ndarray:
