@@ -15,6 +15,8 @@ similarity join, vectorised with numpy over blocks of candidates:
   signatures are k-subsets of length-dependent prefixes, kept in sorted
   arrays and probed with ``searchsorted``, with length and positional
   filters;
+* candidate pairs then pass an exact overlap bound from bucketed
+  fingerprints (bit planes of per-bucket counts, ANDed and popcounted);
 * survivors are verified with the exact LCS (``rapidfuzz.process.cpdist``)
   and every decision is taken on the reference floating-point F1;
 * candidates are processed in blocks: each block is joined with the pool
@@ -192,9 +194,10 @@ _MUL = 0x5851F42D4C957F2D
 # Rank values of occurrences seen when the global order was fixed.
 _SEEN = 1 << 62
 # Signature size k by the length of the shorter text of a pair: 3 shared
-# occurrences up to this length, 2 up to the next, then 1 (capped by the
-# overlap the threshold implies).  Larger k prunes unrelated pairs far
-# better but multiplies the signatures of long texts.
+# occurrences up to _K3_LEN tokens (0: never), 2 up to _K2_LEN, then 1 (capped
+# by the overlap the threshold implies).  Larger k prunes unrelated pairs
+# better but multiplies the signatures, of long texts above all; on Alpaca
+# and the 1M benchmark set k = 2 up to 20 tokens was the fastest.
 _K3_LEN = 0
 _K2_LEN = 20
 # Candidates per sequential block (also texts per chunk wherever signatures
@@ -507,21 +510,27 @@ class RougeIndex:
       (its *short* signatures) equals one of the longer text's first
       ``ly - o_min + k`` (its *long* signatures, ``o_min`` the least overlap
       over the partner lengths of that k).  k is fixed by the shorter length
-      (3 up to 16 tokens, 2 up to 40, then 1, never above ``m(lx)``); k = 1 is
-      the classic prefix filter.
+      (2 up to 20 tokens, then 1, never above ``m(lx)``; k = 1 is the classic
+      prefix filter; see ``_K3_LEN``, ``_K2_LEN``).
     * Length filter: ``lx`` in ``(t' ly/(2-t'), ly (2-t')/t')``.  Positional
       filter: at the k-th shared occurrence, with ``rx``, ``ry`` occurrences
       after it, ``o <= k + min(rx, ry)``; this holds at the first k shared
       occurrences, which every candidate pair has, so filtering each match by
       its own bound loses no pair.  The probe's bound also narrows the
       searched length window.
+    * Fingerprint filter: occurrences hashed to 63 buckets, with per-bucket
+      counts up to 2 as bit planes; ``sum_b min(cx_b, cy_b)`` (the planes
+      ANDed, popcounted) bounds the overlap whenever one text has no bucket
+      above 2 (:func:`_fingerprints`).
     * The pool keeps both signature sets in sorted segments (merged as they
-      grow).  A block of candidates probes the pool (its long signatures
-      against shorter-or-equal pool texts, its short ones against longer
-      ones) and itself (long against short, each pair probed from its longer
-      text).  Survivors are verified with ``rapidfuzz`` (LCSseq on token
-      strings); the sequential rule is applied to the pairs above the
-      threshold.
+      grow).  A block of candidates (32,768) probes the pool (its long
+      signatures against shorter-or-equal pool texts, its short ones against
+      longer ones) and itself (long against short, each pair probed from its
+      longer text).  Survivors are verified with ``rapidfuzz`` (LCSseq on
+      token strings); the sequential rule is applied to the pairs above the
+      threshold, and the block's kept texts join the pool.  Small batches
+      compare with the pool texts added last (up to 4,096) and with each
+      other directly, through the length and fingerprint filters only.
 
     The global order is document frequency (rarest first) over the pool plus
     the batch being processed; it is recomputed (and the pool's signatures
@@ -559,6 +568,7 @@ class RougeIndex:
         self._texts: list[str] = []
         self._seqarr = _Array(object)
         self._lens = _Array(np.int64)
+        self._maxlen = 0  # longest text ever stored (in tokens)
         self._tok = _Array(np.int32)  # token ids < 2**21
         self._off = _Array(np.int64)
         self._off.extend(np.zeros(1, dtype=np.int64))
@@ -894,6 +904,7 @@ class RougeIndex:
         self._texts.extend(texts)
         self._seqarr.extend(seqs)
         self._lens.extend(lens)
+        self._maxlen = max(self._maxlen, int(lens.max()) if len(lens) else 0)
         self._tok.extend(tok)
         self._off.extend(int(self._off.a[self._off.n - 1]) + np.cumsum(lens))
         if len(self._stamp) < len(self._texts):
@@ -1175,8 +1186,7 @@ class RougeIndex:
         shortp = longp = none
         if short_segs or long_segs or (batch and not brute_self):
             plan = self._plans(int(enc.lens.max()))
-            long_texts = bool(enc.lens.max() >= _LMAX) or bool(
-                pool and self._lens.n and self._lens.view().max() >= _LMAX)
+            long_texts = bool(enc.lens.max() >= _LMAX) or (pool and self._maxlen >= _LMAX)
             oid, _ = self._ordered(enc.tok, enc.lens)
             shortp = self._signatures(oid, enc.lens, long=False).sorted()
             longp = self._signatures(oid, enc.lens, long=True).sorted()
