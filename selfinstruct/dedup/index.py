@@ -433,10 +433,10 @@ class _Segment:
         return len(self.comp)
 
     def merge(self, other: _Segment) -> _Segment:
-        comp = np.concatenate((self.comp, other.comp))
-        order = np.argsort(comp, kind="stable")  # two sorted runs
-        return _Segment(comp[order], np.concatenate((self.item, other.item))[order],
-                        np.concatenate((self.cap, other.cap))[order])
+        """Both segments' signatures, sorted (a linear merge of sorted runs)."""
+        at = np.searchsorted(self.comp, other.comp, side="right")
+        return _Segment(np.insert(self.comp, at, other.comp), np.insert(self.item, at, other.item),
+                        np.insert(self.cap, at, other.cap))
 
     def below(self, n: int) -> _Segment:
         """The signatures of items ``< n``."""
