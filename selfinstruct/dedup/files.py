@@ -83,17 +83,25 @@ def dedup_records(
         ValueError: bad threshold or tokenizer.
     """
     texts = _field_values(records, field, "records")
+    kept, dropped, nearest, score = _dedup_texts(texts, threshold, tokenizer)
+    return kept.tolist(), [DroppedRecord(p, n, texts[n], s) for p, n, s in
+                           zip(dropped.tolist(), nearest.tolist(), score.tolist(), strict=True)]
+
+
+def _dedup_texts(texts: list[str], threshold: float, tokenizer: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`dedup_records` on the texts themselves, as int64/float64 arrays:
+    ``(kept positions, dropped positions, nearest kept position of each
+    dropped one, its ROUGE-L F1)``, positions ascending.
+
+    Raises:
+        ValueError: bad threshold or tokenizer.
+    """
     index = RougeIndex(threshold=threshold, tokenizer=tokenizer)
-    decisions = index.dedup_batch(texts, exact_nearest_for_kept=False)
-    kept: list[int] = []
-    dropped: list[DroppedRecord] = []
-    for pos, d in enumerate(decisions):
-        if d.keep:
-            kept.append(pos)
-        else:
-            assert d.nearest_index is not None and d.nearest_text is not None
-            dropped.append(DroppedRecord(pos, kept[d.nearest_index], d.nearest_text, d.score))
-    return kept, dropped
+    keep, nearest, score = index._filter(texts, exact=False)
+    kept = np.flatnonzero(keep)
+    dropped = np.flatnonzero(~keep)
+    return kept, dropped, kept[nearest[dropped]], score[dropped]
 
 
 #: Output extension -> format written by :func:`dedup_file` (the format follows the name).
@@ -255,13 +263,13 @@ def dedup_file(
     df = _read_input(src, field)
     values = df[field].tolist()
     t1 = time.perf_counter()
-    kept, dropped = dedup_records([{field: v} for v in values], field, threshold, tokenizer)
+    kept, dropped, nearest, score = _dedup_texts(values, threshold, tokenizer)
     t2 = time.perf_counter()
     kept_df = df.iloc[kept].reset_index(drop=True)
-    drop_df = df.iloc[[d.position for d in dropped]].reset_index(drop=True)
-    drop_df["nearest_index"] = np.array([d.nearest_position for d in dropped], dtype=np.int64)
-    drop_df["nearest_text"] = [d.nearest_text for d in dropped]
-    drop_df["rouge_l"] = np.array([d.score for d in dropped], dtype=np.float64)
+    drop_df = df.iloc[dropped].reset_index(drop=True)
+    drop_df["nearest_index"] = nearest
+    drop_df["nearest_text"] = [values[j] for j in nearest.tolist()]
+    drop_df["rouge_l"] = score
     encoded = []
     for frame in (drop_df, kept_df):
         try:

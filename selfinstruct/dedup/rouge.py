@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -140,6 +140,32 @@ def rouge_tokenize(text: str, tokenizer: str = "rouge") -> list[str]:
         return _ROUGE_WORD.findall(text.lower())
     _check_tokenizer(tokenizer)
     return _unicode_word_re().findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+# rouge_score's tokenizer on ASCII bytes: A-Z lowered, a-z and 0-9 kept, every
+# other byte (NUL aside: the text boundary) a separator.
+_ASCII_FOLD = bytes(c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c == 0)
+                    else 32 for c in range(256))
+#: Marks the end of one text in :func:`_rouge_tokens_joined`.
+TEXT_MARK = b"\x00"
+# The only characters outside ASCII whose lowercase holds an ASCII letter or
+# digit (checked over all code points): the dotted I and the Kelvin sign.
+_LOWER_TO_ASCII = ("\u0130", "\u212a")
+
+
+def _rouge_tokens_joined(texts: Sequence[str]) -> list[bytes] | None:
+    """The rouge tokenizer's tokens of all texts in one pass, as ASCII bytes,
+    the texts separated by :data:`TEXT_MARK`; None when no text may hold NUL,
+    the dotted I or the Kelvin sign (then tokenize text by text).
+
+    Same tokens as :func:`rouge_tokenize` for each text: outside ASCII only
+    those two characters lowercase to ``[a-z0-9]``, so every other one is a
+    separator, and ASCII lowercases byte by byte.
+    """
+    joined = " \x00 ".join(texts)
+    if joined.count("\x00") != len(texts) - 1 or any(c in joined for c in _LOWER_TO_ASCII):
+        return None
+    return joined.encode("ascii", "replace").translate(_ASCII_FOLD).split()
 
 
 def _f1(lcs: int, len_target: int, len_prediction: int) -> float:
