@@ -121,7 +121,6 @@ def main() -> int:
     from selfinstruct.config import Config
     from selfinstruct.engines.offline import VLLMEngine
     from selfinstruct.models import resolve_model
-    from selfinstruct.prompts import PromptBuilder  # noqa: F401  (fail early if broken)
 
     from selfinstruct.engines.base import Request, Sampling
 

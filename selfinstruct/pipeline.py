@@ -184,14 +184,13 @@ class SelfInstruct:
         flight: list[_Flight] = []
         next_round = self.stats.rounds + 1
         while True:
-            if len(flight) < depth and self.may_start(next_round, flight):
+            if len(flight) < depth and self.may_start(next_round, len(flight)):
                 flight.append(_Flight(next_round, self.round(next_round)))
                 next_round += 1
             if not flight:
                 break
             asks = [f.ask for f in flight]
-            answers = (self.engine.answer_many(asks, self._on_batch)
-                       if any(a.requests for a in asks) else [{} for _ in asks])
+            answers = self.engine.answer_many(asks, self._on_batch)
             for f, records in zip(list(flight), answers, strict=True):
                 self.stats.engine.count(f.ask.stage,
                                         [r for r in records.values() if r is not None])
@@ -203,7 +202,7 @@ class SelfInstruct:
         self.stats.seconds = time.perf_counter() - started
         return self.stats
 
-    def round(self, round_number: int) -> Generator[Ask, Records, list[Candidate]]:
+    def round(self, round_number: int) -> Generator[Ask, Records, None]:
         """One round of §2.2, as a generator: it yields each stage's requests (an
         :class:`~selfinstruct.engines.recorded.Ask`, possibly empty) and is sent
         their answers; it returns after the round is committed."""
@@ -222,22 +221,18 @@ class SelfInstruct:
         rows = self.write(round_number, kept)                                # step 5
         del self.in_flight[round_number]
         self.commit(round_number, candidates, rows)
-        return candidates
 
-    def may_start(self, round_number: int, flight: Sequence[_Flight]) -> bool:
+    def may_start(self, round_number: int, in_flight: int) -> bool:
         """Whether round ``round_number`` starts now: within ``max_rounds``, the engine
         can answer it, and the target is not met even if every surviving candidate of
-        the rounds in flight were written."""
+        the ``in_flight`` rounds in flight were written."""
         if round_number > self.config.generation.max_rounds:
             return False
         if not self.engine.can_answer(round_number):
             return False
-        pending = 0
-        for f in flight:
-            kept = self.in_flight.get(f.round_number)
-            if kept is None:  # not filtered yet: no bound
-                return False
-            pending += len(surviving(kept))
+        if len(self.in_flight) < in_flight:  # a round in flight is not filtered yet
+            return False
+        pending = sum(len(surviving(kept)) for kept in self.in_flight.values())
         return self.stats.tasks_written + pending < self.config.num_instructions
 
     def filter_instructions(self, candidates: list[Candidate]) -> list[Candidate]:
@@ -441,7 +436,7 @@ class _Flight:
     """A round in flight: its generator and the stage it waits on."""
 
     round_number: int
-    steps: Generator[Ask, Records, list[Candidate]]
+    steps: Generator[Ask, Records, None]
     ask: Ask = field(init=False)
 
     def __post_init__(self) -> None:
