@@ -85,6 +85,7 @@ def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> f
 
 # CLI option -> dotted key of selfinstruct.config.Config
 GENERATE_OPTIONS: dict[str, str] = {
+    "recipe": "recipe",
     "model": "model",
     "seeds": "seeds",
     "num_instructions": "num_instructions",
@@ -192,6 +193,11 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--recipe", type=click.Choice(choices_of("recipe")), default=None,
+              help=config_help("recipe", "self-instruct: the paper's three calls per task "
+                               "(instructions, classification, instances); alpaca: Stanford "
+                               "Alpaca's one call writing up to 16 whole tasks from 3 seeds, "
+                               "with its published settings as the defaults."))
 @click.option("--seeds", type=click.Path(path_type=Path), default=None,
               help=config_help("seeds", "Seed tasks: Self-Instruct JSONL, Alpaca JSON/JSONL/"
                                "NDJSON, Parquet, CSV, a datasets save_to_disk directory, "
@@ -293,10 +299,10 @@ def main() -> None:
 def generate(config_file: Path | None, min_quality: tuple[str, ...], **options: Any) -> None:
     """Bootstrap new (instruction, input, output) examples from seed tasks.
 
-    Runs the Self-Instruct loop (Wang et al. 2023, §2) on an in-process vLLM
-    engine, on OpenAI-compatible servers (--base-url) or on a Ray cluster
-    (--backend ray), and writes Parquet shards and a manifest.json to the
-    output directory.
+    Runs the Self-Instruct loop (Wang et al. 2023, §2), or Stanford Alpaca's
+    variant of it (--recipe alpaca), on an in-process vLLM engine, on
+    OpenAI-compatible servers (--base-url) or on a Ray cluster (--backend ray),
+    and writes Parquet shards and a manifest.json to the output directory.
     """
     from .engines.base import EngineError
     from .run import GenerateJob, JobError

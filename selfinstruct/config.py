@@ -40,6 +40,38 @@ DEFAULT_BLACKLIST = (
     "map", "maps", "draw", "plot", "go to",
 )
 
+ALPACA_BLACKLIST = (*DEFAULT_BLACKLIST, "video", "audio", "music", "flowchart", "diagram")
+"""Stanford Alpaca's keyword list (``generate_instruction.py``): Self-Instruct's plus
+media and figures a text-only model cannot produce."""
+
+Recipe = Literal["self-instruct", "alpaca"]
+"""How a round makes examples: ``self-instruct`` (Wang et al. 2023, §2.2: instructions,
+then classification identification, then instances, three model calls) or ``alpaca``
+(Stanford Alpaca's variant: one call writes whole tasks, instruction, input and output,
+one instance each, no classification step)."""
+
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "self-instruct": {},
+    "alpaca": {
+        # tatsu-lab/stanford_alpaca, generate_instruction.py (2023): every number below
+        # is that script's setting
+        "generation.prompt_tasks": 3,          # num_prompt_instructions=3
+        "generation.prompt_human_tasks": 3,    # "only sampling from the seed tasks"
+        "generation.max_list_items": 19,       # stop=["\n20", "20."]: items 4-19, 16 new
+        "generation.temperature": 1.0,         # temperature=1.0
+        "generation.top_p": 1.0,               # top_p=1.0
+        "generation.max_tokens": 3072,         # max_tokens=3072
+        "generation.presence_penalty": 0.0,    # not set: the OpenAI API's default
+        "generation.stop": [],                 # no stop besides those before item 20
+        "filters.blacklist": list(ALPACA_BLACKLIST),
+        # text-davinci-003's context was 4,097 tokens: the API fitted the 3,072-token
+        # requests into it; vLLM does the same within max_model_len
+        "engine.max_model_len": 4096,
+    },
+}
+"""A recipe's defaults: dotted config key -> value, used where the file and the flags
+leave the key unset (``Config``'s ``recipe``). The other settings are shared."""
+
 
 class ConfigError(ValueError):
     """A bad configuration: the message is one line naming file, line and field."""
@@ -523,6 +555,11 @@ class ShardConfig(_Section):
 class Config(_Section):
     """Everything a ``selfinstruct generate`` run needs; see the module docstring."""
 
+    recipe: Recipe = Field(
+        "self-instruct",
+        description="self-instruct (the paper: instructions, classification, instances) or "
+                    "alpaca (Stanford Alpaca: one call writes 16 whole tasks; its settings "
+                    "become the defaults)")
     model: str | None = Field(None, description="HF id, local directory or .gguf; None = embedded")
     # Paths come as strings from TOML and manifests: not strict.
     seeds: Path | None = Field(None, strict=False,
@@ -541,6 +578,23 @@ class Config(_Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        """Fill the recipe's defaults (:data:`RECIPE_DEFAULTS`) into the keys left unset."""
+        if not isinstance(data, dict):
+            return data
+        defaults = RECIPE_DEFAULTS.get(data.get("recipe", "self-instruct"))
+        if not defaults:  # the default recipe, or an unknown one (refused by its field)
+            return data
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for dotted, value in defaults.items():
+            section, key = dotted.split(".")
+            table = data.setdefault(section, {})
+            if isinstance(table, dict):  # not a table: its own field reports it
+                table.setdefault(key, list(value) if isinstance(value, list) else value)
+        return data
 
     def to_json_dict(self) -> dict[str, Any]:
         """The resolved configuration as JSON-ready data (paths as strings)."""

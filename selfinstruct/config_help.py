@@ -12,7 +12,7 @@ from typing import Any, get_args
 
 from pydantic.fields import FieldInfo
 
-from .config import Config
+from .config import RECIPE_DEFAULTS, Config
 
 
 @cache
@@ -86,7 +86,10 @@ def config_help(key: str, text: str | None = None, default: str | None = None) -
             (:func:`shown`).
 
     Returns:
-        ``"<text>  [default: <default>]"`` (click's layout of a default).
+        ``"<text>  [default: <default>]"`` (click's layout of a default), with
+        ``"; alpaca recipe: <value>"`` where a recipe has its own default
+        (:data:`~selfinstruct.config.RECIPE_DEFAULTS`); long values (lists) are
+        not repeated.
 
     Raises:
         KeyError: no such field; ValueError: no ``text`` and the field has no
@@ -94,4 +97,8 @@ def config_help(key: str, text: str | None = None, default: str | None = None) -
     """
     if text is None:
         text = description_of(key)
-    return f"{text}  [default: {shown(default_of(key)) if default is None else default}]"
+    given = shown(default_of(key)) if default is None else default
+    for recipe, defaults in RECIPE_DEFAULTS.items():
+        if key in defaults and not isinstance(defaults[key], list):
+            given += f"; {recipe} recipe: {shown(defaults[key])}"
+    return f"{text}  [default: {given}]"

@@ -1,5 +1,5 @@
 """Parsing model completions: numbered instruction lists, yes/no answers, instances,
-and the judge's verdicts.
+the Alpaca recipe's numbered example blocks, and the judge's verdicts.
 
 Pure functions of text. Anything that cannot be read is reported, never raised:
 the pipeline counts it as a rejected candidate with reason ``unparseable``
@@ -146,6 +146,113 @@ def parse_output_first(completion: str) -> list[Instance]:
         label = block[:inp.start()].strip()
         instances.append(Instance(input=_normalise_input(block[inp.end():]), output=label))
     return instances
+
+
+_BLOCK_SEPARATOR = re.compile(r"^[ \t]*###[ \t]*$", re.MULTILINE)
+_BLOCK_FIELD = re.compile(r"(\d{1,3})[ \t]*\.\s+(instruction|input|output)[ \t]*:",
+                          re.IGNORECASE)
+_FIELDS = ("instruction", "input", "output")
+
+EXAMPLE_REASONS = {
+    "truncated": "the last block of a completion cut at max_tokens",
+    "missing_instruction": "no 'N. Instruction:' label",
+    "missing_input": "no 'N. Input:' label",
+    "missing_output": "no 'N. Output:' label",
+    "repeated_field": "a label appears twice in one block",
+    "fields_out_of_order": "the labels are not in the order instruction, input, output",
+    "misnumbered": "a label's number is not the block's place in the list",
+    "empty_output": "the output label is followed by nothing",
+}
+"""Reason codes of :func:`parse_example_blocks` for a malformed block."""
+
+
+@dataclass(frozen=True)
+class ParsedExample:
+    """One numbered block of an Alpaca-recipe completion.
+
+    Attributes:
+        number: the block's place in the list (the first is one past the tasks shown).
+        instruction: whitespace collapsed; "" when the block has none.
+        input: "" for ``<noinput>`` or an empty input.
+        output: surrounding whitespace stripped.
+        reason: None for a well-formed block, else a code of :data:`EXAMPLE_REASONS`.
+    """
+
+    number: int
+    instruction: str
+    input: str
+    output: str
+    reason: str | None = None
+
+
+def parse_example_blocks(completion: str, first_number: int, cut_at_length: bool = False
+                         ) -> list[ParsedExample]:
+    """Split an Alpaca-recipe completion into its blocks (Stanford Alpaca,
+    ``generate_instruction.py``, ``post_process_gpt3_response``).
+
+    The prompt ends with ``"{first_number}. Instruction:"``, so the completion is
+    read as if that label preceded it. Blocks are separated by ``###`` lines; each
+    must hold ``N. Instruction:``, ``N. Input:`` and ``N. Output:`` once, in this
+    order, where N is the block's place in the list (``first_number`` for the
+    first, as the reference requires; labels are matched in any case). Text before
+    the first label of a block is ignored; an input of ``<noinput>`` (any case) is
+    an empty input. Blocks holding only whitespace (after the last ``###``) are
+    skipped.
+
+    Three rules differ from the reference: a separator is a line of ``###`` alone
+    (the reference splits at any ``###``, so a Markdown heading in an output broke
+    its block), a block with an empty output is reported (``empty_output``) where
+    the reference would keep it, and the labels' order is checked (the reference
+    assumes it).
+
+    Args:
+        completion: the generated text, stop string excluded.
+        first_number: the number of the block the prompt opened.
+        cut_at_length: the engine stopped at ``max_tokens``: the last block is
+            reported as ``truncated`` whatever it holds (the reference drops it).
+
+    Returns:
+        One :class:`ParsedExample` per non-blank block, in order; malformed blocks
+        carry their reason and whatever fields could be read. An empty list for a
+        blank completion (the caller reports ``unparseable``).
+    """
+    from .prompts import NO_INPUT
+
+    if not completion.strip():
+        return []
+    blocks = _BLOCK_SEPARATOR.split(f"{first_number}. Instruction:{completion}")
+    parsed: list[ParsedExample] = []
+    last = max((k for k, b in enumerate(blocks) if b.strip()), default=-1)
+    for position, block in enumerate(blocks):
+        if not block.strip():
+            continue
+        number = first_number + len(parsed)
+        labels = list(_BLOCK_FIELD.finditer(block))
+        fields: dict[str, str] = {}
+        for k, label in enumerate(labels):
+            end = labels[k + 1].start() if k + 1 < len(labels) else len(block)
+            fields.setdefault(label.group(2).lower(), block[label.end():end])
+        instruction = " ".join(fields.get("instruction", "").split())
+        input_text = fields.get("input", "").strip()
+        if input_text.lower() == NO_INPUT:
+            input_text = ""
+        output = fields.get("output", "").strip()
+        names = [label.group(2).lower() for label in labels]
+        reason = None
+        if position == last and cut_at_length:
+            reason = "truncated"
+        elif len(set(names)) < len(names):
+            reason = "repeated_field"
+        elif (missing := next((f for f in _FIELDS if f not in names), None)) is not None:
+            reason = f"missing_{missing}"
+        elif names != list(_FIELDS):
+            reason = "fields_out_of_order"
+        elif any(int(label.group(1)) != number for label in labels):
+            reason = "misnumbered"
+        elif not output:
+            reason = "empty_output"
+        parsed.append(ParsedExample(number, instruction, input_text, output, reason))
+    return parsed
 
 
 RATIONALE_MAX_CHARS = 500

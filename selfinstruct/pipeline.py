@@ -1,6 +1,7 @@
-"""The Self-Instruct loop (Wang et al. 2023, §2.2), read top-down.
+"""The Self-Instruct loop (Wang et al. 2023, §2.2), read top-down, and Stanford
+Alpaca's variant of it (``recipe = "alpaca"``).
 
-Each round follows the steps of §2.2:
+Each round follows the steps of §2.2 (the Alpaca recipe's differences follow):
 
 1. **Instruction generation** (:mod:`.stages.instructions`): ``prompts_per_round``
    prompts, each showing 8 pool tasks (6 human seeds + 2 machine-made; all human
@@ -25,6 +26,12 @@ Each round follows the steps of §2.2:
 5. **Commit**: the round's candidates (kept or not, with reasons) and examples go
    to the ledger; tasks with at least one instance join the pool as machine tasks
    and become rows of the shards.
+
+The Alpaca recipe (Taori et al. 2023, :mod:`.stages.examples`) makes step 1 write
+whole tasks: each prompt shows 3 human seeds (never machine tasks) with their
+first instance, and the model continues the list with up to 16 tasks of one
+instance each. Steps 3 and 4's model calls do not exist; step 2's filters (with
+Alpaca's longer blacklist) and ROUGE-L check, and steps 4a-5, are the same.
 
 After the last round, a budget (``quality.keep_best``) selects the best examples
 of the whole run in score order, skipping near-duplicate instructions
@@ -63,6 +70,7 @@ from .filters import instruction_rejection
 from .prompts import PromptBuilder
 from .stages.base import CandidateStage, Records, request_seed
 from .stages.classification import ClassificationIdentification
+from .stages.examples import ExampleGeneration
 from .stages.instances import InstanceGeneration
 from .stages.instructions import InstructionGeneration
 from .stages.judging import QualityJudging, surviving
@@ -144,10 +152,16 @@ class SelfInstruct:
         self.pool = RougeIndex(threshold=config.filters.rouge_threshold,
                                tokenizer=config.filters.rouge_tokenizer)
         self.pool.extend(t.instruction for t in self.human)
-        self.instructions = InstructionGeneration(config, prompts, self.stats, self.human,
-                                                  self.machine)
-        self.classification = ClassificationIdentification(config, prompts, self.stats)
-        self.instances = InstanceGeneration(config, prompts, self.stats, self.human)
+        self.generation: InstructionGeneration | ExampleGeneration
+        self.completing: tuple[CandidateStage, ...]  # what a kept instruction still needs
+        if config.recipe == "alpaca":  # whole tasks in one call, no classification
+            self.generation = ExampleGeneration(config, prompts, self.stats, self.human)
+            self.completing = ()
+        else:
+            self.generation = InstructionGeneration(config, prompts, self.stats, self.human,
+                                                    self.machine)
+            self.completing = (ClassificationIdentification(config, prompts, self.stats),
+                               InstanceGeneration(config, prompts, self.stats, self.human))
         self.judging = (QualityJudging(config, prompts, self.stats) if config.quality.judge
                         else None)
         self.judge_name = judge_name or model_name
@@ -206,12 +220,12 @@ class SelfInstruct:
         """One round of §2.2, as a generator: it yields each stage's requests (an
         :class:`~selfinstruct.engines.recorded.Ask`, possibly empty) and is sent
         their answers; it returns after the round is committed."""
-        requests, shown = self.instructions.requests(round_number)           # step 1
-        records = yield Ask(round_number, self.instructions.name, requests, shown)
-        candidates = self.instructions.candidates(records)
+        requests, shown = self.generation.requests(round_number)             # step 1
+        records = yield Ask(round_number, self.generation.name, requests, shown)
+        candidates = self.generation.candidates(records)
         kept = self.filter_instructions(candidates)                          # step 2
         self.in_flight[round_number] = kept
-        for stage in (self.classification, self.instances):                 # steps 3, 4
+        for stage in self.completing:                                        # steps 3, 4
             stage.apply(kept, (yield self.ask(stage, round_number, kept)))
         self.decontaminate(kept)                                             # step 4a
         if self.judging is not None:                                         # step 4b
@@ -412,14 +426,16 @@ class SelfInstruct:
 
     def _row(self, candidate: Candidate, round_number: int, k: int, instance: Instance,
              verdict: tuple[Judgement | None, str | None]) -> dict[str, Any]:
-        row = {
+        row: dict[str, Any] = {
             "id": f"{candidate.task_id}-{k}",
             "task_id": candidate.task_id,
             "instruction": candidate.instruction,
             "input": instance.input,
             "output": instance.output,
             "messages": messages_for(candidate.instruction, instance.input, instance.output),
-            "is_classification": bool(candidate.is_classification),
+            # the Alpaca recipe has no classification step: unknown, not False
+            "is_classification": (None if self.config.recipe == "alpaca"
+                                  else bool(candidate.is_classification)),
             "model": self.model_name,
             "round": round_number,
             "prompt_task_ids": list(candidate.prompt_task_ids),

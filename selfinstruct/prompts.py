@@ -1,6 +1,7 @@
 """Prompt building: few-shot prompts rendered from the Jinja2 templates in ``prompts/``.
 
-Four templates, one per model call of the algorithm (Self-Instruct §2.2):
+Each recipe (``Config.recipe``) has its templates. Self-Instruct's four, one per
+model call of the algorithm (Self-Instruct §2.2):
 
 * ``instruction_generation.jinja``: a numbered list of pool tasks (``tasks``), ending
   in the next number so the model continues the list.
@@ -8,6 +9,13 @@ Four templates, one per model call of the algorithm (Self-Instruct §2.2):
 * ``instances_input_first.jinja``: examples as input then output; gets ``instruction``.
 * ``instances_output_first.jinja``: class label then input, for classification
   tasks; gets ``instruction``.
+
+The Alpaca recipe's one (Stanford Alpaca, ``prompt.txt`` and ``generate_instruction.py``):
+
+* ``alpaca_generation.jinja``: rules for a list of ``list_size`` whole tasks, then
+  ``tasks`` (seed tasks with ``instruction``, ``input``, ``output``) as numbered
+  "Instruction / Input / Output" blocks between ``###`` lines; it ends in the next
+  block's ``N. Instruction:`` so the model writes the rest of the list.
 
 And, when quality scoring is on, a rubric (``judge.jinja`` by default,
 ``quality.rubric``): one example (``instruction``, ``input``, ``output``) and the
@@ -33,6 +41,17 @@ TEMPLATE_NAMES = (
     "instances_input_first",
     "instances_output_first",
 )
+"""The Self-Instruct recipe's templates."""
+
+RECIPE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "self-instruct": TEMPLATE_NAMES,
+    "alpaca": ("alpaca_generation",),
+}
+"""The templates each recipe (``Config.recipe``) loads, and a run's identity records."""
+
+NO_INPUT = "<noinput>"
+"""How the Alpaca prompt shows an empty input, and what its parser reads as one
+(Stanford Alpaca, ``prompt.txt``)."""
 
 
 class PromptError(ValueError):
@@ -58,6 +77,7 @@ TEMPLATE_VARIABLES = {
     "classification": {"instruction"},
     "instances_input_first": {"instruction"},
     "instances_output_first": {"instruction"},
+    "alpaca_generation": {"tasks", "list_size"},
 }
 """The variables each template is rendered with; any other is an error when loading."""
 
@@ -69,7 +89,9 @@ RUBRIC_REQUIRED = ("instruction", "input", "output")
 (Self-Instruct §3.3 asks about all three fields)."""
 
 _SAMPLES: dict[str, object] = {
-    "tasks": [{"instruction": "Name a colour.", "id": "sample"}] * 2,
+    "tasks": [{"instruction": "Name a colour.", "id": "sample", "input": NO_INPUT,
+               "output": "Blue."}] * 2,
+    "list_size": 20,
     "instruction": "Name a colour.",
     "input": "",
     "output": "Blue.",
@@ -89,14 +111,16 @@ class PromptBuilder:
     run creates anything.
 
     Args:
-        directory: holds ``<name>.jinja`` for every name in ``TEMPLATE_NAMES``
+        directory: holds ``<name>.jinja`` for every template of the recipe
             (and ``<rubric>.jinja`` when ``rubric`` is given); None = the bundled
             templates.
         expected_sha256: template name -> the hex sha256 it must have (a run's
             ``identity.prompts_sha256``), or None to accept any content.
         rubric: the rubric template's name (``quality.rubric``, e.g. ``"judge"``)
             to load as well, for :meth:`judge`; None = no rubric, and
-            ``sha256`` holds exactly the four names of ``TEMPLATE_NAMES``.
+            ``sha256`` holds exactly the recipe's templates.
+        recipe: ``Config.recipe``: which templates to load
+            (:data:`RECIPE_TEMPLATES`).
 
     Attributes:
         sha256: template name -> hex sha256 of the bytes in use (the rubric's
@@ -108,14 +132,14 @@ class PromptBuilder:
             (:func:`selfinstruct.inputs.check_regular_file`), is not valid
             Jinja2, uses a variable it is not given, fails its sample render (a
             sandbox violation included), or does not match ``expected_sha256``;
-            a rubric name that is not a plain file stem or is one of
-            ``TEMPLATE_NAMES``; a rubric that does not use ``instruction``,
+            a rubric name that is not a plain file stem or is a generation
+            template of a recipe; an unknown recipe; a rubric that does not use ``instruction``,
             ``input`` and ``output``.
     """
 
     def __init__(self, directory: Path | None = None,
                  expected_sha256: dict[str, str] | None = None,
-                 rubric: str | None = None):
+                 rubric: str | None = None, recipe: str = "self-instruct"):
         import hashlib
 
         import jinja2
@@ -131,11 +155,15 @@ class PromptBuilder:
                                    or "\\" in rubric):
             raise PromptError(f"{self.directory}: rubric {rubric!r} is not a template name "
                               "(a file name without .jinja)")
-        if rubric in TEMPLATE_NAMES:
+        if recipe not in RECIPE_TEMPLATES:
+            raise PromptError(f"unknown recipe {recipe!r} (one of "
+                              f"{', '.join(RECIPE_TEMPLATES)})")
+        self.recipe = recipe
+        if rubric is not None and any(rubric in names for names in RECIPE_TEMPLATES.values()):
             raise PromptError(f"{self.directory / f'{rubric}.jinja'}: rubric {rubric!r} is one "
                               "of the generation templates, not a rubric")
         self.rubric = rubric
-        variables: dict[str, set[str]] = dict(TEMPLATE_VARIABLES)
+        variables = {name: TEMPLATE_VARIABLES[name] for name in RECIPE_TEMPLATES[recipe]}
         if rubric is not None:
             variables[rubric] = RUBRIC_VARIABLES
         sources: dict[str, str] = {}
@@ -203,6 +231,33 @@ class PromptBuilder:
         shown = [{"instruction": one_line(t.instruction), "id": t.id} for t in tasks]
         return self._templates["instruction_generation"].render(tasks=shown).rstrip("\n")
 
+    def alpaca_generation(self, tasks: Sequence[Task], list_size: int) -> str:
+        """The Alpaca prompt: rules for ``list_size`` tasks, then ``tasks`` as blocks
+        1..len(tasks), each showing its first instance (Stanford Alpaca,
+        ``generate_instruction.py``: whitespace of the instruction collapsed, a
+        trailing colon dropped, an empty input shown as :data:`NO_INPUT`).
+
+        The text ends with ``"{len(tasks) + 1}. Instruction:"``, so the completion
+        starts inside the next block's instruction.
+
+        Raises:
+            PromptError: a task without instances, or the builder was made for
+                another recipe.
+        """
+        if "alpaca_generation" not in self._templates:
+            raise PromptError(f"{self.directory}: the {self.recipe} recipe's templates "
+                              "were loaded, not the alpaca recipe's")
+        shown = []
+        for task in tasks:
+            if not task.instances:
+                raise PromptError(f"seed task {task.id!r} has no instance to show")
+            first = task.instances[0]
+            shown.append({"instruction": one_line(task.instruction).rstrip(":"),
+                          "input": first.input if first.input.strip() else NO_INPUT,
+                          "output": first.output, "id": task.id})
+        return self._templates["alpaca_generation"].render(
+            tasks=shown, list_size=list_size).rstrip("\n")
+
     def classification(self, instruction: str) -> str:
         """The few-shot prompt asking whether ``instruction`` is a classification task
         (Self-Instruct §2.2, "Classification Task Identification")."""
@@ -252,6 +307,16 @@ def instruction_stop(max_list_items: int) -> tuple[str, ...]:
 
 INSTANCE_STOP = ("\nTask:",)
 """Instance prompts end where the model starts inventing the next task."""
+
+
+def alpaca_stop(max_list_items: int) -> tuple[str, ...]:
+    """Stop strings of the Alpaca recipe: before block ``max_list_items + 1``.
+
+    Stanford Alpaca's script stops at ``"\n20"`` and ``"20."`` (so the model writes
+    blocks 4 to 19 after 3 shown, 16 new tasks); the same two forms for any size.
+    """
+    nxt = max_list_items + 1
+    return (f"\n{nxt}", f"{nxt}.")
 
 
 def instance_stop(max_instances: int) -> tuple[str, ...]:

@@ -149,7 +149,8 @@ def lock_run(path: Path) -> RunDirectory:
     return run_dir
 
 
-IDENTITY_DEFAULTS: dict[str, Any] = {"settings.generation.pipeline_depth": 1}
+IDENTITY_DEFAULTS: dict[str, Any] = {"settings.generation.pipeline_depth": 1,
+                                     "settings.recipe": "self-instruct"}
 """Identity keys a run made before they existed lacks, with the value such a run had,
 so that it still resumes and refilters."""
 
@@ -313,7 +314,8 @@ class GenerateJob:
                 "cannot fit")
             seeds_path = given.resolve()  # after load_seed_tasks has refused symlink loops
             prompts = PromptBuilder(config.prompts, rubric=(
-                config.quality.rubric if config.quality.judge else None))
+                config.quality.rubric if config.quality.judge else None),
+                recipe=config.recipe)
             prepared = prepare_backend(config)
             judging, judge = judge_config(config), None
             if judging is not None:
@@ -676,7 +678,8 @@ def refilter(source: Path, output: Path, overrides: dict[str, Any],
     reviewed = _reviewed_invalid(source) if drop_reviewed_invalid else None
     seeds_path, seed_tasks = _recorded_seeds(checked, path, seeds)
     prompts = _recorded_prompts(checked, path, prompts_dir,
-                                config.quality.rubric if config.quality.judge else None)
+                                config.quality.rubric if config.quality.judge else None,
+                                config.recipe)
     model = checked.model
     if model is None or model.name is None or model.path is None:
         raise JobError(f"{path}: field 'model': needs the strings 'name' and 'path'")
@@ -800,7 +803,8 @@ def _recorded_seeds(manifest: Manifest, path: Path, given: Path | None) -> tuple
 
 
 def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None,
-                      rubric: str | None = None) -> PromptBuilder:
+                      rubric: str | None = None, recipe: str = "self-instruct"
+                      ) -> PromptBuilder:
     """The templates a run was made from (``given``, else the recorded directory, else
     the bundled ones), verified against ``identity.prompts_sha256``."""
     if manifest.identity is None or manifest.prompts is None:
@@ -815,7 +819,8 @@ def _recorded_prompts(manifest: Manifest, path: Path, given: Path | None,
     first_error = None
     for candidate in candidates:
         try:
-            return PromptBuilder(candidate, expected_sha256=expected, rubric=rubric)
+            return PromptBuilder(candidate, expected_sha256=expected, rubric=rubric,
+                                 recipe=recipe)
         except PromptError as exc:
             first_error = first_error or exc
     raise JobError(f"{first_error}; pass --prompts with the run's templates")

@@ -14,6 +14,7 @@ from selfinstruct.config import Config
 from selfinstruct.storage.ledger import RunDirectory
 from selfinstruct.engines.recorded import LazyEngine, RecordedEngine
 from selfinstruct.pipeline import SelfInstruct, request_seed
+from selfinstruct.stages.instances import InstanceGeneration
 from selfinstruct.tasks import Candidate
 from selfinstruct.testing.scripted import ScriptedEngine
 from selfinstruct.prompts import PromptBuilder
@@ -96,15 +97,17 @@ def test_same_seed_same_output(tmp_path):
 
 def test_near_duplicate_examples_of_other_tasks_are_dropped(tmp_path):
     loop, _, _ = make_loop(tmp_path / "a")
+    instances = loop.completing[-1]
+    assert isinstance(instances, InstanceGeneration)
     # a seed's example, re-worded only in case and punctuation: a near-duplicate
     near = Candidate(0, 9, "name three fruits that are RED!", (), "")
-    assert loop.instances.drop_near_duplicates(near, [Instance("", "a")]) == ()
+    assert instances.drop_near_duplicates(near, [Instance("", "a")]) == ()
     assert near.instance_rejections == ["near_duplicate"]
     fresh = [Instance("", "Mango"), Instance("", "Papaya")]  # one task, several outputs
     task = Candidate(0, 10, "Name a tropical fruit.", (), "")
-    assert loop.instances.drop_near_duplicates(task, fresh) == tuple(fresh)
+    assert instances.drop_near_duplicates(task, fresh) == tuple(fresh)
     loop, _, _ = make_loop(tmp_path / "b", instances={"near_duplicate_threshold": None})
-    assert loop.instances.drop_near_duplicates(near, [Instance("", "a")])
+    assert loop.completing[-1].drop_near_duplicates(near, [Instance("", "a")])
 
 
 def test_useful_token_share_counts_what_the_parsers_took(tmp_path):

@@ -6,6 +6,9 @@ reading the prompt's wording, so template edits do not change what it says:
 * ``instructions``: a numbered list continuing the prompt, drawn from a fixed
   list of topics by the request's seed, with items the filters must catch (a
   too-short one, one about an image, one truncated at the token limit);
+* ``examples`` (the Alpaca recipe): numbered blocks 4 to 8 continuing a prompt
+  of 3 seed tasks (see :func:`scripted_examples`), cut mid-block as if at the
+  token limit;
 * ``classification``: " Yes" when the instruction (the key) has the word
   "Decide", " No" otherwise;
 * ``instances``: two class-labelled instances (output-first) for those, one
@@ -37,6 +40,22 @@ def scripted_instructions(seed: int) -> str:
     return (f" Write a short essay about {a} for {seed % 97} readers.\n"
             f"10. Decide whether the claim about {b} number {seed % 89} is true.\n"
             f"11. Describe the image of {a}.\n12. Short.\n13. Summarize the report about")
+
+
+def scripted_examples(seed: int) -> str:
+    """The Alpaca-recipe continuation for a request seed, after a prompt ending in
+    "4. Instruction:": a task with an input, one with ``<noinput>``, one about a
+    diagram (Alpaca's blacklist), one without an output, and block 8 cut off."""
+    a, b = TOPICS[seed % len(TOPICS)], TOPICS[(seed // 7) % len(TOPICS)]
+    return (f" Summarize the notes about {a} for {seed % 97} readers.\n"
+            f"4. Input:\nNotes on {a}: part {seed % 89} of the survey.\n"
+            f"4. Output:\nA summary of {a}.\n###\n"
+            f"5. Instruction: Explain why {b} matter to case {seed % 83}.\n"
+            f"5. Input:\n<noinput>\n5. Output:\nThey matter because of {b}.\n###\n"
+            f"6. Instruction: Draw a diagram of {a} and label it.\n6. Input:\n<noinput>\n"
+            f"6. Output:\nNo.\n###\n"
+            f"7. Instruction: List three facts about {b} in order.\n7. Input:\n<noinput>\n"
+            f"###\n8. Instruction: Compare the two")
 
 
 def is_scripted_classification(instruction: str) -> bool:
@@ -79,6 +98,8 @@ class ScriptedEngine:
         """The completion of one request."""
         if request.stage == "instructions":
             return Completion(scripted_instructions(request.seed or 0), 100, 40, "length")
+        if request.stage == "examples":
+            return Completion(scripted_examples(request.seed or 0), 400, 160, "length")
         if request.stage == "classification":
             text = " Yes" if is_scripted_classification(request.key) else " No"
             return Completion(text, 50, 10, "stop")
