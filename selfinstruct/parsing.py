@@ -158,9 +158,9 @@ EXAMPLE_REASONS = {
     "missing_instruction": "no 'N. Instruction:' label",
     "missing_input": "no 'N. Input:' label",
     "missing_output": "no 'N. Output:' label",
-    "repeated_field": "a label appears twice in one block",
+    "repeated_field": "an input or output label appears twice in one block",
     "fields_out_of_order": "the labels are not in the order instruction, input, output",
-    "misnumbered": "a label's number is not the block's place in the list",
+    "misnumbered": "the labels of one block carry different numbers",
     "empty_output": "the output label is followed by nothing",
 }
 """Reason codes of :func:`parse_example_blocks` for a malformed block."""
@@ -185,25 +185,52 @@ class ParsedExample:
     reason: str | None = None
 
 
+def _split_blocks(text: str) -> list[tuple[str, list[re.Match[str]]]]:
+    """The blocks of ``text`` with their labels: a block ends at a ``###`` line or
+    where the next ``N. Instruction:`` label starts (text before a chunk's first
+    label belongs to no block)."""
+    blocks: list[tuple[str, list[re.Match[str]]]] = []
+    for chunk in _BLOCK_SEPARATOR.split(text):
+        labels = list(_BLOCK_FIELD.finditer(chunk))
+        starts = [k for k, m in enumerate(labels) if m.group(2).lower() == "instruction"]
+        if not labels:
+            if chunk.strip():
+                blocks.append((chunk, []))
+            continue
+        cuts = sorted({0, *[k for k in starts if k > 0]})
+        for n, first in enumerate(cuts):
+            last = cuts[n + 1] if n + 1 < len(cuts) else len(labels)
+            begin = 0 if n == 0 else labels[first].start()
+            end = labels[last].start() if last < len(labels) else len(chunk)
+            sub = chunk[begin:end]
+            blocks.append((sub, list(_BLOCK_FIELD.finditer(sub))))
+    return blocks
+
+
 def parse_example_blocks(completion: str, first_number: int, cut_at_length: bool = False
                          ) -> list[ParsedExample]:
     """Split an Alpaca-recipe completion into its blocks (Stanford Alpaca,
     ``generate_instruction.py``, ``post_process_gpt3_response``).
 
     The prompt ends with ``"{first_number}. Instruction:"``, so the completion is
-    read as if that label preceded it. Blocks are separated by ``###`` lines; each
-    must hold ``N. Instruction:``, ``N. Input:`` and ``N. Output:`` once, in this
-    order, where N is the block's place in the list (``first_number`` for the
-    first, as the reference requires; labels are matched in any case). Text before
-    the first label of a block is ignored; an input of ``<noinput>`` (any case) is
-    an empty input. Blocks holding only whitespace (after the last ``###``) are
-    skipped.
+    read as if that label preceded it. A block holds ``N. Instruction:``,
+    ``N. Input:`` and ``N. Output:`` once each, in this order, with one number N;
+    labels are matched in any case, text before a block's first label is ignored,
+    and an input of ``<noinput>`` (any case) is an empty input. Blocks holding only
+    whitespace (after the last ``###``) are skipped.
 
-    Three rules differ from the reference: a separator is a line of ``###`` alone
-    (the reference splits at any ``###``, so a Markdown heading in an output broke
-    its block), a block with an empty output is reported (``empty_output``) where
-    the reference would keep it, and the labels' order is checked (the reference
-    assumes it).
+    Where this differs from the reference, and why:
+
+    * A block ends at a line of ``###`` alone or where the next
+      ``N. Instruction:`` starts. The reference splits at any ``###`` (so a
+      Markdown heading in an output broke its block) and only there, so a model
+      that leaves out the separators (small open models often do) lost every
+      block but the first.
+    * A block's number need not be its place in the list (the reference dropped
+      a block numbered otherwise, so one skipped number lost the rest of the
+      list); its three labels must agree (``misnumbered``).
+    * An empty output is reported (``empty_output``) where the reference kept
+      it, and the labels' order is checked (the reference assumed it).
 
     Args:
         completion: the generated text, stop string excluded.
@@ -212,22 +239,18 @@ def parse_example_blocks(completion: str, first_number: int, cut_at_length: bool
             reported as ``truncated`` whatever it holds (the reference drops it).
 
     Returns:
-        One :class:`ParsedExample` per non-blank block, in order; malformed blocks
-        carry their reason and whatever fields could be read. An empty list for a
-        blank completion (the caller reports ``unparseable``).
+        One :class:`ParsedExample` per non-blank block, in order, numbered by
+        place from ``first_number``; malformed blocks carry their reason and
+        whatever fields could be read. An empty list for a blank completion (the
+        caller reports ``unparseable``).
     """
     from .prompts import NO_INPUT
 
     if not completion.strip():
         return []
-    blocks = _BLOCK_SEPARATOR.split(f"{first_number}. Instruction:{completion}")
+    blocks = _split_blocks(f"{first_number}. Instruction:{completion}")
     parsed: list[ParsedExample] = []
-    last = max((k for k, b in enumerate(blocks) if b.strip()), default=-1)
-    for position, block in enumerate(blocks):
-        if not block.strip():
-            continue
-        number = first_number + len(parsed)
-        labels = list(_BLOCK_FIELD.finditer(block))
+    for position, (block, labels) in enumerate(blocks):
         fields: dict[str, str] = {}
         for k, label in enumerate(labels):
             end = labels[k + 1].start() if k + 1 < len(labels) else len(block)
@@ -239,7 +262,7 @@ def parse_example_blocks(completion: str, first_number: int, cut_at_length: bool
         output = fields.get("output", "").strip()
         names = [label.group(2).lower() for label in labels]
         reason = None
-        if position == last and cut_at_length:
+        if position == len(blocks) - 1 and cut_at_length:
             reason = "truncated"
         elif len(set(names)) < len(names):
             reason = "repeated_field"
@@ -247,11 +270,12 @@ def parse_example_blocks(completion: str, first_number: int, cut_at_length: bool
             reason = f"missing_{missing}"
         elif names != list(_FIELDS):
             reason = "fields_out_of_order"
-        elif any(int(label.group(1)) != number for label in labels):
+        elif len({int(label.group(1)) for label in labels}) > 1:
             reason = "misnumbered"
         elif not output:
             reason = "empty_output"
-        parsed.append(ParsedExample(number, instruction, input_text, output, reason))
+        parsed.append(ParsedExample(first_number + position, instruction, input_text,
+                                    output, reason))
     return parsed
 
 

@@ -326,6 +326,13 @@ class GenerateJob:
         except (ConfigError, SeedError, PromptError, ModelError, EngineError) as exc:
             raise JobError(str(exc)) from None
         warnings = []
+        if config.recipe == "alpaca" and config.model is None:
+            gen = config.generation
+            warnings.append(
+                f"the embedded 135M model samples the alpaca recipe at temperature "
+                f"{gen.temperature:g}, top_p {gen.top_p:g}, max_tokens {gen.max_tokens} "
+                "(Alpaca's published 1.0, 1.0, 3072 make it write noise); --temperature, "
+                "--top-p and --max-tokens set them")
         if config.filters.rouge_tokenizer == "rouge":
             fraction = empty_fraction([t.instruction for t in seed_tasks], "rouge")
             if fraction > EMPTY_TOKENIZE_WARNING:

@@ -92,7 +92,6 @@ def test_a_well_formed_completion_gives_every_block():
      "repeated_field"),
     ("8. Instruction: Name a river.\n8. Output:\nNile\n8. Input:\n<noinput>\n",
      "fields_out_of_order"),
-    ("9. Instruction: Name a river.\n9. Input:\n<noinput>\n9. Output:\nNile\n", "misnumbered"),
     ("8. Instruction: Name a river.\n8. Input:\n<noinput>\n9. Output:\nNile\n", "misnumbered"),
     ("8. Instruction: Name a river.\n8. Input:\n<noinput>\n8. Output:\n   \n", "empty_output"),
 ])
@@ -103,6 +102,18 @@ def test_each_malformed_block_has_its_reason(block, reason):
     assert reason in EXAMPLE_REASONS
     if reason != "missing_instruction":
         assert blocks[4].instruction == "Name a river."
+
+
+def test_blocks_without_separators_or_in_place_numbers_are_read():
+    # small models often leave out the ### lines and repeat or skip numbers: each
+    # new "N. Instruction:" starts a block, numbered by its place in the list
+    text = (" Name a river.\n4. Input:\n<noinput>\n4. Output:\nNile\n"
+            "4. Instruction: Name a lake.\n4. Input:\n<noinput>\n4. Output:\nVictoria\n"
+            "###\n9. Instruction: Name a sea.\n9. Input:\n<noinput>\n9. Output:\nBaltic\n"
+            "10. Instruction: Name a bay.\n10. Input:\n<noinput>\n")
+    assert [(b.number, b.instruction, b.output, b.reason) for b in parse_example_blocks(text, 4)
+            ] == [(4, "Name a river.", "Nile", None), (5, "Name a lake.", "Victoria", None),
+                  (6, "Name a sea.", "Baltic", None), (7, "Name a bay.", "", "missing_output")]
 
 
 def test_the_last_block_of_a_cut_completion_is_truncated_whatever_it_holds():
@@ -159,7 +170,7 @@ def test_recipes_load_only_their_templates():
 
 
 def test_the_recipe_sets_alpacas_published_settings_as_defaults():
-    config = Config(recipe="alpaca")
+    config = Config(recipe="alpaca", model="Qwen/Qwen2.5-7B-Instruct")
     gen = config.generation
     assert (gen.prompt_tasks, gen.prompt_human_tasks, gen.max_list_items) == (3, 3, 19)
     assert (gen.temperature, gen.top_p, gen.max_tokens) == (1.0, 1.0, 3072)
@@ -175,6 +186,11 @@ def test_the_recipe_sets_alpacas_published_settings_as_defaults():
     assert Config(recipe="alpaca", generation={"temperature": 0.5}).generation.temperature == 0.5
     assert load_config(None, {"recipe": "alpaca", "generation.max_tokens": 512}
                        ).generation.max_tokens == 512
+    # the embedded 135M model writes noise at temperature 1: it gets its own sampling
+    embedded = Config(recipe="alpaca").generation
+    assert (embedded.temperature, embedded.top_p, embedded.max_tokens) == (0.7, 0.9, 1024)
+    assert embedded.prompt_tasks == 3 and embedded.max_list_items == 19
+    assert Config(recipe="alpaca", generation={"top_p": 1.0}).generation.top_p == 1.0
     # the default recipe keeps the paper's settings
     assert Config().generation.temperature == 0.7 and Config().recipe == "self-instruct"
     # the resolved values are what a manifest records and reloads
@@ -289,7 +305,7 @@ def test_one_call_per_round_writes_whole_tasks_from_seed_prompts(tmp_path):
     assert stats.rounds >= 2
     first = engine.batches[0][0]
     assert first.prompt.endswith("4. Instruction:")
-    assert first.sampling.stop == ("\n20", "20.") and first.sampling.max_tokens == 3072
+    assert first.sampling.stop == ("\n20", "20.") and first.sampling.max_tokens == 1024
     rows = [r for s in shards for r in pq.read_table(tmp_path / s.path).to_pylist()]
     assert stats.tasks_written == 7 == len(rows) == len({r["task_id"] for r in rows})
     seed_ids = {t.id for t in SEEDS}
