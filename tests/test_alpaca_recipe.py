@@ -29,6 +29,7 @@ from selfinstruct.tasks import Instance, Task
 from selfinstruct.testing.scripted import ScriptedEngine
 
 from .conftest import ALPACA, SELF_INSTRUCT_SEEDS
+from .test_durability import resume_after_crash_at, resume_after_dying_call
 from .test_pipeline import SEEDS
 
 # A completion in the recipe's layout, written for these tests: the prompt showed
@@ -338,3 +339,30 @@ def test_diagram_is_only_blacklisted_by_the_alpaca_recipe():
     text = "Describe the parts of the diagram below in order."
     assert instruction_rejection(text, Config(recipe="alpaca").filters) == "blacklist:diagram"
     assert instruction_rejection(text, Config().filters) is None
+
+
+def finish_alpaca(path, engine=None):
+    loop, engine, writer = alpaca_loop(path, engine, n=10)
+    stats = loop.run()
+    return stats, engine, writer.close()
+
+
+@pytest.fixture(scope="module")
+def alpaca_reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("alpaca-reference")
+    stats, engine, shards = finish_alpaca(path)
+    assert stats.rounds >= 3 and stats.tasks_written == 10
+    return path, stats, engine, shards
+
+
+@pytest.mark.parametrize("die_on_call", [1, 2, 3])
+def test_a_run_killed_in_any_call_resumes_to_the_same_shards(tmp_path, alpaca_reference,
+                                                              die_on_call):
+    resume_after_dying_call(tmp_path, alpaca_reference, die_on_call, run=finish_alpaca)
+
+
+@pytest.mark.parametrize("point", ["round-1:before-commit", "round-2:before-manifest"])
+def test_a_crash_between_writes_loses_nothing_and_asks_nothing_twice(
+        tmp_path, alpaca_reference, monkeypatch, point):
+    resume_after_crash_at(tmp_path, alpaca_reference, monkeypatch, point, run=finish_alpaca,
+                          stages=("examples",))

@@ -76,7 +76,8 @@ def resume_after_dying_call(path, reference, die_on_call, run=None):
     assert sent == sum(len(b) for b in ref_engine.batches[die_on_call - 1:])
 
 
-def resume_after_crash_at(path, reference, monkeypatch, point, run=None):
+def resume_after_crash_at(path, reference, monkeypatch, point, run=None,
+                          stages=("instructions", "classification", "instances")):
     """Die at the ledger's crash point ``point``, resume, and check the shards equal the
     reference and every request is recorded exactly once; return the resumed engine."""
     run = run or finish
@@ -97,7 +98,7 @@ def resume_after_crash_at(path, reference, monkeypatch, point, run=None):
     first = RunDirectory(path)
     rounds = range(1, first.committed_rounds() + 1)
     recorded = sum(len(first.load_stage(r, s, None) or []) for r in rounds
-                   for s in ("instructions", "classification", "instances"))
+                   for s in stages)
     assert recorded == total  # every request recorded exactly once
     return engine
 
