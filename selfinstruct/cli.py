@@ -645,8 +645,13 @@ def dedup(input_path: Path, field: str, threshold: float, tokenizer: str, output
 @click.option("--report", type=click.Path(path_type=Path), default=None,
               help="Also write PNG figures, a self-contained index.html and stats.json "
                    "to this directory (not RUN, nor inside it).")
+@click.option("--reference", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="A dataset to compare RUN with, read as RUN is (e.g. "
+                   "../shared/data/alpaca_data.json): input share, lengths and leading "
+                   "verbs on both sides, with their differences.")
 def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sample: int,
-                where: tuple[str, ...], as_json: bool, report: Path | None) -> None:
+                where: tuple[str, ...], as_json: bool, report: Path | None,
+                reference: Path | None) -> None:
     """Statistics of a run, or of an Alpaca-style dataset file.
 
     RUN is a `generate` output directory, or records of instruction/input/output
@@ -655,7 +660,8 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
     reason, per-round counts, the classification share, lengths in words and
     model tokens, each instruction's ROUGE-L to its nearest seed and the
     commonest leading verbs with their objects (Self-Instruct §3.2, Figures
-    3-5), and sample rows.
+    3-5), and sample rows. With --reference, the same measures of another
+    dataset beside the run's ("Compared with NAME").
     """
     import json
 
@@ -671,15 +677,24 @@ def inspect_run(run_path: Path, seeds: Path | None, tokenizer: str | None, sampl
     if report is not None:  # before any work: the report goes nowhere near the inputs
         try:
             check_writable_dir(report, "--report")
-            check_output_apart(report, {"RUN": run_path, "--seeds": seeds}, "--report",
+            check_output_apart(report, {"RUN": run_path, "--seeds": seeds,
+                                        "--reference": reference}, "--report",
                                writes=REPORT_FILES)
             check_not_in_run(report, "--report")
         except OutputPathError as exc:
             raise UserError(str(exc)) from None
     try:
         run = load_run(run_path)
+    except InspectError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        reference_data = load_run(reference) if reference is not None else None
+    except InspectError as exc:
+        raise UserError(f"--reference: {exc}") from None
+    try:
         stats = collect_statistics(run, resolve_seeds(run, seeds),
-                                   resolve_tokenizer(run, tokenizer), sample=sample, where=where)
+                                   resolve_tokenizer(run, tokenizer), sample=sample, where=where,
+                                   reference=reference_data)
     except InspectError as exc:
         raise UserError(str(exc)) from None
     if as_json:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+REFERENCE_FIGURE = "reference_verbs"
+"""Stem of the figure comparing the leading verbs with a reference dataset."""
+
 
 def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
@@ -42,8 +45,10 @@ def figures(stats: dict[str, Any]) -> dict[str, Figure]:
     Figure 4; ``verbs``: Figure 3 as two rings (verbs inside, their objects
     outside); ``rejections``: reasons by count; ``rounds``: tasks per round;
     ``quality``: a judged run's count per score value of each question and
-    the overall score (Self-Instruct §3.3). A figure is left out when its data
-    is absent.
+    the overall score (Self-Instruct §3.3); ``reference_verbs``
+    (:data:`REFERENCE_FIGURE`): the leading verbs' shares in the run and in a
+    reference dataset (:func:`reference_figure`). A figure is left out when
+    its data is absent.
     """
     out: dict[str, Figure] = {}
     titles = {"instruction": "instructions", "input": "non-empty inputs", "output": "outputs"}
@@ -147,7 +152,37 @@ def figures(stats: dict[str, Any]) -> dict[str, Figure]:
     quality = stats.get("quality")
     if quality and quality["scores"]:
         out["quality"] = quality_figure(quality)
+    reference = stats.get("reference")
+    if reference and reference["verbs"]["rows"]:
+        out[REFERENCE_FIGURE] = reference_figure(reference)
     return out
+
+
+def _plain(text: str) -> str:
+    """Text from data for a matplotlib label: ``$`` escaped, so it is never mathtext."""
+    return text.replace("$", r"\$")
+
+
+def reference_figure(reference: dict[str, Any]) -> Figure:
+    """Grouped horizontal bars: the share of instructions starting with each verb
+    of ``stats["reference"]["verbs"]["rows"]`` (both sides' top lists, from
+    :func:`selfinstruct.analysis.reference.reference_statistics`), run and
+    reference side by side, the reference's commonest verb at the top."""
+    rows = reference["verbs"]["rows"]
+    fig = _figure(7.5, 0.28 * len(rows) + 1.4)
+    ax = fig.subplots()
+    height = 0.4
+    places = list(range(len(rows)))
+    ax.barh([p - height / 2 for p in places], [100 * (r["run_share"] or 0) for r in rows],
+            height=height, color="#4c72b0", label="run")
+    ax.barh([p + height / 2 for p in places], [100 * (r["reference_share"] or 0) for r in rows],
+            height=height, color="#dd8452", label=_plain(reference["source"]["name"]))
+    ax.set_yticks(places, [_plain(r["verb"]) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of instructions (one per task)")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Leading verbs: run and reference dataset", fontsize=10)
+    return fig
 
 
 QUALITY_TITLES = {"instruction": "instruction: a valid task?",

@@ -17,8 +17,9 @@ from typing import Any
 
 from ..storage.files import atomic_file, write_atomic
 from .constants import REPORT_FIGURE_SUFFIX, REPORT_INDEX, REPORT_STATS
-from .figures import figures
-from .tables import DECONTAMINATION_SECTION, QUALITY_SECTION, REVIEW_SECTION, tables
+from .figures import REFERENCE_FIGURE, figures
+from .tables import (DECONTAMINATION_SECTION, QUALITY_SECTION, REFERENCE_SECTION,
+                     REVIEW_SECTION, tables)
 from .templating import render
 
 CAPTIONS = {
@@ -33,6 +34,8 @@ CAPTIONS = {
     "quality": "The judge's scores: examples per score value for each of Self-Instruct "
                "§3.3's questions (is the instruction a valid task, is the input appropriate, "
                "is the output correct) and the overall score.",
+    "reference_verbs": "Share of instructions (one per task) starting with each verb of either "
+                       "side's top list, in the run and in the reference dataset.",
 }
 """Caption of each figure (by file stem) on the page."""
 
@@ -85,26 +88,33 @@ def render_html(stats: dict[str, Any], images: dict[str, bytes]) -> str:
         The page (``templates/report.html.jinja``, autoescaped). A cell that
         looks like a number (digits, ``.,%—+-``) is right-aligned. A judged
         run's quality tables and its ``quality`` figure form a section of their
-        own (``<section id="quality">``) after the other figures, a human
+        own (``<section id="quality">``) after the other figures, preceded by
+        the comparison with a reference dataset, its tables and
+        ``reference_verbs`` figure (``<section id="reference">``); a human
         review's tables another (``<section id="review">``) after that, and the
         tables of a check against evaluation sets a third
         (``<section id="decontamination">``) last.
     """
     shown: dict[str, list[dict[str, Any]]] = {"": [], QUALITY_SECTION: [], REVIEW_SECTION: [],
-                                              DECONTAMINATION_SECTION: []}
+                                              DECONTAMINATION_SECTION: [],
+                                              REFERENCE_SECTION: []}
     for data in tables(stats):
         shown[data.section if data.section in shown else ""].append(
             {"title": data.title, "headers": data.headers, "note": data.note,
              "rows": [[("num" if _NUMERIC.fullmatch(cell or "-") else "cell", cell)
                        for cell in row] for row in data.rows]})
-    figures_shown: dict[str, list[dict[str, str]]] = {"": [], QUALITY_SECTION: []}
+    figures_shown: dict[str, list[dict[str, str]]] = {"": [], QUALITY_SECTION: [],
+                                                      REFERENCE_SECTION: []}
+    sections = {QUALITY_SECTION: QUALITY_SECTION, REFERENCE_FIGURE: REFERENCE_SECTION}
     for stem, png in images.items():
-        figures_shown[QUALITY_SECTION if stem == QUALITY_SECTION else ""].append(
+        figures_shown[sections.get(stem, "")].append(
             {"stem": stem, "caption": CAPTIONS.get(stem, stem),
              "uri": "data:image/png;base64," + base64.b64encode(png).decode("ascii")})
     path = stats["source"]["path"]
     return render("report.html.jinja", path=path, name=Path(path).name, tables=shown[""],
                   figures=figures_shown[""], quality_tables=shown[QUALITY_SECTION],
                   quality_figures=figures_shown[QUALITY_SECTION],
+                  reference_tables=shown[REFERENCE_SECTION],
+                  reference_figures=figures_shown[REFERENCE_SECTION],
                   review_tables=shown[REVIEW_SECTION],
                   decontamination_tables=shown[DECONTAMINATION_SECTION], notes=stats["notes"])

@@ -24,6 +24,9 @@ Table 1, applied to the user's own run):
   :mod:`selfinstruct.analysis.verbs`);
 * for a judged run, the judge's scores (§3.3's questions;
   :mod:`selfinstruct.analysis.quality`);
+* with a reference dataset (``inspect --reference``, e.g. the Alpaca data), the
+  same measures on both sides and their differences
+  (:mod:`selfinstruct.analysis.reference`);
 * for a run checked against evaluation sets, what each set and method flagged
   and a sample of matches (:mod:`selfinstruct.analysis.decontamination`).
 """
@@ -44,7 +47,7 @@ from .loading import RunData
 from .quality import quality_statistics
 from .review import review_statistics
 from .sources import Rejections, SeedSource, TokenizerSource, rejection_summary
-from .verbs import verb_statistics
+from .verbs import resolve_verb_parser, verb_statistics
 from .where import json_ready, sample_rows
 
 STATS_FORMAT = "selfinstruct-inspect/1"
@@ -253,7 +256,8 @@ def round_statistics(frame: pd.DataFrame, rejections: Rejections) -> list[dict[s
 
 def collect_statistics(run: RunData, seeds: SeedSource | None = None,
                        tokenizer: TokenizerSource | None = None, *, sample: int = 0,
-                       where: Sequence[str] = (), verb_parser: Any = "auto") -> dict[str, Any]:
+                       where: Sequence[str] = (), verb_parser: Any = "auto",
+                       reference: RunData | None = None) -> dict[str, Any]:
     """Every statistic of a run, as one JSON-ready dict (format :data:`STATS_FORMAT`).
 
     Args:
@@ -262,6 +266,8 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         tokenizer: for model-token lengths (None: words only).
         sample: rows to include under ``"samples"``; where: their filters.
         verb_parser: see :func:`selfinstruct.analysis.verbs.verb_statistics`.
+        reference: a dataset to compare the run with (``inspect --reference``),
+            loaded by :func:`selfinstruct.analysis.loading.load_run`.
 
     Returns:
         ``{"format", "source", "model", "seeds", "counts", "stages",
@@ -275,12 +281,16 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         against evaluation sets (a ``decontaminate`` output, or ``generate`` /
         ``refilter`` with ``[decontamination]``) adds ``"decontamination"``
         (:func:`selfinstruct.analysis.decontamination.decontamination_statistics`).
+        With ``reference``, ``"reference"`` holds the comparison
+        (:func:`selfinstruct.analysis.reference.reference_statistics`).
 
     Raises:
         InspectError: a bad ``where`` expression.
     """
     frame = run.frame
     notes = list(run.notes)
+    verb_parser = resolve_verb_parser(verb_parser)  # once, for the run and the reference
+    from .reference import reference_statistics  # it builds on this module's functions
     rejections = rejection_summary(run)
     if rejections.note:
         notes.append(rejections.note)
@@ -345,6 +355,8 @@ def collect_statistics(run: RunData, seeds: SeedSource | None = None,
         "rouge_to_seeds": overlap,
         "pool_rouge": pool,
         "verbs": verb_statistics(instructions, parser=verb_parser),
+        **({"reference": reference_statistics(run, reference, verb_parser=verb_parser)}
+           if reference is not None else {}),
         **({"quality": quality} if quality is not None else {}),
         **({"review": review} if review is not None else {}),
         **({"decontamination": decontamination} if decontamination is not None else {}),

@@ -24,6 +24,10 @@ REVIEW_SECTION = "review"
 DECONTAMINATION_SECTION = "decontamination"
 """:attr:`TableData.section` of the decontamination tables (a section of the report)."""
 
+REFERENCE_SECTION = "reference"
+""":attr:`TableData.section` of the comparison with a reference dataset (a section of
+the report)."""
+
 SAMPLE_TITLE = "Sample rows"
 QUALITY_EXAMPLES_TITLE = "Quality: an example at each overall score"
 DECONTAMINATION_SAMPLE_TITLE = "Decontamination: a sample of matches"
@@ -45,7 +49,7 @@ class TableData:
     ``section`` groups tables on the HTML page (``""``: the main statistics,
     :data:`QUALITY_SECTION`: the quality scores, :data:`REVIEW_SECTION`: the
     human review, :data:`DECONTAMINATION_SECTION`: the check against evaluation
-    sets)."""
+    sets, :data:`REFERENCE_SECTION`: the comparison with a reference dataset)."""
 
     title: str
     headers: tuple[str, ...]
@@ -165,6 +169,9 @@ def tables(stats: dict[str, Any]) -> list[TableData]:
         f"method: {verbs['method']}; {verbs['with_verb']} of {verbs['instructions']} "
         f"instructions ({verb_share:.0%}) start with a verb, "
         f"{verbs['with_verb_object']} with an object"))
+
+    if stats.get("reference"):
+        out += reference_tables(stats["reference"])
 
     samples = stats.get("samples")
     if samples:
@@ -410,6 +417,92 @@ def review_tables(review: dict[str, Any]) -> list[TableData]:
     return out
 
 
+LENGTH_LABELS = {"instruction": "instruction (per task)", "input": "input (non-empty)",
+                 "output": "output"}
+"""Row labels of the length measures, as in the Lengths table."""
+
+
+def _points_text(value: Any) -> str:
+    """A difference of shares in percentage points, signed: ``+17.0 pts``."""
+    return "—" if value is None else f"{value:+.1f} pts"
+
+
+def _ratio_text(value: Any) -> str:
+    """A ratio run / reference: ``\N{MULTIPLICATION SIGN}0.58``."""
+    return "—" if value is None else f"\N{MULTIPLICATION SIGN}{value:.3g}"
+
+
+def _share_interval(item: dict[str, Any]) -> str:
+    """A share with its Wilson 95% interval to one decimal: ``38.6% (38.2-39.0%)``
+    (with an en dash)."""
+    if item["share"] is None:
+        return "—"
+    return (f"{item['share']:.1%} ({item['low'] * 100:.1f}\N{EN DASH}"
+            f"{item['high'] * 100:.1f}%)")
+
+
+def reference_tables(ref: dict[str, Any]) -> list[TableData]:
+    """The comparison with a reference dataset (``stats["reference"]``, from
+    :func:`selfinstruct.analysis.reference.reference_statistics`): a table of every
+    measure on both sides with its difference, titled "Compared with <name>", and
+    the leading verbs of both top lists. Each has :attr:`TableData.section`
+    :data:`REFERENCE_SECTION`."""
+    source = ref["source"]
+    name = source["name"]
+    verbs = ref["verbs"]
+    rows: list[tuple[str, ...]] = [
+        ("examples (rows)", _fmt(ref["examples"]["run"]), _fmt(ref["examples"]["reference"]),
+         _ratio_text(ref["examples"]["ratio"])),
+        ("tasks", _fmt(ref["tasks"]["run"]), _fmt(ref["tasks"]["reference"]),
+         _ratio_text(ref["tasks"]["ratio"])),
+        ("examples with a non-empty input", _share_interval(ref["with_input"]["run"]),
+         _share_interval(ref["with_input"]["reference"]),
+         _points_text(ref["with_input"]["difference_points"])),
+        ("instructions starting with a verb", _share_interval(verbs["run"]["with_verb"]),
+         _share_interval(verbs["reference"]["with_verb"]),
+         _points_text(verbs["with_verb_difference_points"]))]
+    for field, label in LENGTH_LABELS.items():
+        block = ref["lengths"][field]
+        for key, stat in (("mean", "mean"), ("p50", "median"), ("p90", "p90")):
+            rows.append((f"{label}, words: {stat}", _fmt(block["run"][key]),
+                         _fmt(block["reference"][key]), _ratio_text(block["ratio"][key])))
+    overlap = verbs["overlap"]
+    jaccard = "—" if overlap["jaccard"] is None else f"{overlap['jaccard']:.2f}"
+    rows += [
+        (f"leading verbs in the top {verbs['top']}", str(len(verbs["run"]["top"])),
+         str(len(verbs["reference"]["top"])), f"{overlap['count']} shared, Jaccard {jaccard}"),
+        ("leading verbs: total variation distance", "", "",
+         "—" if verbs["total_variation"] is None else f"{verbs['total_variation']:.3f}")]
+    digest = source["sha256"]
+    traced = (f"sha256 {digest[:12]} of its {source['sha256_of']}" if digest
+              else f"content sha256 {source['content_sha256'][:12]}")
+    parts = [f"reference: {source['path']} ({source['kind']}, {source['rows']} rows, {traced})"]
+    if ref["identical"]:
+        parts.append("it holds the same examples as the run")
+    parts += [("difference: run minus reference in percentage points for shares, "
+               "run / reference for counts and lengths"),
+              ("shares with a Wilson 95% interval in brackets; lengths in words (whitespace "
+               "tokens); instructions and verbs counted once per task"),
+              ("total variation: half the summed absolute differences of the two leading-verb "
+               "distributions (no verb counted as one outcome); 0 alike, 1 disjoint")]
+    out = [TableData(f"Compared with {name}", ("measure", "run", "reference", "difference"),
+                     rows, "; ".join(parts), REFERENCE_SECTION)]
+
+    def rank(value: Any) -> str:
+        return "—" if value is None else str(value)
+
+    out.append(TableData(
+        f"Compared with {name}: leading verbs",
+        ("verb", "run", "reference", "difference", "run rank", "reference rank"),
+        [(r["verb"], _fmt(r["run_share"], share=True), _fmt(r["reference_share"], share=True),
+          _points_text(r["difference_points"]), rank(r["run_rank"]), rank(r["reference_rank"]))
+         for r in verbs["rows"]],
+        f"share of instructions (one per task) starting with each verb; the verbs of both "
+        f"top-{verbs['top']} lists, by the reference's share; method: {verbs['method']}",
+        REFERENCE_SECTION))
+    return out
+
+
 def _match_score(method: str, value: Any) -> str:
     """A match's score: the longest shared span in words for ``ngram``, else 3 places."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -536,7 +629,9 @@ def render_console(stats: dict[str, Any], console: Any = None) -> None:
                                  "accuracy", "kappa", "valid kept", "recall",
                                  "overall >=", "items", "instructions rejected",
                                  "examples dropped", "tasks left with none",
-                                 "instructions or tasks rejected", "score", "coverage") \
+                                 "instructions or tasks rejected", "score", "coverage",
+                                 "run", "reference", "difference", "run rank",
+                                 "reference rank") \
                 or _NUMBER.fullmatch(header) is not None
             table.add_column(header, justify="right" if numeric else "left",
                              overflow="fold", max_width=None if k < 1 else 70)

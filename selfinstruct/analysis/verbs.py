@@ -102,6 +102,14 @@ def _spacy_parser() -> tuple[Any, str] | None:
     return None
 
 
+def resolve_verb_parser(parser: Any) -> Any:
+    """The parser :func:`verb_statistics` would use for ``parser``: ``"auto"`` becomes
+    the installed spaCy pipeline (a ``(nlp, name)`` pair) or None (the heuristic);
+    any other value is returned as it is. Resolve once to parse several lists of
+    instructions with one loaded model."""
+    return _spacy_parser() if parser == "auto" else parser
+
+
 def spacy_verb_object(doc: Any) -> tuple[str | None, str | None]:
     """Root verb lemma and its first direct-object lemma from a spaCy ``Doc``
     (Self-Instruct §3.2 uses a constituency parser for the same pair)."""
@@ -127,8 +135,7 @@ def verb_statistics(instructions: Sequence[str], top: int = TOP_VERBS,
         ``{"method", "instructions", "with_verb", "with_verb_object", "top":
         [{"verb", "count", "objects": [{"object", "count"}]}]}``.
     """
-    if parser == "auto":
-        parser = _spacy_parser()
+    parser = resolve_verb_parser(parser)
     if parser is not None:
         nlp, name = parser
         pipe = nlp.pipe if hasattr(nlp, "pipe") else nlp
