@@ -113,8 +113,11 @@ def test_help_texts_state_the_config_models_defaults():
         checked += 1
     assert checked >= 20
     helps = {p.name: p.help for p in generate.params}
-    assert helps["temperature"].endswith("[default: 0.7]")
-    assert helps["presence_penalty"].endswith("[default: 2]")
+    # a recipe's own default follows the paper's (RECIPE_DEFAULTS)
+    assert helps["temperature"].endswith("[default: 0.7; alpaca recipe: 1]")
+    assert helps["presence_penalty"].endswith("[default: 2; alpaca recipe: 0]")
+    assert helps["max_model_len"].endswith("[default: 2048; alpaca recipe: 4096]")
+    assert helps["min_words"].endswith("[default: 4]")
     assert helps["stop"].endswith("[default: '\\n\\n']")
     assert helps["reject_non_ascii_start"].endswith("[default: reject]")
 
