@@ -158,7 +158,7 @@ so that it still resumes and refilters."""
 def check_identity(output: Path, before: dict[str, Any], now: dict[str, Any],
                    verb: str = "resume") -> None:
     """Refuse a run directory made with other settings, naming the first difference
-    (settings first, then model, seeds, templates).
+    (the recipe, the other settings, then model, seeds, templates).
 
     Raises:
         JobError: ``before`` (the recorded identity) and ``now`` differ.
@@ -166,7 +166,9 @@ def check_identity(output: Path, before: dict[str, Any], now: dict[str, Any],
     old, new = _flatten(before), _flatten(now)
     for key, value in IDENTITY_DEFAULTS.items():  # settings added since the run was made
         old.setdefault(key, value)
-    for key in sorted(set(old) | set(new), key=lambda k: (not k.startswith("settings."), k)):
+    # the recipe first: another recipe changes many settings, and it is the one to name
+    for key in sorted(set(old) | set(new), key=lambda k: (not k.startswith("settings."),
+                                                          k != "settings.recipe", k)):
         if old.get(key) != new.get(key):
             raise JobError(f"{output}: holds a run made with {key} = {old.get(key)!r}, not "
                            f"{new.get(key)!r}; {verb} it with the same settings, or choose "
