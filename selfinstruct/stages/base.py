@@ -66,6 +66,24 @@ class ModelStage:
             self.stats.useful_output_tokens[self.name] += round(record.output_tokens * share)
 
 
+def failed_completion(key: str, record: RecordedRequest, parsed: Sequence[object]
+                      ) -> Candidate | None:
+    """The one candidate standing for a whole completion that gave nothing, or None.
+
+    A completion over the context is rejected at stage "instructions" with
+    ``prompt_too_long``, one in which ``parsed`` (its items or blocks) is empty with
+    ``unparseable``; any other completion gives its parsed candidates instead.
+    """
+    from ..engines.base import PROMPT_TOO_LONG
+
+    if record.finish_reason != PROMPT_TOO_LONG and parsed:
+        return None
+    candidate = Candidate(int(key), None, "", record.prompt_task_ids, record.text)
+    candidate.reject("instructions", PROMPT_TOO_LONG if record.finish_reason == PROMPT_TOO_LONG
+                     else "unparseable")
+    return candidate
+
+
 class CandidateStage(ModelStage):
     """A stage that asks one question per kept candidate instruction (key: the instruction)."""
 

@@ -17,12 +17,12 @@ import random
 from collections.abc import Sequence
 
 from ..config import Config
-from ..engines.base import PROMPT_TOO_LONG, Request, Sampling
+from ..engines.base import Request, Sampling
 from ..parsing import parse_example_blocks
 from ..prompts import PromptBuilder, alpaca_stop
 from ..stats import RunStats
 from ..tasks import Candidate, Instance, Task
-from .base import ModelStage, Records
+from .base import ModelStage, Records, failed_completion
 
 
 class ExampleGeneration(ModelStage):
@@ -80,12 +80,9 @@ class ExampleGeneration(ModelStage):
             blocks = parse_example_blocks(record.text, first, record.finish_reason == "length")
             self.count_useful(record, [b.instruction + b.input + b.output
                                        for b in blocks if b.reason is None])
-            if record.finish_reason == PROMPT_TOO_LONG or not blocks:
-                reason = (PROMPT_TOO_LONG if record.finish_reason == PROMPT_TOO_LONG
-                          else "unparseable")
-                candidate = Candidate(int(key), None, "", record.prompt_task_ids, record.text)
-                candidate.reject("instructions", reason)
-                candidates.append(candidate)
+            failed = failed_completion(key, record, blocks)
+            if failed is not None:
+                candidates.append(failed)
                 continue
             for block in blocks:
                 candidate = Candidate(int(key), block.number, block.instruction,

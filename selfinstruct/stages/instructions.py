@@ -12,12 +12,12 @@ import random
 from collections.abc import Sequence
 
 from ..config import Config
-from ..engines.base import PROMPT_TOO_LONG, Request, Sampling
+from ..engines.base import Request, Sampling
 from ..parsing import parse_instruction_list
 from ..prompts import PromptBuilder, instruction_stop, sample_prompt_tasks
 from ..stats import RunStats
 from ..tasks import Candidate, Task
-from .base import ModelStage, Records
+from .base import ModelStage, Records, failed_completion
 
 
 class InstructionGeneration(ModelStage):
@@ -72,12 +72,9 @@ class InstructionGeneration(ModelStage):
             first = len(record.prompt_task_ids) + 1
             items = parse_instruction_list(record.text, first, record.finish_reason == "length")
             self.count_useful(record, [i.text for i in items if not i.truncated])
-            if record.finish_reason == PROMPT_TOO_LONG or not items:
-                reason = (PROMPT_TOO_LONG if record.finish_reason == PROMPT_TOO_LONG
-                          else "unparseable")
-                candidate = Candidate(int(key), None, "", record.prompt_task_ids, record.text)
-                candidate.reject(self.name, reason)
-                candidates.append(candidate)
+            failed = failed_completion(key, record, items)
+            if failed is not None:
+                candidates.append(failed)
             for item in items:
                 candidate = Candidate(int(key), item.number, item.text,
                                       record.prompt_task_ids, record.text)
