@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 
 from ..config import Config
-from ..engines.base import Request, Sampling
+from ..engines.base import PROMPT_TOO_LONG, Request, Sampling
 from ..prompts import PromptBuilder
 from ..stats import RunStats
 from ..storage.ledger import RecordedRequest
@@ -74,8 +74,6 @@ def failed_completion(key: str, record: RecordedRequest, parsed: Sequence[object
     ``prompt_too_long``, one in which ``parsed`` (its items or blocks) is empty with
     ``unparseable``; any other completion gives its parsed candidates instead.
     """
-    from ..engines.base import PROMPT_TOO_LONG
-
     if record.finish_reason != PROMPT_TOO_LONG and parsed:
         return None
     candidate = Candidate(int(key), None, "", record.prompt_task_ids, record.text)
